@@ -1,0 +1,416 @@
+//! Validation of certificate client assertions (spec/tokens.md §3.5 and §7): lenient where
+//! clients diverge (RS256/PS256, `x5t`/`x5t#S256`, base64 flavours, string or float times, reused
+//! `jti`), strict where Entra is (registered certificate valid at simulated time, signature,
+//! `iss`/`sub`, `aud`, `exp`/`nbf` against wall time).
+
+use misim_core::crypto::{JwsAlg, RsaCertificate, hex_upper};
+use misim_core::jose::{b64_lenient, numeric_claim, split_compact};
+use time::OffsetDateTime;
+
+use super::directory::KeyCredential;
+
+/// Clock skew tolerated on `nbf`/`exp` of client assertions, in seconds, against wall time.
+/// Entra's exact value is unpublished; five minutes is what its docs and clients assume.
+pub const ASSERTION_CLOCK_SKEW_SECS: i64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionError {
+    Malformed(String),
+    UnsupportedAlgorithm(String),
+    NoThumbprint,
+    KeyNotFound {
+        thumbprint: String,
+    },
+    KeyNotValid {
+        thumbprint: String,
+        start: i64,
+        end: i64,
+    },
+    BadSignature {
+        thumbprint: String,
+    },
+    IssuerOrSubject,
+    MissingExpiry,
+    TimeRange {
+        now: i64,
+        nbf: Option<i64>,
+        exp: i64,
+    },
+    Audience {
+        audience: String,
+    },
+}
+
+/// What a valid assertion proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidAssertion {
+    pub key_id: String,
+}
+
+pub struct AssertionContext<'a> {
+    pub client_id: &'a str,
+    pub credentials: &'a [KeyCredential],
+    /// Simulated time: the registered certificate must be valid then.
+    pub sim_now: i64,
+    /// Wall time: assertions are minted in wall time by clients.
+    pub wall_now: i64,
+    pub audience_ok: &'a dyn Fn(&str) -> bool,
+}
+
+pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
+    let jws = split_compact(token).map_err(|e| AssertionError::Malformed(e.to_string()))?;
+    let alg_name = jws.header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
+    let alg = JwsAlg::parse(alg_name)
+        .ok_or_else(|| AssertionError::UnsupportedAlgorithm(alg_name.to_string()))?;
+
+    let thumb = |name: &str| {
+        jws.header
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(|s| b64_lenient(s).unwrap_or_default())
+    };
+    let (sha256, sha1) = (thumb("x5t#S256"), thumb("x5t"));
+    let shown = sha1
+        .as_ref()
+        .or(sha256.as_ref())
+        .map(|t| hex_upper(t))
+        .ok_or(AssertionError::NoThumbprint)?;
+    let credential = ctx
+        .credentials
+        .iter()
+        .find(|c| {
+            sha256.as_deref() == Some(c.sha256.as_slice())
+                || sha1.as_deref() == Some(c.sha1.as_slice())
+        })
+        .ok_or_else(|| AssertionError::KeyNotFound {
+            thumbprint: shown.clone(),
+        })?;
+    if !credential.valid_at(ctx.sim_now) {
+        return Err(AssertionError::KeyNotValid {
+            thumbprint: shown,
+            start: credential.start_at,
+            end: credential.end_at,
+        });
+    }
+    let certificate = RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
+        AssertionError::KeyNotFound {
+            thumbprint: shown.clone(),
+        }
+    })?;
+    if !certificate.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
+        return Err(AssertionError::BadSignature { thumbprint: shown });
+    }
+
+    let text = |name: &str| jws.claims.get(name).and_then(|v| v.as_str());
+    let is_client = |v: Option<&str>| v.is_some_and(|v| v.eq_ignore_ascii_case(ctx.client_id));
+    if !is_client(text("iss")) || !is_client(text("sub")) {
+        return Err(AssertionError::IssuerOrSubject);
+    }
+    let audiences: Vec<&str> = match jws.claims.get("aud") {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    if !audiences.iter().any(|a| (ctx.audience_ok)(a)) {
+        return Err(AssertionError::Audience {
+            audience: audiences.join(","),
+        });
+    }
+    let time_claim = |name: &str| -> Result<Option<i64>, AssertionError> {
+        match numeric_claim(&jws.claims, name) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(())) => Err(AssertionError::Malformed(format!(
+                "the '{name}' claim is not a number"
+            ))),
+        }
+    };
+    let exp = time_claim("exp")?.ok_or(AssertionError::MissingExpiry)?;
+    let nbf = time_claim("nbf")?;
+    let too_early = nbf.is_some_and(|nbf| ctx.wall_now + ASSERTION_CLOCK_SKEW_SECS < nbf);
+    if too_early || exp + ASSERTION_CLOCK_SKEW_SECS < ctx.wall_now {
+        return Err(AssertionError::TimeRange {
+            now: ctx.wall_now,
+            nbf,
+            exp,
+        });
+    }
+    Ok(ValidAssertion {
+        key_id: credential.key_id.clone(),
+    })
+}
+
+/// Entra's timestamp format in AADSTS700024 messages.
+pub fn entra_time(unix: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.0000000Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use misim_core::crypto::{RsaKey, sha1, sha256};
+    use misim_core::jose::b64url;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+    const CLIENT: &str = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb";
+    const AUD: &str = "https://127.0.0.1:8444/t/oauth2/v2.0/token";
+
+    struct Fixture {
+        key: RsaKey,
+        credential: KeyCredential,
+    }
+
+    fn fixture() -> Fixture {
+        let key = RsaKey::generate().expect("keygen");
+        let t = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
+        let der = key
+            .self_signed_certificate(
+                "c",
+                t - time::Duration::days(1),
+                t + time::Duration::days(1),
+            )
+            .expect("cert");
+        let credential = KeyCredential {
+            key_id: "key-1".into(),
+            owner_id: "o".into(),
+            display_name: None,
+            sha1: sha1(&der),
+            sha256: sha256(&der),
+            cert_der: der,
+            start_at: NOW - 86_400,
+            end_at: NOW + 86_400,
+        };
+        Fixture { key, credential }
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": NOW + 600, "nbf": NOW, "jti": "j"})
+    }
+
+    fn check(
+        f: &Fixture,
+        token: &str,
+        sim_now: i64,
+        wall_now: i64,
+    ) -> Result<ValidAssertion, AssertionError> {
+        let credentials = [f.credential.clone()];
+        let ok = |a: &str| a == AUD;
+        validate(
+            token,
+            &AssertionContext {
+                client_id: CLIENT,
+                credentials: &credentials,
+                sim_now,
+                wall_now,
+                audience_ok: &ok,
+            },
+        )
+    }
+
+    fn sign(
+        f: &Fixture,
+        alg: JwsAlg,
+        header: serde_json::Value,
+        claims: serde_json::Value,
+    ) -> String {
+        f.key.sign_jws(alg, &header, &claims).expect("sign")
+    }
+
+    #[test]
+    fn accepts_every_client_flavour() {
+        let f = fixture();
+        let s1 = b64url(&f.credential.sha1);
+        let s256 = b64url(&f.credential.sha256);
+        let std_s1 = misim_core::jose::b64std(&f.credential.sha1);
+        let cases = [
+            (
+                JwsAlg::Rs256,
+                json!({"alg":"RS256","typ":"JWT","x5t": s1}),
+                claims(),
+            ),
+            (
+                JwsAlg::Ps256,
+                json!({"alg":"PS256","x5t#S256": s256, "x5c": "MIIC"}),
+                claims(),
+            ),
+            (
+                JwsAlg::Rs256,
+                json!({"alg":"RS256","x5t": std_s1}),
+                claims(),
+            ),
+            (
+                JwsAlg::Ps256,
+                json!({"alg":"PS256","x5t#S256": format!("{s256}=")}),
+                json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": format!("{}", NOW + 600), "nbf": format!("{}", NOW)}),
+            ),
+            (
+                JwsAlg::Rs256,
+                json!({"alg":"RS256","x5t": s1}),
+                json!({"aud": AUD, "iss": CLIENT.to_uppercase(), "sub": CLIENT, "exp": (NOW + 600) as f64 + 0.017, "iat": NOW as f64}),
+            ),
+        ];
+        for (alg, header, claims) in cases {
+            let token = sign(&f, alg, header.clone(), claims);
+            assert_eq!(
+                check(&f, &token, NOW, NOW),
+                Ok(ValidAssertion {
+                    key_id: "key-1".into()
+                }),
+                "{header}"
+            );
+            // The same assertion again: no replay rejection.
+            assert!(check(&f, &token, NOW, NOW + 30).is_ok());
+        }
+        // Padded segments, as azure-identity's own client sends them.
+        let header = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE,
+            json!({"alg":"RS256","x5t": s1}).to_string(),
+        );
+        let payload = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE,
+            claims().to_string(),
+        );
+        let input = format!("{header}.{payload}");
+        let sig = f.key.sign(JwsAlg::Rs256, input.as_bytes()).expect("sign");
+        let padded = format!(
+            "{input}.{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, sig)
+        );
+        assert!(check(&f, &padded, NOW, NOW).is_ok());
+    }
+
+    #[test]
+    fn rejects_what_entra_rejects() {
+        let f = fixture();
+        let s1 = b64url(&f.credential.sha1);
+        let good_header = json!({"alg":"RS256","x5t": s1});
+        let token = sign(&f, JwsAlg::Rs256, good_header.clone(), claims());
+
+        // Tampered payload keeps the old signature.
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        parts[1] = b64url(
+            json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": NOW + 9999})
+                .to_string()
+                .as_bytes(),
+        );
+        assert!(matches!(
+            check(&f, &parts.join("."), NOW, NOW),
+            Err(AssertionError::BadSignature { .. })
+        ));
+
+        let alg_none = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none"}"#),
+            b64url(claims().to_string().as_bytes())
+        );
+        assert_eq!(
+            check(&f, &alg_none, NOW, NOW),
+            Err(AssertionError::UnsupportedAlgorithm("none".into()))
+        );
+        assert!(matches!(
+            check(&f, "garbage", NOW, NOW),
+            Err(AssertionError::Malformed(_))
+        ));
+
+        let other = fixture();
+        let unknown = sign(
+            &other,
+            JwsAlg::Rs256,
+            json!({"alg":"RS256","x5t": b64url(&other.credential.sha1)}),
+            claims(),
+        );
+        assert!(matches!(
+            check(&f, &unknown, NOW, NOW),
+            Err(AssertionError::KeyNotFound { .. })
+        ));
+        // Right thumbprint, wrong key.
+        let forged = sign(&other, JwsAlg::Rs256, good_header.clone(), claims());
+        assert!(matches!(
+            check(&f, &forged, NOW, NOW),
+            Err(AssertionError::BadSignature { .. })
+        ));
+
+        assert_eq!(
+            check(
+                &f,
+                &sign(&f, JwsAlg::Rs256, json!({"alg":"RS256"}), claims()),
+                NOW,
+                NOW
+            ),
+            Err(AssertionError::NoThumbprint)
+        );
+        // Certificate outside its validity at simulated time.
+        assert!(matches!(
+            check(&f, &token, NOW + 2 * 86_400, NOW),
+            Err(AssertionError::KeyNotValid { .. })
+        ));
+
+        let expired = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header.clone(),
+            json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": NOW - 301}),
+        );
+        assert!(matches!(
+            check(&f, &expired, NOW, NOW),
+            Err(AssertionError::TimeRange { .. })
+        ));
+        let within_skew = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header.clone(),
+            json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": NOW - 299}),
+        );
+        assert!(check(&f, &within_skew, NOW, NOW).is_ok());
+        let future = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header.clone(),
+            json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT, "exp": NOW + 9000, "nbf": NOW + 600}),
+        );
+        assert!(matches!(
+            check(&f, &future, NOW, NOW),
+            Err(AssertionError::TimeRange { .. })
+        ));
+        let no_exp = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header.clone(),
+            json!({"aud": AUD, "iss": CLIENT, "sub": CLIENT}),
+        );
+        assert_eq!(
+            check(&f, &no_exp, NOW, NOW),
+            Err(AssertionError::MissingExpiry)
+        );
+        let wrong_aud = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header.clone(),
+            json!({"aud": "https://evil/t/oauth2/v2.0/token", "iss": CLIENT, "sub": CLIENT, "exp": NOW + 60}),
+        );
+        assert!(matches!(
+            check(&f, &wrong_aud, NOW, NOW),
+            Err(AssertionError::Audience { .. })
+        ));
+        let wrong_iss = sign(
+            &f,
+            JwsAlg::Rs256,
+            good_header,
+            json!({"aud": AUD, "iss": "someone", "sub": CLIENT, "exp": NOW + 60}),
+        );
+        assert_eq!(
+            check(&f, &wrong_iss, NOW, NOW),
+            Err(AssertionError::IssuerOrSubject)
+        );
+    }
+}

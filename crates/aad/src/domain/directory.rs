@@ -1,0 +1,140 @@
+//! Directory objects as the service sees them (never serialized straight to the wire).
+
+use misim_core::crypto::{constant_time_eq, random_bytes, sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub default_domain: String,
+    pub display_name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    pub object_id: String,
+    pub app_id: String,
+    pub display_name: String,
+    pub identifier_uris: Vec<String>,
+    /// `api.requestedAccessTokenVersion`: which token format resources receive.
+    pub token_version: u8,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalKind {
+    Application,
+    ManagedIdentity {
+        resource_id: String,
+        user_assigned: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePrincipal {
+    pub object_id: String,
+    pub app_id: String,
+    pub display_name: String,
+    pub kind: PrincipalKind,
+    pub created_at: i64,
+}
+
+impl ServicePrincipal {
+    pub fn is_managed_identity(&self) -> bool {
+        matches!(self.kind, PrincipalKind::ManagedIdentity { .. })
+    }
+}
+
+/// A registered public certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCredential {
+    pub key_id: String,
+    pub owner_id: String,
+    pub display_name: Option<String>,
+    pub cert_der: Vec<u8>,
+    pub sha1: Vec<u8>,
+    pub sha256: Vec<u8>,
+    pub start_at: i64,
+    pub end_at: i64,
+}
+
+impl KeyCredential {
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.start_at <= now && now <= self.end_at
+    }
+}
+
+/// A client secret, stored as salted SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordCredential {
+    pub key_id: String,
+    pub owner_id: String,
+    pub display_name: Option<String>,
+    /// First three characters of the secret, as Graph shows them.
+    pub hint: String,
+    pub salt: Vec<u8>,
+    pub hash: Vec<u8>,
+    pub start_at: i64,
+    pub end_at: i64,
+}
+
+fn salted_hash(salt: &[u8], secret: &str) -> Vec<u8> {
+    let mut input = salt.to_vec();
+    input.extend_from_slice(secret.as_bytes());
+    sha256(&input)
+}
+
+impl PasswordCredential {
+    pub fn new(
+        key_id: String,
+        owner_id: String,
+        display_name: Option<String>,
+        secret: &str,
+        start_at: i64,
+        end_at: i64,
+    ) -> Self {
+        let salt = random_bytes::<16>().to_vec();
+        Self {
+            key_id,
+            owner_id,
+            display_name,
+            hint: secret.chars().take(3).collect(),
+            hash: salted_hash(&salt, secret),
+            salt,
+            start_at,
+            end_at,
+        }
+    }
+
+    pub fn matches(&self, secret: &str) -> bool {
+        constant_time_eq(&salted_hash(&self.salt, secret), &self.hash)
+    }
+
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.start_at <= now && now <= self.end_at
+    }
+}
+
+/// A new client secret in Entra's style: 40 characters with a `~` after a 3-character hint
+/// prefix ("abc8Q~...").
+pub fn new_client_secret() -> String {
+    let raw = misim_core::crypto::random_secret::<30>().replace(['-', '_'], "x");
+    format!("{}8Q~{}", &raw[..3], &raw[3..36])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        let secret = new_client_secret();
+        assert_eq!(secret.len(), 40);
+        let credential = PasswordCredential::new("k".into(), "o".into(), None, &secret, 0, 100);
+        assert!(credential.matches(&secret));
+        assert!(!credential.matches(&format!("{secret}x")));
+        assert!(!credential.matches(""));
+        assert_eq!(credential.hint, &secret[..3]);
+        assert!(credential.valid_at(100) && !credential.valid_at(101));
+    }
+}

@@ -1,0 +1,151 @@
+//! AAD's HTTP surface: the whole route table in one place; handlers live in the submodules.
+
+mod discovery;
+pub mod error;
+mod graph;
+mod internal;
+mod token;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use axum::routing::{get, post};
+use uuid::Uuid;
+
+use crate::error::AadError;
+use crate::service::Aad;
+use error::Failure;
+
+/// Largest accepted request body: token requests are small; Graph bodies carry certificates.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(aad: Aad) -> Router {
+    Router::new()
+        .route(
+            "/{tenant}/oauth2/token",
+            post(token::v1).fallback(token::not_post),
+        )
+        .route(
+            "/{tenant}/oauth2/v2.0/token",
+            post(token::v2).fallback(token::not_post),
+        )
+        .route(
+            "/{tenant}/.well-known/openid-configuration",
+            get(discovery::v1_configuration),
+        )
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(discovery::v2_configuration),
+        )
+        .route("/{tenant}/discovery/keys", get(discovery::v1_keys))
+        .route("/{tenant}/discovery/v2.0/keys", get(discovery::v2_keys))
+        .route("/common/discovery/instance", get(discovery::instance))
+        .route(
+            "/v1.0/applications",
+            get(graph::list_applications).post(graph::create_application),
+        )
+        .route(
+            "/v1.0/applications/{id}",
+            get(graph::get_application)
+                .patch(graph::update_application)
+                .delete(graph::delete_application),
+        )
+        .route(
+            "/v1.0/applications/{id}/addPassword",
+            post(graph::add_password),
+        )
+        .route(
+            "/v1.0/applications/{id}/removePassword",
+            post(graph::remove_password),
+        )
+        .route(
+            "/v1.0/servicePrincipals",
+            get(graph::list_service_principals).post(graph::create_service_principal),
+        )
+        .route(
+            "/v1.0/servicePrincipals/{id}",
+            get(graph::get_service_principal).delete(graph::delete_service_principal),
+        )
+        .route("/v1.0/{entity}", get(graph::get_by_alternate_key))
+        .route(
+            "/_internal/directory/managed-identities/{object_id}",
+            get(internal::get_managed_identity)
+                .put(internal::put_managed_identity)
+                .delete(internal::delete_managed_identity),
+        )
+        .route(
+            "/_internal/directory/managed-identities/{object_id}/certificates/{key_id}",
+            axum::routing::put(internal::put_certificate).delete(internal::delete_certificate),
+        )
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(aad)
+}
+
+/// Per-request context for error rendering: the correlation id follows the client's
+/// `client-request-id` when it sent one.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub correlation_id: String,
+    pub client_request_id: Option<String>,
+    pub return_client_request_id: bool,
+}
+
+impl RequestContext {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let client_request_id = header("client-request-id")
+            .or_else(|| header("x-ms-client-request-id"))
+            .filter(|v| Uuid::parse_str(v).is_ok());
+        Self {
+            correlation_id: client_request_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            return_client_request_id: header("return-client-request-id")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            client_request_id,
+        }
+    }
+
+    pub fn fail(&self, error: AadError) -> Failure {
+        Failure {
+            error,
+            context: self.clone(),
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+pub async fn read_body(body: Body, ctx: &RequestContext) -> Result<bytes::Bytes, Failure> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ctx.fail(AadError::BodyTooLarge))
+}
+
+async fn unknown_route(uri: Uri, headers: HeaderMap) -> Response {
+    let ctx = RequestContext::from_headers(&headers);
+    let error = if uri.path().starts_with("/v1.0") || uri.path().starts_with("/_internal") {
+        AadError::GraphUnknownRoute
+    } else {
+        AadError::UnknownEndpoint
+    };
+    axum::response::IntoResponse::into_response(ctx.fail(error))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let ctx = RequestContext::from_headers(request.headers());
+    let path = request.uri().path();
+    let error = if path.starts_with("/v1.0") || path.starts_with("/_internal") {
+        AadError::GraphMethodNotAllowed
+    } else {
+        AadError::PostOnly(request.method().to_string())
+    };
+    axum::response::IntoResponse::into_response(ctx.fail(error))
+}

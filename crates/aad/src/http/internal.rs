@@ -1,0 +1,122 @@
+//! The internal directory API ARM uses for managed identities (ARCHITECTURE.md §3):
+//! authenticated by the internal secret header, never by user tokens.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::GraphFailure;
+use super::{RequestContext, read_body};
+use crate::error::AadError;
+use crate::service::Aad;
+use misim_core::internal::{
+    INTERNAL_SECRET_HEADER, ManagedIdentityCertificate, ManagedIdentityPrincipal,
+};
+
+type Result<T> = std::result::Result<T, GraphFailure>;
+
+fn authorize(aad: &Aad, headers: &HeaderMap) -> Result<RequestContext> {
+    let ctx = RequestContext::from_headers(headers);
+    let presented = headers
+        .get(INTERNAL_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    aad.internal_caller(presented)
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(ctx)
+}
+
+async fn body_as<T: serde::de::DeserializeOwned>(body: Body, ctx: &RequestContext) -> Result<T> {
+    let bytes = read_body(body, ctx).await.map_err(|f| f.graph())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ctx.fail(AadError::GraphBadRequest(format!(
+            "Invalid request body: {e}"
+        )))
+        .graph()
+    })
+}
+
+fn principal_body(view: &crate::service::PrincipalView) -> serde_json::Value {
+    json!({
+        "objectId": view.sp.object_id,
+        "appId": view.sp.app_id,
+        "displayName": view.sp.display_name,
+        "keyIds": view.keys.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn get_managed_identity(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(object_id): Path<String>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let view = aad
+        .service_principal(&object_id, false)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(axum::Json(principal_body(&view)).into_response())
+}
+
+pub async fn put_managed_identity(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(object_id): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let principal: ManagedIdentityPrincipal = body_as(body, &ctx).await?;
+    let (view, created) = aad
+        .put_managed_identity(&object_id, principal)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(principal_body(&view))).into_response())
+}
+
+pub async fn delete_managed_identity(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(object_id): Path<String>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    aad.delete_managed_identity(&object_id)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn put_certificate(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((object_id, key_id)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let certificate: ManagedIdentityCertificate = body_as(body, &ctx).await?;
+    let key = aad
+        .put_managed_identity_certificate(&object_id, &key_id, &certificate.certificate)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(axum::Json(
+        json!({"keyId": key.key_id, "thumbprint": misim_core::crypto::hex_upper(&key.sha1)}),
+    )
+    .into_response())
+}
+
+pub async fn delete_certificate(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((object_id, key_id)): Path<(String, String)>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    aad.delete_managed_identity_certificate(&object_id, &key_id)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

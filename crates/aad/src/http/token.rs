@@ -1,0 +1,151 @@
+//! `POST /{tenant}/oauth2/token` (v1) and `/{tenant}/oauth2/v2.0/token` (v2).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+
+use super::error::{Failure, sts_headers};
+use super::{RequestContext, read_body};
+use crate::error::AadError;
+use crate::service::{Aad, Endpoint, TokenGrant};
+
+pub async fn v1(
+    State(aad): State<Aad>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    token(aad, Endpoint::V1, tenant, headers, body).await
+}
+
+pub async fn v2(
+    State(aad): State<Aad>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    token(aad, Endpoint::V2, tenant, headers, body).await
+}
+
+pub async fn not_post(method: Method, headers: HeaderMap) -> Failure {
+    RequestContext::from_headers(&headers).fail(AadError::PostOnly(method.to_string()))
+}
+
+async fn token(
+    aad: Aad,
+    endpoint: Endpoint,
+    tenant: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    let ctx = RequestContext::from_headers(&headers);
+    let bytes = read_body(body, &ctx).await?;
+    let form = parse_form(&headers, &bytes);
+    let grant = aad
+        .issue_token(endpoint, &tenant, &form, basic_credentials(&headers))
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    let mut response = axum::Json(render(endpoint, &grant)).into_response();
+    sts_headers(&mut response, &ctx);
+    Ok(response)
+}
+
+/// The form fields of a `application/x-www-form-urlencoded` body. Any other body reads as an
+/// empty form, so Entra's "must contain the following parameter" answers it.
+fn parse_form(headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Vec::new();
+    }
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).unwrap_or_default()
+}
+
+/// `Authorization: Basic base64(urlencode(id):urlencode(secret))` (client_secret_basic).
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
+/// v1 answers with strings and echoes the resource; v2 with numbers only (spec/tokens.md §3.6).
+fn render(endpoint: Endpoint, grant: &TokenGrant) -> serde_json::Value {
+    match endpoint {
+        Endpoint::V1 => json!({
+            "token_type": "Bearer",
+            "expires_in": grant.expires_in.to_string(),
+            "ext_expires_in": grant.expires_in.to_string(),
+            "expires_on": grant.expires_on.to_string(),
+            "not_before": grant.not_before.to_string(),
+            "resource": grant.resource,
+            "access_token": grant.access_token,
+        }),
+        Endpoint::V2 => json!({
+            "token_type": "Bearer",
+            "expires_in": grant.expires_in,
+            "ext_expires_in": grant.expires_in,
+            "access_token": grant.access_token,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_url_decoded() {
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("id%3Ax:s%2Bcr+t");
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().expect("header"),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("id:x".into(), "s+cr t".into()))
+        );
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().expect("header"));
+        assert_eq!(basic_credentials(&headers), None);
+    }
+
+    #[test]
+    fn only_form_bodies_are_read() {
+        let mut headers = HeaderMap::new();
+        assert!(parse_form(&headers, b"grant_type=x").is_empty());
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; charset=utf-8"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(
+            parse_form(&headers, b"grant_type=x&a=%20b"),
+            vec![("grant_type".into(), "x".into()), ("a".into(), " b".into())]
+        );
+        assert!(parse_form(&headers, &[0xff, 0xfe]).is_empty());
+    }
+}

@@ -1,0 +1,237 @@
+//! The per-deployment certificate authority and the HTTPS server configuration.
+//!
+//! The CA (ECDSA P-256) lives as `ca.pem` + `ca-key.pem` in the data dir so clients can trust
+//! it across restarts; server certificates are cheap and issued fresh at every start for
+//! `127.0.0.1`, `localhost` and any extra names (docker hostnames).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+use crate::crypto::random_bytes;
+
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+const CA_COMMON_NAME: &str = "misim local CA";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{0} is not a PEM certificate or key")]
+    BadPem(PathBuf),
+}
+
+pub struct CertificateAuthority {
+    pub cert_pem: String,
+    pub cert_path: PathBuf,
+    key: rcgen::KeyPair,
+}
+
+fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, CA_COMMON_NAME);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "misim");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes through a temp file and a rename so a crash never leaves half a file.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `dir`, creating it on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        if cert_path.exists() && key_path.exists() {
+            return Self::from_files(&cert_path, &key_path);
+        }
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = ca_params()?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        // Long-lived: the simulated clock may be advanced by years.
+        params.not_after = now + Duration::days(365 * 30);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_bytes::<16>()));
+        let cert = params.self_signed(&key)?;
+        write_atomically(&key_path, key.serialize_pem().as_bytes()).map_err(|source| {
+            TlsError::Io {
+                action: "write",
+                path: key_path.clone(),
+                source,
+            }
+        })?;
+        restrict_permissions(&key_path);
+        write_atomically(&cert_path, cert.pem().as_bytes()).map_err(|source| TlsError::Io {
+            action: "write",
+            path: cert_path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_path: absolute(&cert_path),
+            key,
+        })
+    }
+
+    /// Uses a CA given as files (split mode: one CA for a whole deployment).
+    pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let cert_pem = read(cert_path)?;
+        let key = rcgen::KeyPair::from_pem(&read(key_path)?)
+            .map_err(|_| TlsError::BadPem(key_path.to_owned()))?;
+        if crate::crypto::pem_decode(&cert_pem).is_none() {
+            return Err(TlsError::BadPem(cert_path.to_owned()));
+        }
+        Ok(Self {
+            cert_pem,
+            cert_path: absolute(cert_path),
+            key,
+        })
+    }
+
+    /// Issues a server certificate for `names` (IP addresses or DNS names).
+    pub fn issue_server_certificate(&self, names: &[String]) -> Result<(String, String), TlsError> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("misim"),
+        );
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(365 * 20);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_bytes::<16>()));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = rcgen::Issuer::new(ca_params()?, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A rustls server configuration for `names`, speaking HTTP/1.1.
+    pub fn server_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let (cert_pem, key_pem) = self.issue_server_certificate(names)?;
+        server_config_from_pem(&cert_pem, &self.cert_pem, &key_pem)
+    }
+}
+
+/// Builds a server configuration from PEM text (leaf, chain, key).
+pub fn server_config_from_pem(
+    cert_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let bad = || TlsError::BadPem(PathBuf::from("<server certificate>"));
+    let leaf = crate::crypto::pem_decode(cert_pem).ok_or_else(bad)?;
+    let chain = crate::crypto::pem_decode(chain_pem).ok_or_else(bad)?;
+    let key = crate::crypto::pem_decode(key_pem).ok_or_else(bad)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.into(), chain.into()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A rustls client configuration trusting exactly `ca_pem` (for service-to-service calls).
+pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let der =
+        crate::crypto::pem_decode(ca_pem).ok_or_else(|| TlsError::BadPem(PathBuf::from("<ca>")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Best effort: a CA key readable by others is no worse than the simulator itself.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_persists_and_issues_server_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::load_or_create(dir.path()).expect("create");
+        let again = CertificateAuthority::load_or_create(dir.path()).expect("load");
+        assert_eq!(ca.cert_pem, again.cert_pem);
+        let names = vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "aad".to_string(),
+        ];
+        again.server_config(&names).expect("server config");
+        client_config(&ca.cert_pem).expect("client config");
+    }
+}
+
+/// An HTTP client for service-to-service and CLI calls: trusts exactly `ca_pem`, never uses a
+/// proxy (misim traffic stays on the addresses it was given).
+pub fn http_client(
+    ca_pem: &str,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(ca_pem)?)
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| TlsError::Io {
+            action: "build an HTTP client for",
+            path: PathBuf::from("<ca>"),
+            source: std::io::Error::other(e),
+        })
+}

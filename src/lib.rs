@@ -1,0 +1,8 @@
+//! The misim binary's library: configuration, the composition of the three services in one
+//! process (`misim up`), and `connection.json`.
+
+pub mod cli;
+pub mod connection;
+pub mod simulator;
+
+pub use simulator::{Simulator, SimulatorConfig};

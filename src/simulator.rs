@@ -1,0 +1,237 @@
+//! `misim up`: AAD, ARM and IMDS in one process. They still talk over loopback HTTP like in
+//! split mode (ARCHITECTURE.md §2); this module only binds, wires and supervises.
+
+use anyhow::Context;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use misim_core::Clock;
+use misim_core::tls::CertificateAuthority;
+
+use crate::connection::{Admin, Connection};
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub data_dir: PathBuf,
+    pub in_memory: bool,
+    pub host: IpAddr,
+    pub arm_port: u16,
+    pub aad_port: u16,
+    pub imds_port: u16,
+    pub no_demo: bool,
+    pub imds_throttle: bool,
+    /// Extra names for the HTTPS certificates (docker hostnames).
+    pub tls_names: Vec<String>,
+    /// Host used in public URLs; defaults to the bind host (127.0.0.1 for a wildcard bind).
+    pub public_host: Option<String>,
+    pub app_token_lifetime_secs: i64,
+    pub mi_token_lifetime_secs: i64,
+}
+
+impl SimulatorConfig {
+    /// Every port 0, the given data dir: what tests and benchmarks use.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            in_memory: false,
+            host: IpAddr::from([127, 0, 0, 1]),
+            arm_port: 0,
+            aad_port: 0,
+            imds_port: 0,
+            no_demo: false,
+            imds_throttle: true,
+            tls_names: Vec::new(),
+            public_host: None,
+            app_token_lifetime_secs: 3599,
+            mi_token_lifetime_secs: 86_399,
+        }
+    }
+}
+
+/// A running simulator.
+pub struct Simulator {
+    pub connection: Connection,
+    pub aad: misim_aad::Aad,
+    pub clock: Arc<Clock>,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, std::io::Result<()>)>,
+}
+
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn bind(host: IpAddr, port: u16, service: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::new(host, port))
+        .await
+        .with_context(|| format!("cannot listen for {service} on {host}:{port}"))
+}
+
+/// Reads the internal secret from the data dir, creating it on first use.
+fn internal_secret(data_dir: &Path, in_memory: bool) -> anyhow::Result<String> {
+    if in_memory {
+        return Ok(misim_core::crypto::random_secret::<32>());
+    }
+    let path = data_dir.join(misim_core::internal::INTERNAL_SECRET_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && !text.trim().is_empty()
+    {
+        return Ok(text.trim().to_string());
+    }
+    let secret = misim_core::crypto::random_secret::<32>();
+    misim_core::tls::write_atomically(&path, secret.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
+}
+
+impl Simulator {
+    /// Starts every service; returns once all listeners accept connections and
+    /// `connection.json` is written.
+    pub async fn start(config: SimulatorConfig) -> anyhow::Result<Self> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+        let connection_path = Connection::path(data_dir);
+        if connection_path.exists() {
+            std::fs::remove_file(&connection_path)
+                .with_context(|| format!("cannot remove a stale {}", connection_path.display()))?;
+        }
+        let ca = CertificateAuthority::load_or_create(data_dir)
+            .context("cannot set up the certificate authority")?;
+        let secret = internal_secret(data_dir, config.in_memory)?;
+
+        let arm_listener = bind(config.host, config.arm_port, "ARM").await?;
+        let aad_listener = bind(config.host, config.aad_port, "AAD").await?;
+        let imds_listener = bind(config.host, config.imds_port, "IMDS").await?;
+
+        let bind_host = config.host.to_string();
+        let public_host = config.public_host.clone().unwrap_or_else(|| {
+            if config.host.is_unspecified() {
+                "127.0.0.1".into()
+            } else {
+                bind_host.clone()
+            }
+        });
+        let public_host = url_host(&public_host);
+        let aad_url = format!(
+            "https://{public_host}:{}",
+            aad_listener.local_addr()?.port()
+        );
+        let arm_url = format!(
+            "https://{public_host}:{}",
+            arm_listener.local_addr()?.port()
+        );
+        let imds_url = format!(
+            "http://{public_host}:{}",
+            imds_listener.local_addr()?.port()
+        );
+
+        let mut names: Vec<String> = vec!["127.0.0.1".into(), "localhost".into()];
+        for extra in std::iter::once(public_host.trim_matches(['[', ']']).to_string())
+            .chain(config.tls_names.iter().cloned())
+        {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&extra))
+                && !extra.is_empty()
+                && extra != "0.0.0.0"
+            {
+                names.push(extra);
+            }
+        }
+        let tls = ca
+            .server_config(&names)
+            .context("cannot issue the HTTPS certificate")?;
+
+        let clock = Arc::new(Clock::default());
+        let db_path = |name: &str| (!config.in_memory).then(|| data_dir.join(name));
+        let aad_pool = misim_core::db::open(db_path("aad.db").as_deref(), &misim_aad::MIGRATOR)
+            .await
+            .context("cannot open aad.db")?;
+        let mut aad_config = misim_aad::AadConfig::new(&aad_url, &secret);
+        let aad_port = aad_listener.local_addr()?.port();
+        aad_config.alias_origins = names
+            .iter()
+            .map(|n| format!("https://{}:{aad_port}", url_host(n)))
+            .collect();
+        aad_config.app_token_lifetime_secs = config.app_token_lifetime_secs;
+        aad_config.mi_token_lifetime_secs = config.mi_token_lifetime_secs;
+        let aad = misim_aad::Aad::open(misim_aad::Store::new(aad_pool), clock.clone(), aad_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open AAD: {e}"))?;
+
+        let arm_pool = misim_core::db::open(db_path("arm.db").as_deref(), &misim_arm::MIGRATOR)
+            .await
+            .context("cannot open arm.db")?;
+        let arm = misim_arm::Arm::open(&arm_pool, &aad.tenant().id)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let serve = misim_core::serve::serve;
+        tasks.spawn({
+            let (router, tls, token) = (
+                misim_aad::router(aad.clone()),
+                tls.clone(),
+                shutdown.child_token(),
+            );
+            async move { ("aad", serve(aad_listener, Some(tls), router, token).await) }
+        });
+        tasks.spawn({
+            let (router, tls, token) = (misim_arm::router(), tls.clone(), shutdown.child_token());
+            async move { ("arm", serve(arm_listener, Some(tls), router, token).await) }
+        });
+        tasks.spawn({
+            let (router, token) = (misim_imds::router(), shutdown.child_token());
+            async move { ("imds", serve(imds_listener, None, router, token).await) }
+        });
+
+        let admin = aad.bootstrap();
+        let connection = Connection {
+            arm: arm_url,
+            aad: aad_url.clone(),
+            graph: aad_url,
+            imds: (!config.no_demo).then_some(imds_url),
+            ca_cert: ca.cert_path.clone(),
+            tenant_id: admin.tenant_id.clone(),
+            subscription_id: arm.subscription_id.clone(),
+            admin: Admin {
+                client_id: admin.client_id.clone(),
+                client_secret: admin.client_secret.clone(),
+                object_id: admin.object_id.clone(),
+            },
+            demo_vm: None,
+        };
+        connection
+            .write(data_dir)
+            .with_context(|| format!("cannot write {}", connection_path.display()))?;
+        Ok(Self {
+            connection,
+            aad,
+            clock,
+            data_dir: data_dir.clone(),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Resolves when any service stops on its own (an error), with its name.
+    pub async fn wait_for_failure(&mut self) -> Option<(&'static str, std::io::Result<()>)> {
+        self.tasks.join_next().await.and_then(Result::ok)
+    }
+
+    /// Stops every listener, lets in-flight requests finish, and removes `connection.json`.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(Connection::path(&self.data_dir));
+    }
+}
