@@ -1,1 +1,207 @@
-fn main() {}
+//! `misim-bench`: the measurements behind docs/performance.md, as ratios against this
+//! machine's own RSA-2048 signing rate where possible (never asserted in tests).
+//!
+//!   cargo build --release --bin misim --bin misim-bench
+//!   ./target/release/misim-bench --misim ./target/release/misim
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use misim::{Simulator, SimulatorConfig};
+use misim_core::crypto::{JwsAlg, RsaKey, sha1};
+use misim_core::jose::b64url;
+use serde_json::{Value, json};
+
+struct Args {
+    misim: Option<PathBuf>,
+    seconds: u64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { misim: None, seconds: 5, concurrency: 8 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--misim" => args.misim = Some(PathBuf::from(value())),
+            "--seconds" => args.seconds = value().parse().unwrap_or(5).clamp(1, 60),
+            "--concurrency" => args.concurrency = value().parse().unwrap_or(8).clamp(1, 64),
+            _ => {
+                eprintln!("usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C]");
+                std::process::exit(2);
+            }
+        }
+    }
+    args
+}
+
+/// RSA-2048 PKCS#1 signatures per second on `threads` threads for `duration`.
+fn sign_rate(threads: usize, duration: Duration) -> f64 {
+    let key = RsaKey::generate().expect("keygen");
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (key, count) = (key.clone(), count.clone());
+            scope.spawn(move || {
+                while start.elapsed() < duration {
+                    key.sign(JwsAlg::Rs256, b"misim benchmark message").expect("sign");
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn post(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = http.post(url).form(form).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Token requests per second with `concurrency` keep-alive clients for `duration`.
+async fn token_rate(http: &reqwest::Client, url: &str, form: Vec<(String, String)>, concurrency: usize, duration: Duration) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, form, count) = (http.clone(), url.to_string(), form.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < duration {
+                let response = http.post(&url).form(&form).send().await.expect("request");
+                assert!(response.status().is_success(), "token request failed: {}", response.status());
+                let _ = response.bytes().await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker");
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Simulator::start(SimulatorConfig::ephemeral(dir.path())).await.expect("start");
+    let c = sim.connection.clone();
+    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
+    let http = misim_core::tls::http_client(&ca, Duration::from_secs(30)).expect("client");
+    let url = format!("{}/{}/oauth2/v2.0/token", c.aad, c.tenant_id);
+    let (_, graph) = post(&http, &url, &[("grant_type", "client_credentials"), ("client_id", &c.admin.client_id), ("client_secret", &c.admin.client_secret), ("scope", "https://graph.microsoft.com/.default")]).await;
+    let graph = graph["access_token"].as_str().expect("graph token").to_string();
+
+    let key = RsaKey::generate().expect("keygen");
+    let now = time::OffsetDateTime::now_utc();
+    let der = key.self_signed_certificate("bench", now - time::Duration::days(1), now + time::Duration::days(1)).expect("cert");
+    let app: Value = http
+        .post(format!("{}/v1.0/applications", c.graph))
+        .bearer_auth(&graph)
+        .json(&json!({"displayName": "bench", "keyCredentials": [{"type": "AsymmetricX509Cert", "usage": "Verify", "key": misim_core::jose::b64std(&der)}]}))
+        .send()
+        .await
+        .expect("create app")
+        .json()
+        .await
+        .expect("json");
+    let app_id = app["appId"].as_str().expect("appId").to_string();
+    http.post(format!("{}/v1.0/servicePrincipals", c.graph)).bearer_auth(&graph).json(&json!({"appId": app_id})).send().await.expect("create sp");
+
+    // One assertion reused for the whole run, as MSAL does (540 s): the server's cost is one
+    // RSA verify plus one RSA sign per token.
+    let t = now.unix_timestamp();
+    let assertion = key
+        .sign_jws(JwsAlg::Rs256, &json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))}), &json!({"aud": url, "iss": app_id, "sub": app_id, "jti": "bench", "nbf": t - 60, "exp": t + 3600}))
+        .expect("assertion");
+    let form = |auth: (&str, &str)| -> Vec<(String, String)> {
+        let mut f = vec![("grant_type", "client_credentials"), ("client_id", app_id.as_str()), ("scope", "https://management.azure.com/.default")];
+        f.push(auth);
+        if auth.0 == "client_assertion" {
+            f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
+        }
+        f.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    // Warm up connections and caches.
+    token_rate(&http, &url, form(("client_assertion", &assertion)), args.concurrency, Duration::from_millis(500)).await;
+    let duration = Duration::from_secs(args.seconds);
+    let cert_rate = token_rate(&http, &url, form(("client_assertion", &assertion)), args.concurrency, duration).await;
+    let (_, password) = {
+        let r = http.post(format!("{}/v1.0/applications/{}/addPassword", c.graph, app["id"].as_str().expect("id"))).bearer_auth(&graph).json(&json!({})).send().await.expect("addPassword");
+        (r.status(), r.json::<Value>().await.expect("json"))
+    };
+    let secret = password["secretText"].as_str().expect("secret").to_string();
+    let secret_rate = token_rate(&http, &url, form(("client_secret", &secret)), args.concurrency, duration).await;
+    let limit = per_core * cores as f64;
+    println!("certificate-assertion tokens/s: {cert_rate:.0}  (ratio to RSA-2048 signs/s/core x {cores} cores = {limit:.0}: {:.2})", cert_rate / limit);
+    println!("client-secret tokens/s:         {secret_rate:.0}  (ratio: {:.2})", secret_rate / limit);
+    sim.shutdown().await;
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if path.exists() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn stop(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+fn startup_benchmarks(misim: &Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let connection = dir.path().join("connection.json");
+    let spawn = || {
+        std::process::Command::new(misim)
+            .args(["up", "--arm-port", "0", "--aad-port", "0", "--imds-port", "0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn misim")
+    };
+    let mut child = spawn();
+    let fresh = wait_for(&connection, Duration::from_secs(30)).expect("fresh start");
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = rss_kib(child.id());
+    stop(&mut child);
+    let mut existing = Vec::new();
+    for _ in 0..5 {
+        let mut child = spawn();
+        existing.push(wait_for(&connection, Duration::from_secs(30)).expect("restart"));
+        stop(&mut child);
+    }
+    existing.sort();
+    println!("misim up -> connection.json, fresh data dir:    {:.1} ms", fresh.as_secs_f64() * 1e3);
+    println!("misim up -> connection.json, existing data dir: {:.1} ms (median of 5; process spawn included)", existing[2].as_secs_f64() * 1e3);
+    if let Some(rss) = rss {
+        println!("idle resident memory after 3 s:                 {:.1} MB", rss as f64 / 1024.0);
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per_core = sign_rate(1, Duration::from_secs(2));
+    let all = sign_rate(cores, Duration::from_secs(2));
+    println!("machine: {cores} cores");
+    println!("RSA-2048 signatures/s: {per_core:.0} on one core, {all:.0} on {cores} threads");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(token_benchmarks(&args, per_core, cores));
+    if let Some(misim) = &args.misim {
+        startup_benchmarks(misim);
+    }
+}

@@ -48,7 +48,8 @@ impl SigningKeys {
                 store.insert_signing_key(row).await?;
             }
             store.set_setting(CURRENT_KID_SETTING, &made[0].kid).await?;
-            rows = made;
+            // Re-read so the order is the store's on every start.
+            rows = store.signing_keys().await?;
         }
         let keys = rows
             .iter()

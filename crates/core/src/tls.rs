@@ -197,6 +197,25 @@ fn restrict_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_path: &Path) {}
 
+/// An HTTP client for service-to-service and CLI calls: trusts exactly `ca_pem`, never uses a
+/// proxy (misim traffic stays on the addresses it was given).
+pub fn http_client(
+    ca_pem: &str,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(ca_pem)?)
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| TlsError::Io {
+            action: "build an HTTP client for",
+            path: PathBuf::from("<ca>"),
+            source: std::io::Error::other(e),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,23 +234,4 @@ mod tests {
         again.server_config(&names).expect("server config");
         client_config(&ca.cert_pem).expect("client config");
     }
-}
-
-/// An HTTP client for service-to-service and CLI calls: trusts exactly `ca_pem`, never uses a
-/// proxy (misim traffic stays on the addresses it was given).
-pub fn http_client(
-    ca_pem: &str,
-    timeout: std::time::Duration,
-) -> Result<reqwest::Client, TlsError> {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(client_config(ca_pem)?)
-        .no_proxy()
-        .timeout(timeout)
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .map_err(|e| TlsError::Io {
-            action: "build an HTTP client for",
-            path: PathBuf::from("<ca>"),
-            source: std::io::Error::other(e),
-        })
 }

@@ -119,7 +119,7 @@ impl PasswordCredential {
 /// prefix ("abc8Q~...").
 pub fn new_client_secret() -> String {
     let raw = misim_core::crypto::random_secret::<30>().replace(['-', '_'], "x");
-    format!("{}8Q~{}", &raw[..3], &raw[3..36])
+    format!("{}8Q~{}", &raw[..3], &raw[3..37])
 }
 
 #[cfg(test)]

@@ -1,0 +1,29 @@
+# misim: `make test` runs every check CI runs, installing what it needs itself.
+SHELL := /bin/bash
+CARGO ?= cargo
+MISIM_BIN ?= $(CURDIR)/target/debug/misim
+
+.PHONY: test fmt-check clippy rust-test interop build bench docker-e2e
+
+test: fmt-check clippy rust-test interop
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+rust-test:
+	$(CARGO) test --workspace --locked
+
+build:
+	$(CARGO) build --locked --bin misim
+
+# Official clients (MSAL, azure-identity) against a real `misim up`, from a pinned venv.
+interop: build
+	MISIM_BIN=$(MISIM_BIN) tests/interop/run.sh
+
+# Throughput and start-up benchmarks (see docs/performance.md).
+bench:
+	$(CARGO) build --release --locked --bin misim --bin misim-bench
+	./target/release/misim-bench --misim ./target/release/misim

@@ -1,0 +1,237 @@
+"""Session fixtures for the official-client interop suite.
+
+One `misim up` process serves the whole session (fresh data dir, every port 0,
+no demo). Tests create their own applications, so they do not depend on each
+other's state.
+
+Network safety: the clients under test must only ever talk to the simulator on
+loopback. Proxy and Azure/MSAL environment variables are removed at import time
+(before any client exists), the simulator's CA is installed through
+REQUESTS_CA_BUNDLE / SSL_CERT_FILE, and a socket guard turns any attempt to
+resolve or connect to a non-loopback address into an immediate test failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 10.0
+
+# --------------------------------------------------------------------------
+# Hermetic environment, applied at import, before any client is constructed.
+# --------------------------------------------------------------------------
+_PROXY_VARS = (
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy",
+)
+for _name in _PROXY_VARS:
+    os.environ.pop(_name, None)
+# Nothing to proxy anyway, but make any library that consults it skip proxies.
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+# AZURE_* (e.g. AZURE_REGIONAL_AUTHORITY_NAME makes MSAL probe the real IMDS
+# at 169.254.169.254, AZURE_AUTHORITY_HOST would redirect credentials) and
+# MSAL_* (MSAL_FORCE_REGION) must not leak in from the caller's shell.
+for _name in list(os.environ):
+    if _name.startswith(("AZURE_", "MSAL_", "IDENTITY_", "MSI_")):
+        os.environ.pop(_name, None)
+for _name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+    os.environ.pop(_name, None)
+
+
+# --------------------------------------------------------------------------
+# Loopback-only socket guard.
+# --------------------------------------------------------------------------
+_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+
+
+def _is_loopback_host(host) -> bool:
+    if host is None:
+        return True  # getaddrinfo(None, port) means the local wildcard/loopback
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = str(host).strip("[]")
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class NonLoopbackNetworkAccess(AssertionError):
+    pass
+
+
+_real_getaddrinfo = socket.getaddrinfo
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if not _is_loopback_host(host):
+        raise NonLoopbackNetworkAccess(f"interop tests may only resolve loopback hosts, not {host!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _check_address(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0] if isinstance(address, tuple) else address
+        if not _is_loopback_host(host):
+            raise NonLoopbackNetworkAccess(f"interop tests may only connect to loopback, not {address!r}")
+
+
+def _guarded_connect(self, address):
+    _check_address(self, address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    _check_address(self, address)
+    return _real_connect_ex(self, address)
+
+
+socket.getaddrinfo = _guarded_getaddrinfo
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+
+
+# --------------------------------------------------------------------------
+# The simulator process.
+# --------------------------------------------------------------------------
+def misim_binary() -> Path:
+    explicit = os.environ.get("MISIM_BIN")
+    if explicit:
+        return Path(explicit)
+    release = REPO / "target" / "release" / "misim"
+    if release.exists():
+        return release
+    return REPO / "target" / "debug" / "misim"
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM misim if pytest itself dies (Linux)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _log_tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return "<no log>"
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """Start `misim up`, wait for connection.json, yield it parsed, stop the process."""
+    binary = misim_binary()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"misim binary not found or not executable: {binary} "
+            "(build it, or point MISIM_BIN at one)",
+            pytrace=False,
+        )
+
+    data_dir = Path(tempfile.mkdtemp(prefix="misim-interop-"))
+    log_path = data_dir.parent / (data_dir.name + ".log")
+    conn_path = data_dir / "connection.json"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MISIM_")}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [
+            str(binary), "up",
+            "--data-dir", str(data_dir),
+            "--host", "127.0.0.1",
+            "--arm-port", "0", "--aad-port", "0", "--imds-port", "0",
+            "--no-demo",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=child_env,
+        preexec_fn=_die_with_parent,
+    )
+    saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        conn = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"misim exited with {proc.returncode} before it was ready:\n{_log_tail(log_path)}",
+                    pytrace=False,
+                )
+            if conn_path.exists():
+                try:
+                    conn = json.loads(conn_path.read_text())
+                    break
+                except (OSError, ValueError):
+                    pass  # written atomically, but be tolerant anyway
+            time.sleep(0.1)
+        if conn is None:
+            pytest.fail(
+                f"misim wrote no {conn_path} within {READY_TIMEOUT_S:.0f}s:\n{_log_tail(log_path)}",
+                pytrace=False,
+            )
+
+        for key in ("aad", "graph", "arm"):
+            host = conn[key].split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+            assert _is_loopback_host(host), f"{key} is not a loopback URL: {conn[key]}"
+        ca = Path(conn["ca_cert"])
+        assert ca.is_absolute() and ca.is_file(), f"ca_cert is not an absolute existing path: {ca}"
+
+        # Trust the simulator's CA before any client is constructed.
+        os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
+        os.environ["SSL_CERT_FILE"] = str(ca)
+
+        conn["_data_dir"] = str(data_dir)
+        conn["_log"] = str(log_path)
+        yield conn
+    finally:
+        _stop(proc)
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            log_path.unlink()
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def authority(sim) -> str:
+    return f"{sim['aad']}/{sim['tenant_id']}"
