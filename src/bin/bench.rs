@@ -21,7 +21,11 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { misim: None, seconds: 5, concurrency: 8 };
+    let mut args = Args {
+        misim: None,
+        seconds: 5,
+        concurrency: 8,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_default();
@@ -48,7 +52,8 @@ fn sign_rate(threads: usize, duration: Duration) -> f64 {
             let (key, count) = (key.clone(), count.clone());
             scope.spawn(move || {
                 while start.elapsed() < duration {
-                    key.sign(JwsAlg::Rs256, b"misim benchmark message").expect("sign");
+                    key.sign(JwsAlg::Rs256, b"misim benchmark message")
+                        .expect("sign");
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -64,7 +69,13 @@ async fn post(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u16,
 }
 
 /// Token requests per second with `concurrency` keep-alive clients for `duration`.
-async fn token_rate(http: &reqwest::Client, url: &str, form: Vec<(String, String)>, concurrency: usize, duration: Duration) -> f64 {
+async fn token_rate(
+    http: &reqwest::Client,
+    url: &str,
+    form: Vec<(String, String)>,
+    concurrency: usize,
+    duration: Duration,
+) -> f64 {
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -73,8 +84,37 @@ async fn token_rate(http: &reqwest::Client, url: &str, form: Vec<(String, String
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < duration {
                 let response = http.post(&url).form(&form).send().await.expect("request");
-                assert!(response.status().is_success(), "token request failed: {}", response.status());
+                assert!(
+                    response.status().is_success(),
+                    "token request failed: {}",
+                    response.status()
+                );
                 let _ = response.bytes().await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker");
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// GET requests per second: the cost of HTTPS and the client alone.
+async fn get_rate(
+    http: &reqwest::Client,
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, count) = (http.clone(), url.to_string(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < duration {
+                let _ = http.get(&url).send().await.expect("request").bytes().await;
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -87,17 +127,38 @@ async fn token_rate(http: &reqwest::Client, url: &str, form: Vec<(String, String
 
 async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = Simulator::start(SimulatorConfig::ephemeral(dir.path())).await.expect("start");
+    let sim = Simulator::start(SimulatorConfig::ephemeral(dir.path()))
+        .await
+        .expect("start");
     let c = sim.connection.clone();
     let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
     let http = misim_core::tls::http_client(&ca, Duration::from_secs(30)).expect("client");
     let url = format!("{}/{}/oauth2/v2.0/token", c.aad, c.tenant_id);
-    let (_, graph) = post(&http, &url, &[("grant_type", "client_credentials"), ("client_id", &c.admin.client_id), ("client_secret", &c.admin.client_secret), ("scope", "https://graph.microsoft.com/.default")]).await;
-    let graph = graph["access_token"].as_str().expect("graph token").to_string();
+    let (_, graph) = post(
+        &http,
+        &url,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &c.admin.client_id),
+            ("client_secret", &c.admin.client_secret),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ],
+    )
+    .await;
+    let graph = graph["access_token"]
+        .as_str()
+        .expect("graph token")
+        .to_string();
 
     let key = RsaKey::generate().expect("keygen");
     let now = time::OffsetDateTime::now_utc();
-    let der = key.self_signed_certificate("bench", now - time::Duration::days(1), now + time::Duration::days(1)).expect("cert");
+    let der = key
+        .self_signed_certificate(
+            "bench",
+            now - time::Duration::days(1),
+            now + time::Duration::days(1),
+        )
+        .expect("cert");
     let app: Value = http
         .post(format!("{}/v1.0/applications", c.graph))
         .bearer_auth(&graph)
@@ -109,7 +170,12 @@ async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
         .await
         .expect("json");
     let app_id = app["appId"].as_str().expect("appId").to_string();
-    http.post(format!("{}/v1.0/servicePrincipals", c.graph)).bearer_auth(&graph).json(&json!({"appId": app_id})).send().await.expect("create sp");
+    http.post(format!("{}/v1.0/servicePrincipals", c.graph))
+        .bearer_auth(&graph)
+        .json(&json!({"appId": app_id}))
+        .send()
+        .await
+        .expect("create sp");
 
     // One assertion reused for the whole run, as MSAL does (540 s): the server's cost is one
     // RSA verify plus one RSA sign per token.
@@ -118,26 +184,75 @@ async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
         .sign_jws(JwsAlg::Rs256, &json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))}), &json!({"aud": url, "iss": app_id, "sub": app_id, "jti": "bench", "nbf": t - 60, "exp": t + 3600}))
         .expect("assertion");
     let form = |auth: (&str, &str)| -> Vec<(String, String)> {
-        let mut f = vec![("grant_type", "client_credentials"), ("client_id", app_id.as_str()), ("scope", "https://management.azure.com/.default")];
+        let mut f = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", app_id.as_str()),
+            ("scope", "https://management.azure.com/.default"),
+        ];
         f.push(auth);
         if auth.0 == "client_assertion" {
-            f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
+            f.push((
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
         }
-        f.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        f.into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     // Warm up connections and caches.
-    token_rate(&http, &url, form(("client_assertion", &assertion)), args.concurrency, Duration::from_millis(500)).await;
+    token_rate(
+        &http,
+        &url,
+        form(("client_assertion", &assertion)),
+        args.concurrency,
+        Duration::from_millis(500),
+    )
+    .await;
     let duration = Duration::from_secs(args.seconds);
-    let cert_rate = token_rate(&http, &url, form(("client_assertion", &assertion)), args.concurrency, duration).await;
+    let cert_rate = token_rate(
+        &http,
+        &url,
+        form(("client_assertion", &assertion)),
+        args.concurrency,
+        duration,
+    )
+    .await;
     let (_, password) = {
-        let r = http.post(format!("{}/v1.0/applications/{}/addPassword", c.graph, app["id"].as_str().expect("id"))).bearer_auth(&graph).json(&json!({})).send().await.expect("addPassword");
+        let r = http
+            .post(format!(
+                "{}/v1.0/applications/{}/addPassword",
+                c.graph,
+                app["id"].as_str().expect("id")
+            ))
+            .bearer_auth(&graph)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("addPassword");
         (r.status(), r.json::<Value>().await.expect("json"))
     };
     let secret = password["secretText"].as_str().expect("secret").to_string();
-    let secret_rate = token_rate(&http, &url, form(("client_secret", &secret)), args.concurrency, duration).await;
+    let secret_rate = token_rate(
+        &http,
+        &url,
+        form(("client_secret", &secret)),
+        args.concurrency,
+        duration,
+    )
+    .await;
+    let jwks_url = format!("{}/{}/discovery/v2.0/keys", c.aad, c.tenant_id);
+    let floor = get_rate(&http, &jwks_url, args.concurrency, duration).await;
     let limit = per_core * cores as f64;
-    println!("certificate-assertion tokens/s: {cert_rate:.0}  (ratio to RSA-2048 signs/s/core x {cores} cores = {limit:.0}: {:.2})", cert_rate / limit);
-    println!("client-secret tokens/s:         {secret_rate:.0}  (ratio: {:.2})", secret_rate / limit);
+    println!("HTTPS floor (GET JWKS, same client) requests/s: {floor:.0}");
+    println!(
+        "certificate-assertion tokens/s: {cert_rate:.0}  (ratio to RSA-2048 signs/s/core x {cores} cores = {limit:.0}: {:.2})",
+        cert_rate / limit
+    );
+    println!(
+        "client-secret tokens/s:         {secret_rate:.0}  (ratio: {:.2})",
+        secret_rate / limit
+    );
     sim.shutdown().await;
 }
 
@@ -154,11 +269,20 @@ fn wait_for(path: &Path, timeout: Duration) -> Option<Duration> {
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn stop(child: &mut std::process::Child) {
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
 }
 
@@ -167,7 +291,16 @@ fn startup_benchmarks(misim: &Path) {
     let connection = dir.path().join("connection.json");
     let spawn = || {
         std::process::Command::new(misim)
-            .args(["up", "--arm-port", "0", "--aad-port", "0", "--imds-port", "0", "--data-dir"])
+            .args([
+                "up",
+                "--arm-port",
+                "0",
+                "--aad-port",
+                "0",
+                "--imds-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -185,21 +318,35 @@ fn startup_benchmarks(misim: &Path) {
         stop(&mut child);
     }
     existing.sort();
-    println!("misim up -> connection.json, fresh data dir:    {:.1} ms", fresh.as_secs_f64() * 1e3);
-    println!("misim up -> connection.json, existing data dir: {:.1} ms (median of 5; process spawn included)", existing[2].as_secs_f64() * 1e3);
+    println!(
+        "misim up -> connection.json, fresh data dir:    {:.1} ms",
+        fresh.as_secs_f64() * 1e3
+    );
+    println!(
+        "misim up -> connection.json, existing data dir: {:.1} ms (median of 5; process spawn included)",
+        existing[2].as_secs_f64() * 1e3
+    );
     if let Some(rss) = rss {
-        println!("idle resident memory after 3 s:                 {:.1} MB", rss as f64 / 1024.0);
+        println!(
+            "idle resident memory after 3 s:                 {:.1} MB",
+            rss as f64 / 1024.0
+        );
     }
 }
 
 fn main() {
     let args = parse_args();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let per_core = sign_rate(1, Duration::from_secs(2));
     let all = sign_rate(cores, Duration::from_secs(2));
     println!("machine: {cores} cores");
     println!("RSA-2048 signatures/s: {per_core:.0} on one core, {all:.0} on {cores} threads");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(token_benchmarks(&args, per_core, cores));
     if let Some(misim) = &args.misim {
         startup_benchmarks(misim);
