@@ -56,8 +56,10 @@ impl SimulatorConfig {
 pub struct Simulator {
     pub connection: Connection,
     pub aad: misim_aad::Aad,
+    pub arm: misim_arm::Arm,
     pub clock: Arc<Clock>,
     data_dir: PathBuf,
+    background: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, std::io::Result<()>)>,
 }
@@ -170,9 +172,32 @@ impl Simulator {
         let arm_pool = misim_core::db::open(db_path("arm.db").as_deref(), &misim_arm::MIGRATOR)
             .await
             .context("cannot open arm.db")?;
-        let arm = misim_arm::Arm::open(&arm_pool, &aad.tenant().id)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
+        // ARM reaches AAD over HTTPS like in split mode: JWKS for callers' tokens, the internal
+        // directory API for managed identities.
+        let to_aad =
+            misim_core::tls::http_client(&ca.cert_pem, std::time::Duration::from_secs(10))?;
+        let directory = misim_arm::ports::HttpDirectory {
+            http: to_aad.clone(),
+            aad_url: aad_url.clone(),
+            secret: secret.clone(),
+        };
+        let arm_config = misim_arm::ArmConfig {
+            public_url: arm_url.clone(),
+            aad_url: aad_url.clone(),
+            graph_url: aad_url.clone(),
+            tenant_id: aad.tenant().id.clone(),
+            admin_object_id: aad.bootstrap().object_id.clone(),
+        };
+        let arm = misim_arm::Arm::open(
+            misim_arm::Store::new(arm_pool),
+            clock.clone(),
+            arm_config,
+            Arc::new(directory),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
+        let validator =
+            misim_arm::TokenValidator::new(to_aad, &aad_url, &aad.tenant().id, clock.clone());
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -186,7 +211,11 @@ impl Simulator {
             async move { ("aad", serve(aad_listener, Some(tls), router, token).await) }
         });
         tasks.spawn({
-            let (router, tls, token) = (misim_arm::router(), tls.clone(), shutdown.child_token());
+            let (router, tls, token) = (
+                misim_arm::router(arm.clone(), validator),
+                tls.clone(),
+                shutdown.child_token(),
+            );
             async move { ("arm", serve(arm_listener, Some(tls), router, token).await) }
         });
         tasks.spawn({
@@ -202,7 +231,7 @@ impl Simulator {
             imds: (!config.no_demo).then_some(imds_url),
             ca_cert: ca.cert_path.clone(),
             tenant_id: admin.tenant_id.clone(),
-            subscription_id: arm.subscription_id.clone(),
+            subscription_id: arm.subscription_id().to_string(),
             admin: Admin {
                 client_id: admin.client_id.clone(),
                 client_secret: admin.client_secret.clone(),
@@ -210,12 +239,15 @@ impl Simulator {
             },
             demo_vm: None,
         };
+        let background = arm.spawn_background(shutdown.child_token());
         connection
             .write(data_dir)
             .with_context(|| format!("cannot write {}", connection_path.display()))?;
         Ok(Self {
             connection,
             aad,
+            arm,
+            background,
             clock,
             data_dir: data_dir.clone(),
             shutdown,
@@ -232,6 +264,9 @@ impl Simulator {
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
         let _ = std::fs::remove_file(Connection::path(&self.data_dir));
     }
 }

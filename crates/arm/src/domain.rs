@@ -1,0 +1,4 @@
+//! Pure ARM rules: request paths, names, api-versions, RBAC.
+
+pub mod path;
+pub mod rbac;

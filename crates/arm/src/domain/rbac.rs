@@ -1,0 +1,349 @@
+//! Built-in roles, scope containment and action matching (spec/arm.md §5).
+
+/// A role definition's permission block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub actions: &'static [&'static str],
+    pub not_actions: &'static [&'static str],
+    pub data_actions: &'static [&'static str],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltInRole {
+    pub guid: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    pub permission: Permission,
+}
+
+const fn role(
+    guid: &'static str,
+    name: &'static str,
+    description: &'static str,
+    actions: &'static [&'static str],
+    not_actions: &'static [&'static str],
+    data_actions: &'static [&'static str],
+) -> BuiltInRole {
+    BuiltInRole {
+        guid,
+        name,
+        description,
+        permission: Permission {
+            actions,
+            not_actions,
+            data_actions,
+        },
+    }
+}
+
+pub const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+
+pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
+    role(
+        OWNER,
+        "Owner",
+        "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.",
+        &["*"],
+        &[],
+        &[],
+    ),
+    role(
+        "b24988ac-6180-42a0-ab88-20f7382dd24c",
+        "Contributor",
+        "Grants full access to manage all resources, but does not allow you to assign roles in Azure RBAC, manage assignments in Azure Blueprints, or share image galleries.",
+        &["*"],
+        &[
+            "Microsoft.Authorization/*/Delete",
+            "Microsoft.Authorization/*/Write",
+            "Microsoft.Authorization/elevateAccess/Action",
+            "Microsoft.Blueprint/blueprintAssignments/write",
+            "Microsoft.Blueprint/blueprintAssignments/delete",
+            "Microsoft.Compute/galleries/share/action",
+            "Microsoft.Purview/consents/write",
+            "Microsoft.Purview/consents/delete",
+        ],
+        &[],
+    ),
+    role(
+        "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+        "Reader",
+        "View all resources, but does not allow you to make any changes.",
+        &["*/read"],
+        &[],
+        &[],
+    ),
+    role(
+        "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+        "User Access Administrator",
+        "Lets you manage user access to Azure resources.",
+        &["*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"],
+        &[],
+        &[],
+    ),
+    role(
+        "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
+        "Role Based Access Control Administrator",
+        "Manage access to Azure resources by assigning roles using Azure RBAC.",
+        &[
+            "Microsoft.Authorization/roleAssignments/write",
+            "Microsoft.Authorization/roleAssignments/delete",
+            "*/read",
+            "Microsoft.Support/*",
+        ],
+        &[],
+        &[],
+    ),
+    role(
+        "f1a07417-d97a-45cb-824c-7a7467783830",
+        "Managed Identity Operator",
+        "Read and Assign User Assigned Identity",
+        &[
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/read",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Support/*",
+        ],
+        &[],
+        &[],
+    ),
+    role(
+        "e40ec5ca-96e0-45a2-b4ff-59039f2c2b59",
+        "Managed Identity Contributor",
+        "Create, Read, Update, and Delete User Assigned Identity",
+        &[
+            "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/write",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/delete",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/read",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/write",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/delete",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/revokeTokens/action",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Support/*",
+        ],
+        &[],
+        &[],
+    ),
+    role(
+        "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+        "Virtual Machine Contributor",
+        "Create and manage virtual machines, manage disks, install and run software, reset password of the root user of the virtual machine using VM extensions, and connect to the virtual machine using VM extensions.",
+        &[
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Compute/availabilitySets/*",
+            "Microsoft.Compute/locations/*",
+            "Microsoft.Compute/virtualMachines/*",
+            "Microsoft.Compute/virtualMachineScaleSets/*",
+            "Microsoft.Compute/disks/write",
+            "Microsoft.Compute/disks/read",
+            "Microsoft.Compute/disks/delete",
+            "Microsoft.DevTestLab/schedules/*",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Network/networkInterfaces/*",
+            "Microsoft.Network/virtualNetworks/read",
+            "Microsoft.Network/virtualNetworks/subnets/join/action",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Storage/storageAccounts/listKeys/action",
+            "Microsoft.Storage/storageAccounts/read",
+            "Microsoft.Support/*",
+        ],
+        &[],
+        &[],
+    ),
+    role(
+        "4633458b-17de-408a-b874-0445c86b69e6",
+        "Key Vault Secrets User",
+        "Read secret contents. Only works for key vaults that use the 'Azure role-based access control' permission model.",
+        &[],
+        &[],
+        &[
+            "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+            "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+        ],
+    ),
+    role(
+        "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+        "Key Vault Secrets Officer",
+        "Perform any action on the secrets of a key vault, except manage permissions. Only works for key vaults that use the 'Azure role-based access control' permission model.",
+        &[
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/checkNameAvailability/read",
+            "Microsoft.KeyVault/deletedVaults/read",
+            "Microsoft.KeyVault/locations/*/read",
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/operations/read",
+        ],
+        &[],
+        &["Microsoft.KeyVault/vaults/secrets/*"],
+    ),
+    role(
+        "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+        "Storage Blob Data Reader",
+        "Read and list Azure Storage containers and blobs.",
+        &[
+            "Microsoft.Storage/storageAccounts/blobServices/containers/read",
+            "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action",
+        ],
+        &[],
+        &["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"],
+    ),
+    role(
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        "Storage Blob Data Contributor",
+        "Read, write, and delete Azure Storage containers and blobs.",
+        &[
+            "Microsoft.Storage/storageAccounts/blobServices/containers/delete",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/read",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/write",
+            "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action",
+        ],
+        &[],
+        &[
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/move/action",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+        ],
+    ),
+];
+
+pub fn built_in(guid: &str) -> Option<&'static BuiltInRole> {
+    BUILT_IN_ROLES
+        .iter()
+        .find(|r| r.guid.eq_ignore_ascii_case(guid))
+}
+
+/// Case-insensitive wildcard match: `*` spans any characters (including `/`), and `/*/` may
+/// also stand for a single `/`, so `.../userAssignedIdentities/*/assign/action` covers
+/// `.../userAssignedIdentities/assign/action` as the documented role requires.
+pub fn action_matches(pattern: &str, action: &str) -> bool {
+    fn go(p: &[u8], a: &[u8]) -> bool {
+        match p.first() {
+            None => a.is_empty(),
+            Some(b'*') => (0..=a.len()).any(|i| go(&p[1..], &a[i..])),
+            Some(b'/')
+                if p.get(1) == Some(&b'*')
+                    && p.get(2) == Some(&b'/')
+                    && a.first() == Some(&b'/')
+                    && go(&p[2..], a) =>
+            {
+                true
+            }
+            Some(c) => a.first().is_some_and(|x| x.eq_ignore_ascii_case(c)) && go(&p[1..], &a[1..]),
+        }
+    }
+    go(pattern.as_bytes(), action.as_bytes())
+}
+
+/// Whether one permission block grants `action` (NotActions subtract inside the block only).
+pub fn permission_allows(permission: &Permission, action: &str) -> bool {
+    permission.actions.iter().any(|p| action_matches(p, action))
+        && !permission
+            .not_actions
+            .iter()
+            .any(|p| action_matches(p, action))
+}
+
+/// Normalised form of a scope or resource id for containment checks: lower case, no trailing
+/// slash, `resourcegroups` spelled one way.
+pub fn scope_key(scope: &str) -> String {
+    let trimmed = scope.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_ascii_lowercase()
+    }
+}
+
+/// Whether `outer` is `inner` or one of its ancestors.
+pub fn scope_contains(outer: &str, inner: &str) -> bool {
+    let (o, i) = (scope_key(outer), scope_key(inner));
+    o == "/" || i == o || (i.starts_with(&o) && i.as_bytes().get(o.len()) == Some(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_and_zero_segment_slashes() {
+        assert!(action_matches(
+            "*",
+            "Microsoft.Compute/virtualMachines/write"
+        ));
+        assert!(action_matches(
+            "*/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/read"
+        ));
+        assert!(!action_matches(
+            "*/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/write"
+        ));
+        assert!(action_matches(
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action",
+            "microsoft.managedidentity/userassignedidentities/assign/action"
+        ));
+        assert!(action_matches(
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/read",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/read"
+        ));
+        assert!(action_matches(
+            "Microsoft.Authorization/*/Write",
+            "Microsoft.Authorization/roleAssignments/write"
+        ));
+        assert!(!action_matches(
+            "Microsoft.Authorization/*",
+            "Microsoft.Compute/virtualMachines/read"
+        ));
+    }
+
+    #[test]
+    fn not_actions_subtract_within_a_block() {
+        let contributor = built_in("b24988ac-6180-42a0-ab88-20f7382dd24c").expect("contributor");
+        assert!(permission_allows(
+            &contributor.permission,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/write"
+        ));
+        assert!(!permission_allows(
+            &contributor.permission,
+            "Microsoft.Authorization/roleAssignments/write"
+        ));
+        let secrets_user = built_in("4633458b-17de-408a-b874-0445c86b69e6").expect("kv");
+        assert!(
+            !permission_allows(&secrets_user.permission, "Microsoft.KeyVault/vaults/read"),
+            "data roles grant no control-plane actions"
+        );
+    }
+
+    #[test]
+    fn scopes_contain_their_descendants_only() {
+        assert!(scope_contains(
+            "/subscriptions/S",
+            "/subscriptions/s/resourceGroups/rg"
+        ));
+        assert!(scope_contains(
+            "/subscriptions/s/resourcegroups/RG/",
+            "/subscriptions/s/resourceGroups/rg/providers/x/y/z"
+        ));
+        assert!(!scope_contains(
+            "/subscriptions/s/resourceGroups/rg",
+            "/subscriptions/s/resourceGroups/rg2"
+        ));
+        assert!(scope_contains("/", "/subscriptions/s"));
+        assert!(!scope_contains(
+            "/subscriptions/s/resourceGroups/rg",
+            "/subscriptions/s"
+        ));
+    }
+}

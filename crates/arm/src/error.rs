@@ -1,0 +1,144 @@
+//! `ArmError`: every way an ARM request fails, rendered in ARM's error envelope
+//! (spec/arm.md §1.5) by `http::error`.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    #[error("The api-version query parameter (?api-version=) is required for all requests.")]
+    MissingApiVersion,
+    #[error("The api-version '{version}' is invalid. The supported versions are '{supported}'.")]
+    InvalidApiVersion {
+        version: String,
+        supported: &'static str,
+    },
+    #[error(
+        "No registered resource provider found for location 'global' and API version '{version}' for type '{kind}'. The supported api-versions are '{supported}'."
+    )]
+    NoRegisteredProviderFound {
+        version: String,
+        kind: &'static str,
+        supported: &'static str,
+    },
+    #[error("Authentication failed. The 'Authorization' header is missing.")]
+    AuthenticationMissing,
+    #[error("The access token is invalid. {0}")]
+    InvalidToken(String),
+    #[error(
+        "The access token has been obtained for wrong audience or resource '{0}'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'."
+    )]
+    WrongAudience(String),
+    #[error("The access token expiry UTC time '{exp}' is earlier than current UTC time '{now}'.")]
+    ExpiredToken { exp: String, now: String },
+    #[error(
+        "The access token is from the wrong issuer '{0}'. It must match the tenant associated with this subscription."
+    )]
+    WrongIssuer(String),
+    #[error(
+        "The client '{oid}' with object id '{oid}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
+    )]
+    AuthorizationFailed {
+        oid: String,
+        action: String,
+        scope: String,
+    },
+    #[error("The subscription '{0}' could not be found.")]
+    SubscriptionNotFound(String),
+    #[error("Resource group '{0}' could not be found.")]
+    ResourceGroupNotFound(String),
+    #[error(
+        "The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+    )]
+    ResourceNotFound {
+        kind: &'static str,
+        name: String,
+        rg: String,
+    },
+    #[error("The request content was invalid and could not be deserialized: '{0}'.")]
+    InvalidRequestContent(String),
+    #[error("The request body is too large.")]
+    RequestTooLarge,
+    #[error("The 'location' property is required for this definition.")]
+    LocationRequired,
+    #[error("The resource name '{name}' is invalid. {rule}")]
+    InvalidResourceName { name: String, rule: &'static str },
+    #[error(
+        "Invalid resource group location '{requested}'. The Resource group already exists in location '{existing}'."
+    )]
+    InvalidResourceGroupLocation { requested: String, existing: String },
+    #[error(
+        "Invalid resource location '{requested}'. The resource already exists in location '{existing}'."
+    )]
+    InvalidResourceLocation { requested: String, existing: String },
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("The role assignment already exists.")]
+    RoleAssignmentExists,
+    #[error("Tenant ID, application ID, principal ID, and scope are not allowed to be updated.")]
+    RoleAssignmentUpdateNotPermitted,
+    #[error(
+        "Principal {oid} does not exist in the directory {tenant}. Check that you have the correct principal ID. If you are creating this principal and then immediately assigning a role, this error might be related to a replication delay. In this case, set the role assignment principalType property to a value, such as ServicePrincipal, User, or Group.  See https://aka.ms/docs-principaltype"
+    )]
+    PrincipalNotFound { oid: String, tenant: String },
+    #[error("The specified role definition with ID '{0}' does not exist.")]
+    RoleDefinitionDoesNotExist(String),
+    #[error("The role assignment ID '{0}' is not valid. The role assignment ID must be a GUID.")]
+    InvalidRoleAssignmentId(String),
+    #[error("The role assignment '{0}' is not found.")]
+    RoleAssignmentNotFound(String),
+    #[error(
+        "The resource type could not be found in the namespace for api version. The path '{0}' is not served by misim."
+    )]
+    InvalidResourceType(String),
+    #[error("The requested resource does not support http method '{0}'.")]
+    MethodNotAllowed(String),
+    #[error("An internal error occurred.")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for ArmError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<misim_core::crypto::CryptoError> for ArmError {
+    fn from(error: misim_core::crypto::CryptoError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl ArmError {
+    /// Status and ARM error code: the one table of ARM's dialect.
+    pub fn parts(&self) -> (u16, &'static str) {
+        use ArmError::*;
+        match self {
+            MissingApiVersion => (400, "MissingApiVersionParameter"),
+            InvalidApiVersion { .. } => (400, "InvalidApiVersionParameter"),
+            NoRegisteredProviderFound { .. } => (400, "NoRegisteredProviderFound"),
+            AuthenticationMissing => (401, "AuthenticationFailed"),
+            InvalidToken(_) => (401, "InvalidAuthenticationToken"),
+            WrongAudience(_) => (401, "InvalidAuthenticationTokenAudience"),
+            ExpiredToken { .. } => (401, "ExpiredAuthenticationToken"),
+            WrongIssuer(_) => (401, "InvalidAuthenticationTokenTenant"),
+            AuthorizationFailed { .. } => (403, "AuthorizationFailed"),
+            SubscriptionNotFound(_) => (404, "SubscriptionNotFound"),
+            ResourceGroupNotFound(_) => (404, "ResourceGroupNotFound"),
+            ResourceNotFound { .. } => (404, "ResourceNotFound"),
+            InvalidRequestContent(_) => (400, "InvalidRequestContent"),
+            RequestTooLarge => (413, "RequestContentTooLarge"),
+            LocationRequired => (400, "LocationRequired"),
+            InvalidResourceName { .. } => (400, "InvalidResourceName"),
+            InvalidResourceGroupLocation { .. } => (409, "InvalidResourceGroupLocation"),
+            InvalidResourceLocation { .. } => (409, "InvalidResourceLocation"),
+            InvalidParameter(_) => (400, "InvalidParameter"),
+            RoleAssignmentExists => (409, "RoleAssignmentExists"),
+            RoleAssignmentUpdateNotPermitted => (409, "RoleAssignmentUpdateNotPermitted"),
+            PrincipalNotFound { .. } => (400, "PrincipalNotFound"),
+            RoleDefinitionDoesNotExist(_) => (400, "RoleDefinitionDoesNotExist"),
+            InvalidRoleAssignmentId(_) => (400, "InvalidRoleAssignmentId"),
+            RoleAssignmentNotFound(_) => (404, "RoleAssignmentNotFound"),
+            InvalidResourceType(_) => (400, "InvalidResourceType"),
+            MethodNotAllowed(_) => (405, "MethodNotAllowed"),
+            Internal(_) => (500, "InternalServerError"),
+        }
+    }
+}

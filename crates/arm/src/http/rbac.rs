@@ -1,0 +1,223 @@
+//! Handlers for role assignments and role definitions.
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Call, ok_json};
+use crate::domain::path::Target;
+use crate::domain::rbac::{BUILT_IN_ROLES, BuiltInRole, built_in};
+use crate::error::ArmError;
+use crate::service::{AssignmentFilter, AssignmentInput};
+use crate::store::AssignmentRow;
+
+pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
+    let m = &call.method;
+    match target {
+        Target::RoleAssignments { scope } if *m == Method::GET => {
+            let filter = assignment_filter(call.query.get("$filter").map(String::as_str))?;
+            let rows = call.arm.assignments(&call.caller, &scope, &filter).await?;
+            call.page(rows.iter().map(|r| assignment_json(call, r)).collect())
+        }
+        Target::RoleAssignment { scope, name } => assignment(call, &scope, &name).await,
+        Target::RoleDefinitions { scope } if *m == Method::GET => {
+            call.arm
+                .authorize_role_definitions(&call.caller, &scope)
+                .await?;
+            let filter = call.query.get("$filter").map(String::as_str);
+            let roles: Vec<&BuiltInRole> = match filter.map(parse_role_filter).transpose()? {
+                None => BUILT_IN_ROLES.iter().collect(),
+                Some(RoleFilter::Name(name)) => BUILT_IN_ROLES
+                    .iter()
+                    .filter(|r| r.name.eq_ignore_ascii_case(&name))
+                    .collect(),
+                Some(RoleFilter::BuiltIn) => BUILT_IN_ROLES.iter().collect(),
+                Some(RoleFilter::Custom) => Vec::new(),
+            };
+            call.page(
+                roles
+                    .iter()
+                    .map(|r| definition_json(call, &scope, r))
+                    .collect(),
+            )
+        }
+        Target::RoleDefinition { scope, id } if *m == Method::GET => {
+            call.arm
+                .authorize_role_definitions(&call.caller, &scope)
+                .await?;
+            let role =
+                built_in(&id).ok_or_else(|| ArmError::RoleDefinitionDoesNotExist(id.clone()))?;
+            Ok(ok_json(StatusCode::OK, definition_json(call, &scope, role)))
+        }
+        _ => Err(ArmError::MethodNotAllowed(m.to_string())),
+    }
+}
+
+fn quoted(text: &str) -> Option<String> {
+    Some(
+        text.trim()
+            .strip_prefix('\'')?
+            .strip_suffix('\'')?
+            .replace("''", "'"),
+    )
+}
+
+fn assignment_filter(filter: Option<&str>) -> Result<AssignmentFilter, ArmError> {
+    let Some(filter) = filter.map(str::trim).filter(|f| !f.is_empty()) else {
+        return Ok(AssignmentFilter::None);
+    };
+    if filter.eq_ignore_ascii_case("atScope()") {
+        return Ok(AssignmentFilter::AtScope);
+    }
+    let principal = filter
+        .strip_prefix("principalId eq ")
+        .and_then(quoted)
+        .or_else(|| {
+            filter
+                .strip_prefix("assignedTo(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(quoted)
+        });
+    principal.map(AssignmentFilter::Principal).ok_or_else(|| ArmError::InvalidParameter(format!("The filter '{filter}' is not supported. Supported: atScope(), principalId eq '{{id}}', assignedTo('{{id}}').")))
+}
+
+enum RoleFilter {
+    Name(String),
+    BuiltIn,
+    Custom,
+}
+
+fn parse_role_filter(filter: &str) -> Result<RoleFilter, ArmError> {
+    let filter = filter.trim();
+    if let Some(name) = filter.strip_prefix("roleName eq ").and_then(quoted) {
+        return Ok(RoleFilter::Name(name));
+    }
+    match filter.strip_prefix("type eq ").and_then(quoted).as_deref() {
+        Some("BuiltInRole") => Ok(RoleFilter::BuiltIn),
+        Some("CustomRole") => Ok(RoleFilter::Custom),
+        _ => Err(ArmError::InvalidParameter(format!(
+            "The filter '{filter}' is not supported. Supported: roleName eq '{{name}}', type eq 'BuiltInRole'|'CustomRole'."
+        ))),
+    }
+}
+
+fn time(t: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+}
+
+fn assignment_json(_call: &Call, row: &AssignmentRow) -> Value {
+    let id = if row.scope == "/" {
+        format!(
+            "/providers/Microsoft.Authorization/roleAssignments/{}",
+            row.name
+        )
+    } else {
+        format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            row.scope, row.name
+        )
+    };
+    json!({
+        "id": id,
+        "name": row.name,
+        "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {
+            "roleDefinitionId": row.role_definition_id,
+            "principalId": row.principal_id,
+            "principalType": row.principal_type,
+            "scope": row.scope,
+            "condition": null,
+            "conditionVersion": null,
+            "createdOn": time(row.created_at),
+            "updatedOn": time(row.updated_at),
+            "createdBy": row.created_by,
+            "updatedBy": row.updated_by,
+            "delegatedManagedIdentityResourceId": null,
+            "description": row.description,
+        }
+    })
+}
+
+fn definition_json(call: &Call, scope: &str, role: &BuiltInRole) -> Value {
+    json!({
+        "id": call.arm.role_definition_id(scope, role.guid),
+        "name": role.guid,
+        "type": "Microsoft.Authorization/roleDefinitions",
+        "properties": {
+            "roleName": role.name,
+            "type": "BuiltInRole",
+            "description": role.description,
+            "assignableScopes": ["/"],
+            "permissions": [{"actions": role.permission.actions, "notActions": role.permission.not_actions, "dataActions": role.permission.data_actions, "notDataActions": []}],
+            "createdOn": "2015-02-02T21:55:09.8806423Z",
+            "updatedOn": "2024-01-01T00:00:00.0000000Z",
+            "createdBy": null,
+            "updatedBy": null,
+        }
+    })
+}
+
+async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, ArmError> {
+    match call.method {
+        Method::GET => Ok(ok_json(
+            StatusCode::OK,
+            assignment_json(call, &call.arm.assignment(&call.caller, scope, name).await?),
+        )),
+        Method::PUT => {
+            let body = call.json_object()?;
+            let properties = body
+                .get("properties")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ArmError::InvalidRequestContent("'properties' is required".into())
+                })?;
+            let text = |field: &str| -> Result<Option<String>, ArmError> {
+                match properties.get(field) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(ArmError::InvalidRequestContent(format!(
+                        "'{field}' must be a string"
+                    ))),
+                }
+            };
+            let role = text("roleDefinitionId")?.ok_or_else(|| {
+                ArmError::InvalidParameter("The property 'roleDefinitionId' is required.".into())
+            })?;
+            let principal = text("principalId")?.ok_or_else(|| {
+                ArmError::InvalidParameter("The property 'principalId' is required.".into())
+            })?;
+            let input = AssignmentInput {
+                role_definition_id: role,
+                principal_id: principal,
+                principal_type: text("principalType")?,
+                description: text("description")?,
+            };
+            let (row, created) = call
+                .arm
+                .put_assignment(&call.caller, scope, name, input)
+                .await?;
+            Ok(ok_json(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                assignment_json(call, &row),
+            ))
+        }
+        Method::DELETE => match call
+            .arm
+            .delete_assignment(&call.caller, scope, name)
+            .await?
+        {
+            Some(row) => Ok(ok_json(StatusCode::OK, assignment_json(call, &row))),
+            None => Ok(StatusCode::NO_CONTENT.into_response()),
+        },
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
+}

@@ -1,0 +1,371 @@
+//! Handlers for subscriptions, tenants, resource groups, user-assigned identities, providers,
+//! operation results and `/metadata/endpoints`.
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use super::{Call, ok_json};
+use crate::domain::path::Target;
+use crate::error::ArmError;
+use crate::service::{Arm, IdentityView, TrackedInput};
+use crate::store::ResourceRow;
+
+pub async fn handle(
+    call: &Call,
+    target: Target,
+    _headers: &HeaderMap,
+) -> Result<Response, ArmError> {
+    let m = &call.method;
+    match target {
+        Target::Tenants if *m == Method::GET => call.page(vec![tenant_json(&call.arm)]),
+        Target::Subscriptions if *m == Method::GET => {
+            let subs = call.arm.visible_subscriptions(&call.caller).await?;
+            call.page(subs.iter().map(|_| subscription_json(&call.arm)).collect())
+        }
+        Target::Subscription { sub } if *m == Method::GET => {
+            call.arm.subscription(&call.caller, &sub).await?;
+            Ok(ok_json(StatusCode::OK, subscription_json(&call.arm)))
+        }
+        Target::Provider { sub, namespace } if *m == Method::GET || *m == Method::POST => {
+            call.arm.subscription(&call.caller, &sub).await?;
+            Ok(ok_json(
+                StatusCode::OK,
+                json!({"id": format!("/subscriptions/{sub}/providers/{namespace}"), "namespace": namespace, "registrationState": "Registered", "resourceTypes": []}),
+            ))
+        }
+        Target::ResourceGroups { sub } if *m == Method::GET => {
+            let groups = call.arm.groups(&call.caller, &sub).await?;
+            call.page(groups.iter().map(group_json).collect())
+        }
+        Target::ResourceGroup { sub, rg } => group(call, &sub, &rg).await,
+        Target::GroupResources { sub, rg } if *m == Method::GET => {
+            call.arm.group(&call.caller, &sub, &rg).await?;
+            let identities = call
+                .arm
+                .identities(&call.caller, &sub, Some(&rg))
+                .await
+                .unwrap_or_default();
+            call.page(
+                identities
+                    .iter()
+                    .map(|i| generic_json(&i.resource))
+                    .collect(),
+            )
+        }
+        Target::OperationResult { sub, token } if *m == Method::GET => {
+            operation_result(call, &sub, &token).await
+        }
+        Target::Identities { sub, rg } if *m == Method::GET => {
+            let items = call
+                .arm
+                .identities(&call.caller, &sub, rg.as_deref())
+                .await?;
+            call.page(items.iter().map(|i| identity_json(call, i)).collect())
+        }
+        Target::Identity { sub, rg, name } => identity(call, &sub, &rg, &name).await,
+        _ => Err(ArmError::MethodNotAllowed(m.to_string())),
+    }
+}
+
+fn tags_of(body: &Map<String, Value>) -> Result<Option<Map<String, Value>>, ArmError> {
+    match body.get("tags") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(tags)) => {
+            for (key, value) in tags {
+                if !value.is_string() {
+                    return Err(ArmError::InvalidRequestContent(format!(
+                        "The value of tag '{key}' must be a string"
+                    )));
+                }
+                if key.is_empty()
+                    || key.len() > 512
+                    || key
+                        .chars()
+                        .any(|c| "<>%&\\?/".contains(c) || c.is_control())
+                {
+                    return Err(ArmError::InvalidParameter(format!(
+                        "The tag name '{key}' is invalid."
+                    )));
+                }
+                if value.as_str().is_some_and(|v| v.len() > 256) {
+                    return Err(ArmError::InvalidParameter(format!(
+                        "The value of tag '{key}' is longer than 256 characters."
+                    )));
+                }
+            }
+            if tags.len() > 50 {
+                return Err(ArmError::InvalidParameter(
+                    "At most 50 tags are allowed.".into(),
+                ));
+            }
+            Ok(Some(tags.clone()))
+        }
+        Some(_) => Err(ArmError::InvalidRequestContent(
+            "'tags' must be an object of strings".into(),
+        )),
+    }
+}
+
+fn tracked_input(body: &Map<String, Value>) -> Result<TrackedInput, ArmError> {
+    let location = match body.get("location") {
+        None | Some(Value::Null) => return Err(ArmError::LocationRequired),
+        Some(Value::String(l)) if !l.trim().is_empty() => l.clone(),
+        Some(Value::String(_)) => return Err(ArmError::LocationRequired),
+        Some(_) => {
+            return Err(ArmError::InvalidRequestContent(
+                "'location' must be a string".into(),
+            ));
+        }
+    };
+    Ok(TrackedInput {
+        location,
+        tags: tags_of(body)?.unwrap_or_default(),
+    })
+}
+
+fn tags_json(row: &ResourceRow) -> Value {
+    serde_json::from_str(&row.tags).unwrap_or_else(|_| json!({}))
+}
+
+fn group_json(row: &ResourceRow) -> Value {
+    json!({
+        "id": row.id,
+        "name": row.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": row.location,
+        "tags": tags_json(row),
+        "properties": {"provisioningState": row.state},
+    })
+}
+
+fn generic_json(row: &ResourceRow) -> Value {
+    json!({"id": row.id, "name": row.name, "type": "Microsoft.ManagedIdentity/userAssignedIdentities", "location": row.location, "tags": tags_json(row)})
+}
+
+fn system_data(row: &ResourceRow) -> Value {
+    let time = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+    };
+    json!({
+        "createdBy": row.created_by, "createdByType": "Application", "createdAt": time(row.created_at),
+        "lastModifiedBy": row.updated_by, "lastModifiedByType": "Application", "lastModifiedAt": time(row.updated_at),
+    })
+}
+
+fn identity_json(call: &Call, view: &IdentityView) -> Value {
+    let row = &view.resource;
+    let mut properties = json!({"tenantId": call.arm.tenant_id(), "principalId": view.principal_id, "clientId": view.client_id});
+    // `isolationScope` exists from 2024-11-30 on.
+    if call.api_version.as_str() >= "2024-11-30" {
+        properties["isolationScope"] = json!("None");
+    }
+    let mut body = json!({
+        "id": row.id,
+        "name": row.name,
+        "type": "Microsoft.ManagedIdentity/userAssignedIdentities",
+        "location": row.location,
+        "tags": tags_json(row),
+        "properties": properties,
+    });
+    if call.api_version.as_str() >= "2023-01-31" {
+        body["systemData"] = system_data(row);
+    }
+    body
+}
+
+fn tenant_json(arm: &Arm) -> Value {
+    json!({
+        "id": format!("/tenants/{}", arm.tenant_id()),
+        "tenantId": arm.tenant_id(),
+        "countryCode": "US",
+        "displayName": "misim Simulated Tenant",
+        "domains": ["misim.onmicrosoft.com"],
+        "tenantCategory": "Home",
+        "defaultDomain": "misim.onmicrosoft.com",
+        "tenantType": "AAD",
+    })
+}
+
+fn subscription_json(arm: &Arm) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}", arm.subscription_id()),
+        "subscriptionId": arm.subscription_id(),
+        "tenantId": arm.tenant_id(),
+        "displayName": "misim Simulated Subscription",
+        "state": "Enabled",
+        "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "PayAsYouGo_2014-09-01", "spendingLimit": "Off"},
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "tags": {},
+    })
+}
+
+async fn group(call: &Call, sub: &str, rg: &str) -> Result<Response, ArmError> {
+    let arm = &call.arm;
+    match call.method {
+        Method::GET => Ok(ok_json(
+            StatusCode::OK,
+            group_json(&arm.group(&call.caller, sub, rg).await?),
+        )),
+        Method::HEAD => match arm.group(&call.caller, sub, rg).await {
+            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(ArmError::ResourceGroupNotFound(_)) => Ok(StatusCode::NOT_FOUND.into_response()),
+            Err(e) => Err(e),
+        },
+        Method::PUT => {
+            let input = tracked_input(&call.json_object()?)?;
+            let (row, created) = arm.put_group(&call.caller, sub, rg, input).await?;
+            Ok(ok_json(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                group_json(&row),
+            ))
+        }
+        Method::PATCH => {
+            let body = call.json_object()?;
+            Ok(ok_json(
+                StatusCode::OK,
+                group_json(
+                    &arm.patch_group(&call.caller, sub, rg, tags_of(&body)?)
+                        .await?,
+                ),
+            ))
+        }
+        Method::DELETE => {
+            arm.delete_group(&call.caller, sub, rg).await?;
+            // A long-running operation, already finished: the first poll answers 200.
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"jobId": format!("RESOURCEGROUPDELETIONJOB-{}", rg.to_uppercase()), "rg": rg}).to_string());
+            let location = call.url(
+                &format!(
+                    "/subscriptions/{}/operationresults/{token}",
+                    arm.subscription_id()
+                ),
+                "",
+            );
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(response)
+        }
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
+}
+
+async fn operation_result(call: &Call, sub: &str, token: &str) -> Result<Response, ArmError> {
+    call.arm.subscription(&call.caller, sub).await?;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let rg = decoded
+        .as_ref()
+        .and_then(|v| v["rg"].as_str())
+        .ok_or_else(|| {
+            ArmError::InvalidParameter(format!("The operation '{token}' is not known."))
+        })?;
+    if call.arm.group_exists(rg).await? {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Ok(StatusCode::OK.into_response())
+    }
+}
+
+async fn identity(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, ArmError> {
+    let arm = &call.arm;
+    match call.method {
+        Method::GET => Ok(ok_json(
+            StatusCode::OK,
+            identity_json(call, &arm.identity(&call.caller, sub, rg, name).await?),
+        )),
+        Method::PUT => {
+            let input = tracked_input(&call.json_object()?)?;
+            let (view, created) = arm.put_identity(&call.caller, sub, rg, name, input).await?;
+            Ok(ok_json(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                identity_json(call, &view),
+            ))
+        }
+        Method::PATCH => {
+            let body = call.json_object()?;
+            let location = match body.get("location") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(l)) => Some(l.clone()),
+                Some(_) => {
+                    return Err(ArmError::InvalidRequestContent(
+                        "'location' must be a string".into(),
+                    ));
+                }
+            };
+            let view = arm
+                .patch_identity(&call.caller, sub, rg, name, tags_of(&body)?, location)
+                .await?;
+            Ok(ok_json(StatusCode::OK, identity_json(call, &view)))
+        }
+        Method::DELETE => {
+            let deleted = arm.delete_identity(&call.caller, sub, rg, name).await?;
+            Ok(if deleted {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+            .into_response())
+        }
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
+}
+
+/// `GET /metadata/endpoints` (no authentication): one object for 2022-09-01 and later, the list
+/// of clouds for 2019-05-01/2020-06-01, the legacy object otherwise (spec/arm.md §2.5).
+pub fn metadata_endpoints(arm: &Arm, api_version: Option<&str>) -> Response {
+    let (arm_url, aad_url, graph_url) = (arm.public_url(), arm.aad_url(), arm.graph_url());
+    let audiences = json!([
+        "https://management.core.windows.net/",
+        "https://management.azure.com/"
+    ]);
+    let cloud = json!({
+        "name": "AzureSimulator",
+        "portal": format!("{arm_url}/portal"),
+        "resourceManager": format!("{arm_url}/"),
+        "authentication": {"loginEndpoint": format!("{aad_url}/"), "audiences": audiences, "tenant": "common", "identityProvider": "AAD"},
+        "microsoftGraphResourceId": format!("{graph_url}/"),
+        "graph": format!("{graph_url}/"),
+        "graphAudience": format!("{graph_url}/"),
+        "media": format!("{arm_url}/media/"),
+        "batch": format!("{arm_url}/batch/"),
+        "gallery": format!("{arm_url}/gallery/"),
+        "sqlManagement": format!("{arm_url}/sql/"),
+        "vmImageAliasDoc": format!("{arm_url}/aliases.json"),
+        "ossrdbmsResourceId": format!("{arm_url}/ossrdbms"),
+        "ossrDbmsResourceId": format!("{arm_url}/ossrdbms"),
+        "suffixes": {"keyVaultDns": "vault.misim.localhost", "storage": "storage.misim.localhost", "sqlServerHostname": "database.misim.localhost", "acrLoginServer": "acr.misim.localhost", "mhsmDns": "managedhsm.misim.localhost"},
+    });
+    let body = match api_version {
+        Some("2019-05-01") | Some("2020-06-01") => json!([cloud]),
+        Some(v) if v >= "2022-09-01" && v.len() >= 10 => cloud,
+        _ => json!({
+            "galleryEndpoint": format!("{arm_url}/gallery/"),
+            "graphEndpoint": format!("{graph_url}/"),
+            "portalEndpoint": format!("{arm_url}/portal"),
+            "authentication": {"loginEndpoint": format!("{aad_url}/"), "audiences": audiences},
+        }),
+    };
+    ok_json(StatusCode::OK, body)
+}

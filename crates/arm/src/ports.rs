@@ -1,0 +1,99 @@
+//! The edges ARM calls out on, each a small trait so tests can fake it (ARCHITECTURE.md §2).
+
+use async_trait::async_trait;
+use misim_core::internal::{
+    INTERNAL_SECRET_HEADER, ManagedIdentityCertificate, ManagedIdentityPrincipal,
+};
+
+/// AAD's internal directory API.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    async fn put_principal(
+        &self,
+        object_id: &str,
+        principal: &ManagedIdentityPrincipal,
+    ) -> Result<(), String>;
+    async fn put_certificate(
+        &self,
+        object_id: &str,
+        key_id: &str,
+        certificate: &ManagedIdentityCertificate,
+    ) -> Result<(), String>;
+    async fn delete_principal(&self, object_id: &str) -> Result<(), String>;
+    /// Whether a service principal with this object id exists (for `PrincipalNotFound`).
+    async fn principal_exists(&self, object_id: &str) -> Result<bool, String>;
+}
+
+/// The HTTP implementation, authenticated with the internal secret.
+pub struct HttpDirectory {
+    pub http: reqwest::Client,
+    pub aad_url: String,
+    pub secret: String,
+}
+
+impl HttpDirectory {
+    fn url(&self, rest: &str) -> String {
+        format!(
+            "{}/_internal/directory/managed-identities/{rest}",
+            self.aad_url.trim_end_matches('/')
+        )
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, ok_404: bool) -> Result<u16, String> {
+        let response = request
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("AAD unreachable: {e}"))?;
+        let status = response.status().as_u16();
+        if response.status().is_success() || (ok_404 && status == 404) {
+            Ok(status)
+        } else {
+            Err(format!(
+                "AAD answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for HttpDirectory {
+    async fn put_principal(
+        &self,
+        object_id: &str,
+        principal: &ManagedIdentityPrincipal,
+    ) -> Result<(), String> {
+        self.send(self.http.put(self.url(object_id)).json(principal), false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_certificate(
+        &self,
+        object_id: &str,
+        key_id: &str,
+        certificate: &ManagedIdentityCertificate,
+    ) -> Result<(), String> {
+        self.send(
+            self.http
+                .put(self.url(&format!("{object_id}/certificates/{key_id}")))
+                .json(certificate),
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_principal(&self, object_id: &str) -> Result<(), String> {
+        self.send(self.http.delete(self.url(object_id)), true)
+            .await
+            .map(|_| ())
+    }
+
+    async fn principal_exists(&self, object_id: &str) -> Result<bool, String> {
+        self.send(self.http.get(self.url(object_id)), true)
+            .await
+            .map(|status| status != 404)
+    }
+}

@@ -1,0 +1,1175 @@
+//! The `Arm` facade: one method per use case. Authorization happens here (every use case names
+//! its action and scope); each change is written with its follow-up work (outbox rows) in one
+//! transaction, then delivered at once; the worker retries what failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use misim_core::Clock;
+use misim_core::crypto::{RsaKey, blocking};
+use misim_core::internal::{ManagedIdentityCertificate, ManagedIdentityPrincipal};
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::domain::path::{valid_identity_name, valid_resource_group_name};
+use crate::domain::rbac::{self, OWNER, scope_contains, scope_key};
+use crate::error::ArmError;
+use crate::ports::Directory;
+use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
+
+pub const KIND_GROUP: &str = "resourceGroup";
+pub const KIND_IDENTITY: &str = "userAssignedIdentity";
+/// Validity of an identity certificate (simulated time); Azure rolls it at 45 days.
+const IDENTITY_CERT_DAYS: i64 = 90;
+/// Pre-generated identity keys kept ready.
+const KEY_POOL_TARGET: i64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct ArmConfig {
+    /// ARM's public URL (nextLinks, operation URLs).
+    pub public_url: String,
+    /// AAD's authority host and Graph base, for `/metadata/endpoints`.
+    pub aad_url: String,
+    pub graph_url: String,
+    pub tenant_id: String,
+    /// The bootstrap admin: Owner on the subscription.
+    pub admin_object_id: String,
+}
+
+#[derive(Clone)]
+pub struct Arm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<Clock>,
+    config: ArmConfig,
+    subscription_id: String,
+    directory: Arc<dyn Directory>,
+    /// One delivery pass at a time keeps outbox order.
+    delivery: tokio::sync::Mutex<()>,
+    wake_worker: Notify,
+    wake_key_pool: Notify,
+}
+
+/// Location and tags of a tracked resource PUT.
+#[derive(Debug, Clone)]
+pub struct TrackedInput {
+    pub location: String,
+    pub tags: Map<String, Value>,
+}
+
+/// A user-assigned identity as ARM shows it.
+#[derive(Debug, Clone)]
+pub struct IdentityView {
+    pub resource: ResourceRow,
+    pub principal_id: String,
+    pub client_id: String,
+}
+
+/// The body of a role-assignment PUT.
+#[derive(Debug, Clone)]
+pub struct AssignmentInput {
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub principal_type: Option<String>,
+    pub description: Option<String>,
+}
+
+/// `$filter` of role-assignment lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentFilter {
+    None,
+    AtScope,
+    Principal(String),
+}
+
+fn normalize_location(location: &str) -> String {
+    location
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn is_guid(text: &str) -> bool {
+    Uuid::parse_str(text).is_ok()
+}
+
+impl Arm {
+    /// Opens ARM on its store: seeds the subscription and the admin's Owner assignment.
+    pub async fn open(
+        store: Store,
+        clock: Arc<Clock>,
+        config: ArmConfig,
+        directory: Arc<dyn Directory>,
+    ) -> Result<Self, ArmError> {
+        let subscription_id = match store.setting("subscription_id").await? {
+            Some(id) => id,
+            None => {
+                let id = Uuid::new_v4().to_string();
+                let mut tx = store.begin().await?;
+                Store::set_setting(&mut tx, "subscription_id", &id).await?;
+                Store::set_setting(&mut tx, "tenant_id", &config.tenant_id).await?;
+                tx.commit().await?;
+                id
+            }
+        };
+        let arm = Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                subscription_id,
+                directory,
+                delivery: tokio::sync::Mutex::new(()),
+                wake_worker: Notify::new(),
+                wake_key_pool: Notify::new(),
+            }),
+        };
+        arm.seed_admin_owner().await?;
+        Ok(arm)
+    }
+
+    pub fn subscription_id(&self) -> &str {
+        &self.inner.subscription_id
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.inner.config.tenant_id
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.inner.config.public_url
+    }
+
+    pub fn aad_url(&self) -> &str {
+        &self.inner.config.aad_url
+    }
+
+    pub fn graph_url(&self) -> &str {
+        &self.inner.config.graph_url
+    }
+
+    pub fn subscription_scope(&self) -> String {
+        format!("/subscriptions/{}", self.inner.subscription_id)
+    }
+
+    async fn seed_admin_owner(&self) -> Result<(), ArmError> {
+        let admin = self.inner.config.admin_object_id.clone();
+        let scope = self.subscription_scope();
+        let existing = self.inner.store.assignments_of(&admin).await?;
+        if existing
+            .iter()
+            .any(|a| a.role_guid.eq_ignore_ascii_case(OWNER) && a.scope_key == scope_key(&scope))
+        {
+            return Ok(());
+        }
+        let name = Uuid::new_v4().to_string();
+        let now = self.inner.clock.now_unix();
+        let row = AssignmentRow {
+            name_key: name.clone(),
+            name,
+            scope: scope.clone(),
+            scope_key: scope_key(&scope),
+            role_definition_id: self.role_definition_id(&scope, OWNER),
+            role_guid: OWNER.into(),
+            principal_id: admin,
+            principal_type: "ServicePrincipal".into(),
+            description: Some("misim bootstrap admin".into()),
+            created_at: now,
+            created_by: "misim".into(),
+            updated_at: now,
+            updated_by: "misim".into(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::insert_assignment(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs the outbox worker and the key-pool filler until `shutdown`.
+    pub fn spawn_background(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let worker = {
+            let arm = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    arm.deliver().await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = arm.inner.wake_worker.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            })
+        };
+        let key_pool = {
+            let arm = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let below_target = arm
+                        .inner
+                        .store
+                        .pooled_keys()
+                        .await
+                        .is_ok_and(|n| n < KEY_POOL_TARGET);
+                    if below_target {
+                        if let Ok(Ok(key)) = blocking(RsaKey::generate).await {
+                            let _ = arm.inner.store.add_pooled_key(key.pkcs8_der()).await;
+                        }
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        continue;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = arm.inner.wake_key_pool.notified() => {}
+                    }
+                }
+            })
+        };
+        vec![worker, key_pool]
+    }
+
+    // ------------------------------------------------------------------ authorization
+
+    /// Checks `action` on `scope` against the caller's role assignments (spec/arm.md §5.4).
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        action: &str,
+        scope: &str,
+    ) -> Result<(), ArmError> {
+        let assignments = self.inner.store.assignments_of(&caller.object_id).await?;
+        let allowed = assignments.iter().any(|a| {
+            scope_contains(&a.scope, scope)
+                && rbac::built_in(&a.role_guid)
+                    .is_some_and(|role| rbac::permission_allows(&role.permission, action))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(ArmError::AuthorizationFailed {
+                oid: caller.object_id.clone(),
+                action: action.to_string(),
+                scope: display_scope(scope),
+            })
+        }
+    }
+
+    fn check_subscription(&self, sub: &str) -> Result<(), ArmError> {
+        if sub.eq_ignore_ascii_case(&self.inner.subscription_id) {
+            Ok(())
+        } else if is_guid(sub) {
+            Err(ArmError::SubscriptionNotFound(sub.to_string()))
+        } else {
+            Err(ArmError::InvalidParameter(format!(
+                "The provided subscription identifier '{sub}' is malformed or invalid."
+            )))
+        }
+    }
+
+    /// Subscriptions the caller holds any role assignment at or below.
+    pub async fn visible_subscriptions(&self, caller: &Caller) -> Result<Vec<String>, ArmError> {
+        let sub_scope = self.subscription_scope();
+        let assignments = self.inner.store.assignments_of(&caller.object_id).await?;
+        let visible = assignments
+            .iter()
+            .any(|a| scope_contains(&sub_scope, &a.scope) || scope_contains(&a.scope, &sub_scope));
+        Ok(if visible {
+            vec![self.inner.subscription_id.clone()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    pub async fn subscription(&self, caller: &Caller, sub: &str) -> Result<String, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.Resources/subscriptions/read",
+            &self.subscription_scope(),
+        )
+        .await?;
+        Ok(self.inner.subscription_id.clone())
+    }
+
+    // ------------------------------------------------------------------ resource groups
+
+    fn group_id(&self, rg: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{rg}",
+            self.inner.subscription_id
+        )
+    }
+
+    async fn existing_group(&self, sub: &str, rg: &str) -> Result<ResourceRow, ArmError> {
+        self.check_subscription(sub)?;
+        self.inner
+            .store
+            .resource(&scope_key(&self.group_id(rg)))
+            .await?
+            .ok_or_else(|| ArmError::ResourceGroupNotFound(rg.to_string()))
+    }
+
+    pub async fn put_group(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        input: TrackedInput,
+    ) -> Result<(ResourceRow, bool), ArmError> {
+        self.check_subscription(sub)?;
+        if !valid_resource_group_name(rg) {
+            return Err(ArmError::InvalidResourceName {
+                name: rg.into(),
+                rule: "Resource group names are 1-90 characters of letters, digits, '_', '-', '.', '(' and ')', and cannot end with '.'.",
+            });
+        }
+        let id = self.group_id(rg);
+        self.authorize(
+            caller,
+            "Microsoft.Resources/subscriptions/resourceGroups/write",
+            &id,
+        )
+        .await?;
+        let location = normalize_location(&input.location);
+        let existing = self.inner.store.resource(&scope_key(&id)).await?;
+        if let Some(existing) = &existing {
+            if existing.location != location {
+                return Err(ArmError::InvalidResourceGroupLocation {
+                    requested: location,
+                    existing: existing.location.clone(),
+                });
+            }
+            if existing.state == "Deleting" {
+                return Err(ArmError::InvalidParameter(format!(
+                    "The resource group '{rg}' is in deprovisioning state and cannot perform this operation."
+                )));
+            }
+        }
+        let now = self.inner.clock.now_unix();
+        let row = ResourceRow {
+            id_key: scope_key(&id),
+            id,
+            kind: KIND_GROUP.into(),
+            resource_group: rg.to_string(),
+            name: rg.to_string(),
+            location,
+            tags: Value::Object(input.tags).to_string(),
+            properties: "{}".into(),
+            state: "Succeeded".into(),
+            created_at: existing.as_ref().map_or(now, |e| e.created_at),
+            created_by: existing
+                .as_ref()
+                .map_or_else(|| caller.object_id.clone(), |e| e.created_by.clone()),
+            updated_at: now,
+            updated_by: caller.object_id.clone(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok((row, existing.is_none()))
+    }
+
+    pub async fn group(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+    ) -> Result<ResourceRow, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            &self.group_id(rg),
+        )
+        .await?;
+        self.existing_group(sub, rg).await
+    }
+
+    pub async fn groups(&self, caller: &Caller, sub: &str) -> Result<Vec<ResourceRow>, ArmError> {
+        self.check_subscription(sub)?;
+        let all = self.inner.store.resources(KIND_GROUP, None).await?;
+        // A caller sees the groups it may read, wherever that right comes from.
+        let mut visible = Vec::new();
+        for group in all {
+            if self
+                .authorize(
+                    caller,
+                    "Microsoft.Resources/subscriptions/resourceGroups/read",
+                    &group.id,
+                )
+                .await
+                .is_ok()
+            {
+                visible.push(group);
+            }
+        }
+        if visible.is_empty() {
+            self.authorize(
+                caller,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                &self.subscription_scope(),
+            )
+            .await?;
+        }
+        Ok(visible)
+    }
+
+    pub async fn patch_group(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        tags: Option<Map<String, Value>>,
+    ) -> Result<ResourceRow, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.Resources/subscriptions/resourceGroups/write",
+            &self.group_id(rg),
+        )
+        .await?;
+        let mut row = self.existing_group(sub, rg).await?;
+        if let Some(tags) = tags {
+            row.tags = Value::Object(tags).to_string();
+        }
+        row.updated_at = self.inner.clock.now_unix();
+        row.updated_by = caller.object_id.clone();
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Deletes a group and everything in it (identities and their principals, role assignments
+    /// at or below it) in one transaction with the directory work it implies.
+    pub async fn delete_group(&self, caller: &Caller, sub: &str, rg: &str) -> Result<(), ArmError> {
+        self.check_subscription(sub)?;
+        let id = self.group_id(rg);
+        self.authorize(
+            caller,
+            "Microsoft.Resources/subscriptions/resourceGroups/delete",
+            &id,
+        )
+        .await?;
+        let group = self.existing_group(sub, rg).await?;
+        let members = self
+            .inner
+            .store
+            .group_members(&group.resource_group)
+            .await?;
+        let mut tx = self.inner.store.begin().await?;
+        for member in &members {
+            for principal in Store::delete_identities_of(&mut tx, &member.id_key).await? {
+                Store::enqueue(
+                    &mut tx,
+                    "aad.delete_principal",
+                    &json!({"objectId": principal}),
+                )
+                .await?;
+            }
+            Store::delete_resource(&mut tx, &member.id_key).await?;
+        }
+        Store::delete_assignments_under(&mut tx, &group.id_key).await?;
+        Store::delete_resource(&mut tx, &group.id_key).await?;
+        tx.commit().await?;
+        self.deliver().await;
+        Ok(())
+    }
+
+    pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {
+        Ok(self
+            .inner
+            .store
+            .resource(&scope_key(&self.group_id(rg)))
+            .await?
+            .is_some())
+    }
+
+    // ------------------------------------------------------------------ user-assigned identities
+
+    fn identity_id(&self, rg: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourcegroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}",
+            self.inner.subscription_id
+        )
+    }
+
+    async fn identity_view(&self, resource: ResourceRow) -> Result<IdentityView, ArmError> {
+        let identity = self
+            .inner
+            .store
+            .identities_of(&resource.id_key)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ArmError::Internal(format!("identity {} has no principal", resource.id))
+            })?;
+        Ok(IdentityView {
+            resource,
+            principal_id: identity.principal_id,
+            client_id: identity.client_id,
+        })
+    }
+
+    async fn existing_identity(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<ResourceRow, ArmError> {
+        self.existing_group(sub, rg).await?;
+        self.inner
+            .store
+            .resource(&scope_key(&self.identity_id(rg, name)))
+            .await?
+            .filter(|r| r.kind == KIND_IDENTITY)
+            .ok_or_else(|| ArmError::ResourceNotFound {
+                kind: "Microsoft.ManagedIdentity/userAssignedIdentities",
+                name: name.to_string(),
+                rg: rg.to_string(),
+            })
+    }
+
+    /// An RSA key (from the pool when possible) and a certificate for a new identity.
+    async fn new_credential(
+        &self,
+        client_id: &str,
+    ) -> Result<(String, Vec<u8>, Vec<u8>, i64), ArmError> {
+        let pooled = self.inner.store.take_pooled_key().await?;
+        self.inner.wake_key_pool.notify_one();
+        let now = self.inner.clock.now();
+        let cn = client_id.to_string();
+        let (der, pkcs8) = blocking(move || -> Result<(Vec<u8>, Vec<u8>), ArmError> {
+            let key = match pooled {
+                Some(pkcs8) => RsaKey::from_pkcs8(&pkcs8)?,
+                None => RsaKey::generate()?,
+            };
+            let der = key.self_signed_certificate(
+                &cn,
+                now - time::Duration::hours(1),
+                now + time::Duration::days(IDENTITY_CERT_DAYS),
+            )?;
+            Ok((der, key.pkcs8_der().to_vec()))
+        })
+        .await??;
+        let not_after = (now + time::Duration::days(IDENTITY_CERT_DAYS)).unix_timestamp();
+        Ok((Uuid::new_v4().to_string(), der, pkcs8, not_after))
+    }
+
+    /// PUT of a user-assigned identity: creates its principal and credential on first PUT; the
+    /// answer waits until AAD has the principal (ARCHITECTURE.md §3).
+    pub async fn put_identity(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        input: TrackedInput,
+    ) -> Result<(IdentityView, bool), ArmError> {
+        self.check_subscription(sub)?;
+        if !valid_identity_name(name) {
+            return Err(ArmError::InvalidResourceName {
+                name: name.into(),
+                rule: "User-assigned identity names are 3-128 characters of letters, digits, '-' and '_', starting with a letter or digit.",
+            });
+        }
+        let id = self.identity_id(rg, name);
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/write",
+            &id,
+        )
+        .await?;
+        let group = self.existing_group(sub, rg).await?;
+        if group.state == "Deleting" {
+            return Err(ArmError::InvalidParameter(format!(
+                "The resource group '{rg}' is in deprovisioning state and cannot perform this operation."
+            )));
+        }
+        let location = normalize_location(&input.location);
+        let now = self.inner.clock.now_unix();
+        let existing = self.inner.store.resource(&scope_key(&id)).await?;
+        if let Some(existing) = existing {
+            if existing.location != location {
+                return Err(ArmError::InvalidResourceLocation {
+                    requested: location,
+                    existing: existing.location,
+                });
+            }
+            let row = ResourceRow {
+                id,
+                name: name.to_string(),
+                tags: Value::Object(input.tags).to_string(),
+                updated_at: now,
+                updated_by: caller.object_id.clone(),
+                ..existing
+            };
+            let mut tx = self.inner.store.begin().await?;
+            Store::put_resource(&mut tx, &row).await?;
+            tx.commit().await?;
+            return Ok((self.identity_view(row).await?, false));
+        }
+        let principal_id = Uuid::new_v4().to_string();
+        let client_id = Uuid::new_v4().to_string();
+        let (key_id, cert_der, pkcs8, not_after) = self.new_credential(&client_id).await?;
+        let row = ResourceRow {
+            id_key: scope_key(&id),
+            id: id.clone(),
+            kind: KIND_IDENTITY.into(),
+            resource_group: group.resource_group.clone(),
+            name: name.to_string(),
+            location,
+            tags: Value::Object(input.tags).to_string(),
+            properties: "{}".into(),
+            state: "Succeeded".into(),
+            created_at: now,
+            created_by: caller.object_id.clone(),
+            updated_at: now,
+            updated_by: caller.object_id.clone(),
+        };
+        let identity = IdentityRow {
+            principal_id: principal_id.clone(),
+            client_id: client_id.clone(),
+            owner_key: row.id_key.clone(),
+            user_assigned: true,
+            mirid: id.clone(),
+            display_name: name.to_string(),
+            cert_key_id: key_id.clone(),
+            cert_der: cert_der.clone(),
+            private_pkcs8: pkcs8,
+            cert_not_after: not_after,
+            created_at: now,
+        };
+        let principal = ManagedIdentityPrincipal {
+            app_id: client_id.clone(),
+            display_name: name.to_string(),
+            resource_id: id,
+            user_assigned: true,
+        };
+        let certificate = ManagedIdentityCertificate {
+            certificate: misim_core::jose::b64std(&cert_der),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        Store::insert_identity(&mut tx, &identity).await?;
+        Store::enqueue(
+            &mut tx,
+            "aad.put_principal",
+            &json!({"objectId": principal_id, "principal": principal}),
+        )
+        .await?;
+        Store::enqueue(
+            &mut tx,
+            "aad.put_certificate",
+            &json!({"objectId": principal_id, "keyId": key_id, "certificate": certificate}),
+        )
+        .await?;
+        tx.commit().await?;
+        self.deliver().await;
+        Ok((
+            IdentityView {
+                resource: row,
+                principal_id,
+                client_id,
+            },
+            true,
+        ))
+    }
+
+    pub async fn identity(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<IdentityView, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+            &self.identity_id(rg, name),
+        )
+        .await?;
+        let row = self.existing_identity(sub, rg, name).await?;
+        self.identity_view(row).await
+    }
+
+    pub async fn identities(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: Option<&str>,
+    ) -> Result<Vec<IdentityView>, ArmError> {
+        self.check_subscription(sub)?;
+        let scope = match rg {
+            Some(rg) => {
+                self.existing_group(sub, rg).await?;
+                self.group_id(rg)
+            }
+            None => self.subscription_scope(),
+        };
+        let rows = self.inner.store.resources(KIND_IDENTITY, rg).await?;
+        let mut out = Vec::new();
+        let mut denied = None;
+        for row in rows {
+            match self
+                .authorize(
+                    caller,
+                    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+                    &row.id,
+                )
+                .await
+            {
+                Ok(()) => out.push(self.identity_view(row).await?),
+                Err(e) => denied = Some(e),
+            }
+        }
+        if out.is_empty() {
+            // Nothing readable: answer like ARM does for the collection scope.
+            if let Err(e) = self
+                .authorize(
+                    caller,
+                    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+                    &scope,
+                )
+                .await
+            {
+                return Err(denied.unwrap_or(e));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn patch_identity(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        tags: Option<Map<String, Value>>,
+        location: Option<String>,
+    ) -> Result<IdentityView, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/write",
+            &self.identity_id(rg, name),
+        )
+        .await?;
+        let mut row = self.existing_identity(sub, rg, name).await?;
+        if let Some(location) = location.map(|l| normalize_location(&l))
+            && location != row.location
+        {
+            return Err(ArmError::InvalidResourceLocation {
+                requested: location,
+                existing: row.location,
+            });
+        }
+        if let Some(tags) = tags {
+            row.tags = Value::Object(tags).to_string();
+        }
+        row.updated_at = self.inner.clock.now_unix();
+        row.updated_by = caller.object_id.clone();
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        tx.commit().await?;
+        self.identity_view(row).await
+    }
+
+    /// Deletes an identity and its principal; `false` when it did not exist.
+    pub async fn delete_identity(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<bool, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/delete",
+            &self.identity_id(rg, name),
+        )
+        .await?;
+        self.existing_group(sub, rg).await?;
+        let Some(row) = self
+            .inner
+            .store
+            .resource(&scope_key(&self.identity_id(rg, name)))
+            .await?
+            .filter(|r| r.kind == KIND_IDENTITY)
+        else {
+            return Ok(false);
+        };
+        let mut tx = self.inner.store.begin().await?;
+        for principal in Store::delete_identities_of(&mut tx, &row.id_key).await? {
+            Store::enqueue(
+                &mut tx,
+                "aad.delete_principal",
+                &json!({"objectId": principal}),
+            )
+            .await?;
+        }
+        // Assignments *scoped at* the identity go with it; those naming its principal stay as
+        // orphans, as in Azure.
+        Store::delete_assignments_under(&mut tx, &row.id_key).await?;
+        Store::delete_resource(&mut tx, &row.id_key).await?;
+        tx.commit().await?;
+        self.deliver().await;
+        Ok(true)
+    }
+
+    /// Every identity principal ARM holds (for invariant checks and the IMDS host API).
+    pub async fn identity_principals(&self) -> Result<Vec<IdentityRow>, ArmError> {
+        Ok(self.inner.store.identities().await?)
+    }
+
+    // ------------------------------------------------------------------ RBAC resources
+
+    /// The subscription-qualified id clients compare byte for byte (spec/arm.md §5.2).
+    pub fn role_definition_id(&self, scope: &str, guid: &str) -> String {
+        if scope_key(scope) == "/" {
+            format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}")
+        } else {
+            format!(
+                "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{guid}",
+                self.inner.subscription_id
+            )
+        }
+    }
+
+    /// Checks that a scope names this subscription and, for groups and resources, an existing
+    /// group.
+    async fn check_scope(&self, scope: &str) -> Result<(), ArmError> {
+        if scope_key(scope) == "/" {
+            return Ok(());
+        }
+        let parts: Vec<&str> = scope.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["subscriptions", sub, rest @ ..] | ["Subscriptions", sub, rest @ ..] => {
+                self.check_subscription(sub)?;
+                if let [g, rg, ..] = rest
+                    && g.eq_ignore_ascii_case("resourcegroups")
+                {
+                    self.existing_group(sub, rg).await?;
+                }
+                Ok(())
+            }
+            _ => Err(ArmError::InvalidParameter(format!(
+                "The scope '{scope}' is not valid."
+            ))),
+        }
+    }
+
+    pub async fn put_assignment(
+        &self,
+        caller: &Caller,
+        scope: &str,
+        name: &str,
+        input: AssignmentInput,
+    ) -> Result<(AssignmentRow, bool), ArmError> {
+        if !is_guid(name) {
+            return Err(ArmError::InvalidRoleAssignmentId(name.to_string()));
+        }
+        self.check_scope(scope).await?;
+        self.authorize(
+            caller,
+            "Microsoft.Authorization/roleAssignments/write",
+            scope,
+        )
+        .await?;
+        let AssignmentInput {
+            role_definition_id,
+            principal_id,
+            principal_type,
+            description,
+        } = input;
+        let (role_definition_id, principal_id) =
+            (role_definition_id.as_str(), principal_id.as_str());
+        let guid = role_definition_id
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let role = rbac::built_in(&guid)
+            .ok_or_else(|| ArmError::RoleDefinitionDoesNotExist(guid.clone()))?;
+        if !is_guid(principal_id) {
+            return Err(ArmError::InvalidParameter(format!(
+                "The principal ID '{principal_id}' is not a valid GUID."
+            )));
+        }
+        let scope_key_value = scope_key(scope);
+        let name_key = name.to_ascii_lowercase();
+        if let Some(existing) = self.inner.store.assignment(&name_key).await? {
+            let same = existing.scope_key == scope_key_value
+                && existing.role_guid.eq_ignore_ascii_case(role.guid)
+                && existing.principal_id.eq_ignore_ascii_case(principal_id);
+            return if same {
+                Ok((existing, false))
+            } else {
+                Err(ArmError::RoleAssignmentUpdateNotPermitted)
+            };
+        }
+        let duplicate = self
+            .inner
+            .store
+            .assignments_of(principal_id)
+            .await?
+            .into_iter()
+            .any(|a| a.scope_key == scope_key_value && a.role_guid.eq_ignore_ascii_case(role.guid));
+        if duplicate {
+            return Err(ArmError::RoleAssignmentExists);
+        }
+        // With an explicit principalType Azure skips the directory lookup (the documented
+        // workaround for replication delay); without one, the principal must exist.
+        let principal_type = match principal_type {
+            Some(kind) => {
+                if ![
+                    "User",
+                    "Group",
+                    "ServicePrincipal",
+                    "ForeignGroup",
+                    "Device",
+                ]
+                .contains(&kind.as_str())
+                {
+                    return Err(ArmError::InvalidParameter(format!(
+                        "The principal type '{kind}' is not valid."
+                    )));
+                }
+                kind
+            }
+            None => {
+                let exists = self
+                    .inner
+                    .directory
+                    .principal_exists(principal_id)
+                    .await
+                    .map_err(ArmError::Internal)?;
+                if !exists {
+                    return Err(ArmError::PrincipalNotFound {
+                        oid: principal_id.to_string(),
+                        tenant: self.inner.config.tenant_id.clone(),
+                    });
+                }
+                "ServicePrincipal".to_string()
+            }
+        };
+        let now = self.inner.clock.now_unix();
+        let display_scope = if scope_key_value == "/" {
+            "/".to_string()
+        } else {
+            format!("/{}", scope.trim_matches('/'))
+        };
+        let row = AssignmentRow {
+            name_key,
+            name: name.to_string(),
+            scope: display_scope.clone(),
+            scope_key: scope_key_value,
+            role_definition_id: self.role_definition_id(&display_scope, role.guid),
+            role_guid: role.guid.to_string(),
+            principal_id: principal_id.to_string(),
+            principal_type,
+            description,
+            created_at: now,
+            created_by: caller.object_id.clone(),
+            updated_at: now,
+            updated_by: caller.object_id.clone(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::insert_assignment(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok((row, true))
+    }
+
+    async fn scoped_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<AssignmentRow>, ArmError> {
+        Ok(self
+            .inner
+            .store
+            .assignment(&name.to_ascii_lowercase())
+            .await?
+            .filter(|a| a.scope_key == scope_key(scope)))
+    }
+
+    pub async fn assignment(
+        &self,
+        caller: &Caller,
+        scope: &str,
+        name: &str,
+    ) -> Result<AssignmentRow, ArmError> {
+        self.check_scope(scope).await?;
+        self.authorize(
+            caller,
+            "Microsoft.Authorization/roleAssignments/read",
+            scope,
+        )
+        .await?;
+        self.scoped_assignment(scope, name)
+            .await?
+            .ok_or_else(|| ArmError::RoleAssignmentNotFound(name.to_string()))
+    }
+
+    pub async fn delete_assignment(
+        &self,
+        caller: &Caller,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<AssignmentRow>, ArmError> {
+        self.check_scope(scope).await?;
+        self.authorize(
+            caller,
+            "Microsoft.Authorization/roleAssignments/delete",
+            scope,
+        )
+        .await?;
+        let Some(row) = self.scoped_assignment(scope, name).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::delete_assignment(&mut tx, &row.name_key).await?;
+        tx.commit().await?;
+        Ok(Some(row))
+    }
+
+    pub async fn assignments(
+        &self,
+        caller: &Caller,
+        scope: &str,
+        filter: &AssignmentFilter,
+    ) -> Result<Vec<AssignmentRow>, ArmError> {
+        self.check_scope(scope).await?;
+        self.authorize(
+            caller,
+            "Microsoft.Authorization/roleAssignments/read",
+            scope,
+        )
+        .await?;
+        let all = self.inner.store.assignments().await?;
+        Ok(all
+            .into_iter()
+            .filter(|a| {
+                let above = scope_contains(&a.scope, scope);
+                let below = scope_contains(scope, &a.scope);
+                match filter {
+                    AssignmentFilter::None => above || below,
+                    AssignmentFilter::AtScope => above,
+                    AssignmentFilter::Principal(oid) => {
+                        (above || below) && a.principal_id.eq_ignore_ascii_case(oid)
+                    }
+                }
+            })
+            .collect())
+    }
+
+    pub async fn authorize_role_definitions(
+        &self,
+        caller: &Caller,
+        scope: &str,
+    ) -> Result<(), ArmError> {
+        self.check_scope(scope).await?;
+        self.authorize(
+            caller,
+            "Microsoft.Authorization/roleDefinitions/read",
+            scope,
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------------ outbox delivery
+
+    /// Delivers due outbox rows in order, stopping at the first failure (later rows depend on
+    /// earlier ones); failures are retried with back-off by the worker.
+    pub async fn deliver(&self) {
+        let _turn = self.inner.delivery.lock().await;
+        let Ok(rows) = self.inner.store.outbox().await else {
+            return;
+        };
+        let now = Clock::wall_now().unix_timestamp();
+        if let Ok(Some(next)) = self.inner.store.outbox_next_attempt().await
+            && next > now
+        {
+            return;
+        }
+        for row in rows {
+            match self.deliver_one(&row.action, &row.payload).await {
+                Ok(()) => {
+                    let _ = self.inner.store.outbox_done(row.seq).await;
+                }
+                Err(error) => {
+                    let backoff = 1i64 << row.attempts.clamp(0, 5);
+                    tracing::warn!(action = %row.action, attempts = row.attempts + 1, %error, "provisioning step failed; will retry");
+                    let _ = self
+                        .inner
+                        .store
+                        .outbox_failed(row.seq, now + backoff, &error)
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn deliver_one(&self, action: &str, payload: &str) -> Result<(), String> {
+        let payload: Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+        let object_id = payload["objectId"]
+            .as_str()
+            .ok_or("payload without objectId")?;
+        let directory = &self.inner.directory;
+        match action {
+            "aad.put_principal" => {
+                let principal: ManagedIdentityPrincipal =
+                    serde_json::from_value(payload["principal"].clone())
+                        .map_err(|e| e.to_string())?;
+                directory.put_principal(object_id, &principal).await
+            }
+            "aad.put_certificate" => {
+                let certificate: ManagedIdentityCertificate =
+                    serde_json::from_value(payload["certificate"].clone())
+                        .map_err(|e| e.to_string())?;
+                directory
+                    .put_certificate(
+                        object_id,
+                        payload["keyId"].as_str().ok_or("payload without keyId")?,
+                        &certificate,
+                    )
+                    .await
+            }
+            "aad.delete_principal" => directory.delete_principal(object_id).await,
+            other => Err(format!("unknown outbox action '{other}'")),
+        }
+    }
+
+    /// Pending provisioning steps (0 once everything reached AAD).
+    pub async fn pending_work(&self) -> Result<usize, ArmError> {
+        Ok(self.inner.store.outbox().await?.len())
+    }
+}
+
+/// ARM prints scopes with a lower-case `resourcegroups` segment in its messages.
+fn display_scope(scope: &str) -> String {
+    let mut parts: Vec<String> = scope.split('/').map(str::to_string).collect();
+    for part in parts.iter_mut() {
+        if part.eq_ignore_ascii_case("resourcegroups") {
+            *part = "resourcegroups".into();
+        }
+    }
+    parts.join("/")
+}
