@@ -4,5 +4,6 @@
 mod aad_bad_input;
 mod aad_graph;
 mod aad_tokens;
+mod arm;
 mod lifecycle;
 mod support;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,12 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import msal
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-HTTP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 10.0  # every HTTP call of the suite is bounded
+ARM = "https://management.azure.com"
+GRAPH = "https://graph.microsoft.com"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # --------------------------------------------------------------------------
 # Hermetic environment, applied at import, before any client is constructed.
@@ -235,3 +241,87 @@ def sim():
 @pytest.fixture(scope="session")
 def authority(sim) -> str:
     return f"{sim['aad']}/{sim['tenant_id']}"
+
+
+# --------------------------------------------------------------------------
+# Shared helpers: MSAL and a minimal Graph client (used by several modules).
+# --------------------------------------------------------------------------
+def cca(authority: str, client_id: str, credential, **kwargs) -> msal.ConfidentialClientApplication:
+    """An MSAL confidential client that never calls login.microsoftonline.com."""
+    return msal.ConfidentialClientApplication(
+        client_id,
+        client_credential=credential,
+        authority=authority,
+        instance_discovery=False,
+        timeout=HTTP_TIMEOUT_S,
+        **kwargs,
+    )
+
+
+class Graph:
+    """Minimal Microsoft Graph client (the subset misim serves)."""
+
+    def __init__(self, base: str, token: str):
+        self.base = base.rstrip("/") + "/v1.0"
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, params=None, token: str | None = None) -> requests.Response:
+        return requests.request(
+            method,
+            self.base + path,
+            json=body,
+            params=params,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+            timeout=HTTP_TIMEOUT_S,
+        )
+
+    def create_application(self, display_name: str, certs=()) -> dict:
+        """`certs`: objects with a `key_credential()` dict (see test_aad.Cert)."""
+        body = {"displayName": display_name}
+        if certs:
+            body["keyCredentials"] = [c.key_credential() for c in certs]
+        r = self.call("POST", "/applications", body)
+        assert r.status_code == 201, r.text
+        app = r.json()
+        assert UUID_RE.match(app["id"]) and UUID_RE.match(app["appId"]), app
+        assert app["displayName"] == display_name
+        assert len(app.get("keyCredentials", [])) == len(certs), app
+        return app
+
+    def create_service_principal(self, app_id: str) -> dict:
+        r = self.call("POST", "/servicePrincipals", {"appId": app_id})
+        assert r.status_code == 201, r.text
+        sp = r.json()
+        assert sp["appId"] == app_id and UUID_RE.match(sp["id"]), sp
+        return sp
+
+    def add_password(self, object_id: str, display_name: str = "interop") -> dict:
+        r = self.call("POST", f"/applications/{object_id}/addPassword", {"passwordCredential": {"displayName": display_name}})
+        assert r.status_code == 200, r.text
+        cred = r.json()
+        assert cred["secretText"] and UUID_RE.match(cred["keyId"]), cred
+        return cred
+
+
+@pytest.fixture(scope="session")
+def admin_graph_token(sim, authority):
+    admin = sim["admin"]
+    result = cca(authority, admin["client_id"], admin["client_secret"]).acquire_token_for_client(
+        scopes=[f"{GRAPH}/.default"]
+    )
+    assert "access_token" in result, result
+    return result["access_token"]
+
+
+@pytest.fixture(scope="session")
+def graph(sim, admin_graph_token):
+    return Graph(sim["graph"], admin_graph_token)
+
+
+@pytest.fixture
+def secret_app(graph, request):
+    """A fresh application with a password credential and a service principal."""
+    app = graph.create_application(f"interop-{request.node.name}")
+    sp = graph.create_service_principal(app["appId"])
+    cred = graph.add_password(app["id"])
+    return app, sp, cred["secretText"]

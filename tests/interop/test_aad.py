@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-HTTP_TIMEOUT_S = 10.0  # every HTTP call of the suite is bounded
-ARM = "https://management.azure.com"
-GRAPH = "https://graph.microsoft.com"
+from conftest import ARM, GRAPH, HTTP_TIMEOUT_S, UUID_RE, cca
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Entra's error timestamp format, e.g. "2024-01-31 12:34:56Z"
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
@@ -111,18 +109,6 @@ class RecordingSession(requests.Session):
         return super().post(url, data=data, **kwargs)
 
 
-def cca(authority: str, client_id: str, credential, **kwargs) -> msal.ConfidentialClientApplication:
-    """An MSAL confidential client that never calls login.microsoftonline.com."""
-    return msal.ConfidentialClientApplication(
-        client_id,
-        client_credential=credential,
-        authority=authority,
-        instance_discovery=False,
-        timeout=HTTP_TIMEOUT_S,
-        **kwargs,
-    )
-
-
 def token_post(url: str, data: dict) -> requests.Response:
     return requests.post(url, data=data, timeout=HTTP_TIMEOUT_S)
 
@@ -136,50 +122,6 @@ def assert_entra_error(body: dict, code: int, error: str | None = None) -> None:
     assert TIMESTAMP_RE.match(body["timestamp"]), body
     assert UUID_RE.match(body["trace_id"]), body
     assert UUID_RE.match(body["correlation_id"]), body
-
-
-class Graph:
-    """Minimal Microsoft Graph client (the subset misim serves)."""
-
-    def __init__(self, base: str, token: str):
-        self.base = base.rstrip("/") + "/v1.0"
-        self.token = token
-
-    def call(self, method: str, path: str, body=None, params=None, token: str | None = None) -> requests.Response:
-        return requests.request(
-            method,
-            self.base + path,
-            json=body,
-            params=params,
-            headers={"Authorization": f"Bearer {token or self.token}"},
-            timeout=HTTP_TIMEOUT_S,
-        )
-
-    def create_application(self, display_name: str, certs: tuple[Cert, ...] = ()) -> dict:
-        body = {"displayName": display_name}
-        if certs:
-            body["keyCredentials"] = [c.key_credential() for c in certs]
-        r = self.call("POST", "/applications", body)
-        assert r.status_code == 201, r.text
-        app = r.json()
-        assert UUID_RE.match(app["id"]) and UUID_RE.match(app["appId"]), app
-        assert app["displayName"] == display_name
-        assert len(app.get("keyCredentials", [])) == len(certs), app
-        return app
-
-    def create_service_principal(self, app_id: str) -> dict:
-        r = self.call("POST", "/servicePrincipals", {"appId": app_id})
-        assert r.status_code == 201, r.text
-        sp = r.json()
-        assert sp["appId"] == app_id and UUID_RE.match(sp["id"]), sp
-        return sp
-
-    def add_password(self, object_id: str, display_name: str = "interop") -> dict:
-        r = self.call("POST", f"/applications/{object_id}/addPassword", {"passwordCredential": {"displayName": display_name}})
-        assert r.status_code == 200, r.text
-        cred = r.json()
-        assert cred["secretText"] and UUID_RE.match(cred["keyId"]), cred
-        return cred
 
 
 # --------------------------------------------------------------------------
@@ -245,21 +187,6 @@ def verify(sim, jwks):
     return check
 
 
-@pytest.fixture(scope="session")
-def admin_graph_token(sim, authority):
-    admin = sim["admin"]
-    result = cca(authority, admin["client_id"], admin["client_secret"]).acquire_token_for_client(
-        scopes=[f"{GRAPH}/.default"]
-    )
-    assert "access_token" in result, result
-    return result["access_token"]
-
-
-@pytest.fixture(scope="session")
-def graph(sim, admin_graph_token):
-    return Graph(sim["graph"], admin_graph_token)
-
-
 @pytest.fixture
 def cert_app(graph, request):
     """A fresh application with a certificate credential and a service principal."""
@@ -267,15 +194,6 @@ def cert_app(graph, request):
     app = graph.create_application(f"interop-{request.node.name}", (cert,))
     sp = graph.create_service_principal(app["appId"])
     return app, sp, cert
-
-
-@pytest.fixture
-def secret_app(graph, request):
-    """A fresh application with a password credential and a service principal."""
-    app = graph.create_application(f"interop-{request.node.name}")
-    sp = graph.create_service_principal(app["appId"])
-    cred = graph.add_password(app["id"])
-    return app, sp, cred["secretText"]
 
 
 # --------------------------------------------------------------------------

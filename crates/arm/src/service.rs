@@ -1102,7 +1102,8 @@ impl Arm {
         let Ok(rows) = self.inner.store.outbox().await else {
             return;
         };
-        let now = Clock::wall_now().unix_timestamp();
+        // Retry back-off follows simulated time, so `clock advance` makes retries due at once.
+        let now = self.inner.clock.now_unix();
         if let Ok(Some(next)) = self.inner.store.outbox_next_attempt().await
             && next > now
         {
@@ -1172,4 +1173,226 @@ fn display_scope(scope: &str) -> String {
         }
     }
     parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A directory that fails its first `failures` calls, then records what it is told.
+    #[derive(Default)]
+    struct FlakyDirectory {
+        failures: AtomicUsize,
+        principals: Mutex<HashMap<String, Vec<String>>>,
+    }
+
+    impl FlakyDirectory {
+        fn fail(&self) -> Result<(), String> {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Err("AAD unreachable".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Directory for FlakyDirectory {
+        async fn put_principal(
+            &self,
+            object_id: &str,
+            _: &ManagedIdentityPrincipal,
+        ) -> Result<(), String> {
+            self.fail()?;
+            self.principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(object_id.into())
+                .or_default();
+            Ok(())
+        }
+        async fn put_certificate(
+            &self,
+            object_id: &str,
+            key_id: &str,
+            _: &ManagedIdentityCertificate,
+        ) -> Result<(), String> {
+            self.fail()?;
+            let mut principals = self.principals.lock().unwrap_or_else(|p| p.into_inner());
+            let certs = principals.get_mut(object_id).ok_or("no such principal")?;
+            if !certs.iter().any(|k| k == key_id) {
+                certs.push(key_id.into());
+            }
+            Ok(())
+        }
+        async fn delete_principal(&self, object_id: &str) -> Result<(), String> {
+            self.fail()?;
+            self.principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(object_id);
+            Ok(())
+        }
+        async fn principal_exists(&self, object_id: &str) -> Result<bool, String> {
+            Ok(self
+                .principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(object_id))
+        }
+    }
+
+    async fn open(
+        path: &std::path::Path,
+        directory: Arc<FlakyDirectory>,
+        clock: Arc<Clock>,
+    ) -> Arm {
+        let pool = misim_core::db::open(Some(path), &crate::store::MIGRATOR)
+            .await
+            .expect("db");
+        let config = ArmConfig {
+            public_url: "https://arm".into(),
+            aad_url: "https://aad".into(),
+            graph_url: "https://aad".into(),
+            tenant_id: "t".into(),
+            admin_object_id: "admin".into(),
+        };
+        Arm::open(Store::new(pool), clock, config, directory)
+            .await
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn failed_provisioning_is_retried_and_resumed_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("arm.db");
+        let clock = Arc::new(Clock::default());
+        let flaky = Arc::new(FlakyDirectory {
+            failures: AtomicUsize::new(1),
+            ..Default::default()
+        });
+        let arm = open(&db, flaky.clone(), clock.clone()).await;
+        let admin = Caller {
+            object_id: "admin".into(),
+            app_id: "a".into(),
+        };
+        let sub = arm.subscription_id().to_string();
+        arm.put_group(
+            &admin,
+            &sub,
+            "rg",
+            TrackedInput {
+                location: "eastus".into(),
+                tags: Map::new(),
+            },
+        )
+        .await
+        .expect("group");
+        let (view, created) = arm
+            .put_identity(
+                &admin,
+                &sub,
+                "rg",
+                "id1",
+                TrackedInput {
+                    location: "eastus".into(),
+                    tags: Map::new(),
+                },
+            )
+            .await
+            .expect("identity");
+        assert!(created);
+        assert_eq!(
+            arm.pending_work().await.expect("outbox"),
+            2,
+            "both steps wait after the first failed"
+        );
+
+        // Not yet due: nothing happens; once due (simulated time), the work is delivered.
+        arm.deliver().await;
+        assert_eq!(arm.pending_work().await.expect("outbox"), 2);
+        clock.set_offset(clock.offset_secs() + 60).expect("advance");
+        flaky.failures.store(5, Ordering::SeqCst);
+        arm.deliver().await;
+        assert_eq!(
+            arm.pending_work().await.expect("outbox"),
+            2,
+            "still failing"
+        );
+
+        // A restart with a healthy directory resumes the pending work in order.
+        drop(arm);
+        let healthy = Arc::new(FlakyDirectory::default());
+        let clock = Arc::new(Clock::with_offset(clock.offset_secs() + 3600));
+        let arm = open(&db, healthy.clone(), clock).await;
+        arm.deliver().await;
+        assert_eq!(arm.pending_work().await.expect("outbox"), 0);
+        let principals = healthy
+            .principals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        assert_eq!(
+            principals.get(&view.principal_id).map(Vec::len),
+            Some(1),
+            "principal and certificate delivered"
+        );
+
+        // Deleting the identity removes the principal the same way.
+        assert!(
+            arm.delete_identity(&admin, &sub, "rg", "id1")
+                .await
+                .expect("delete")
+        );
+        assert!(
+            healthy
+                .principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        );
+        assert!(
+            arm.identity_principals()
+                .await
+                .expect("identities")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_without_roles_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let arm = open(
+            &dir.path().join("arm.db"),
+            Arc::new(FlakyDirectory::default()),
+            Arc::new(Clock::default()),
+        )
+        .await;
+        let stranger = Caller {
+            object_id: "stranger".into(),
+            app_id: "s".into(),
+        };
+        let sub = arm.subscription_id().to_string();
+        let error = arm
+            .put_group(
+                &stranger,
+                &sub,
+                "rg",
+                TrackedInput {
+                    location: "eastus".into(),
+                    tags: Map::new(),
+                },
+            )
+            .await
+            .expect_err("denied");
+        assert!(
+            matches!(error, ArmError::AuthorizationFailed { ref action, .. } if action == "Microsoft.Resources/subscriptions/resourceGroups/write")
+        );
+        assert!(!arm.group_exists("rg").await.expect("exists"));
+    }
 }

@@ -169,6 +169,10 @@ async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, Ar
             assignment_json(call, &call.arm.assignment(&call.caller, scope, name).await?),
         )),
         Method::PUT => {
+            // The URL is checked before the body, as ARM does.
+            if uuid::Uuid::parse_str(name).is_err() {
+                return Err(ArmError::InvalidRoleAssignmentId(name.to_string()));
+            }
             let body = call.json_object()?;
             let properties = body
                 .get("properties")

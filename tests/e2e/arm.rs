@@ -1,0 +1,863 @@
+//! ARM over HTTPS: authentication, RBAC, resource groups, user-assigned identities and the
+//! principals they own in AAD, with invariants checked after each step.
+
+use crate::support::{TestSim, register_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const RG_API: &str = "2024-11-01";
+const MSI_API: &str = "2024-11-30";
+const AUTH_API: &str = "2022-04-01";
+
+struct Arm<'a> {
+    sim: &'a TestSim,
+    token: String,
+}
+
+impl Arm<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        api: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}?api-version={api}", self.sim.sim.connection.arm);
+        let mut request = self.sim.http.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("arm request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert!(status < 500, "{path}: {status} {text}");
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).expect("json")
+            },
+        )
+    }
+}
+
+fn sub_path(sim: &TestSim) -> String {
+    format!("/subscriptions/{}", sim.sim.connection.subscription_id)
+}
+
+/// Every identity ARM holds has its principal in AAD, and no managed-identity principal in AAD
+/// lacks its identity.
+async fn assert_directory_matches(sim: &TestSim) {
+    assert_eq!(
+        sim.sim.arm.pending_work().await.expect("outbox"),
+        0,
+        "all provisioning delivered"
+    );
+    let identities = sim.sim.arm.identity_principals().await.expect("identities");
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (_, list) = sim
+        .graph(Method::GET, "servicePrincipals?$top=999", &graph, None)
+        .await;
+    let mi: Vec<&Value> = list["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .filter(|sp| sp["servicePrincipalType"] == "ManagedIdentity")
+        .collect();
+    assert_eq!(mi.len(), identities.len(), "one principal per identity");
+    for identity in identities {
+        let sp = mi
+            .iter()
+            .find(|sp| sp["id"] == identity.principal_id.as_str())
+            .expect("principal exists");
+        assert_eq!(sp["appId"], identity.client_id.as_str());
+        assert_eq!(
+            sp["keyCredentials"].as_array().map(Vec::len),
+            Some(1),
+            "its certificate is registered"
+        );
+    }
+}
+
+#[tokio::test]
+async fn identity_lifecycle_keeps_arm_and_aad_in_step() {
+    let sim = TestSim::start().await;
+    let arm = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&sim);
+    let (status, rg) = arm
+        .call(
+            Method::PUT,
+            &format!("{sub}/resourcegroups/Rg-One"),
+            RG_API,
+            Some(json!({"location": "West Europe", "tags": {"env": "test"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rg}");
+    assert_eq!(rg["location"], "westeurope");
+    assert_eq!(
+        arm.call(
+            Method::PUT,
+            &format!("{sub}/resourcegroups/rg-one"),
+            RG_API,
+            Some(json!({"location": "westeurope"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, body) = arm
+        .call(
+            Method::PUT,
+            &format!("{sub}/resourcegroups/rg-one"),
+            RG_API,
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("InvalidResourceGroupLocation"))
+    );
+
+    let identity_path = format!(
+        "{sub}/resourceGroups/rg-one/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app-mi"
+    );
+    let (status, identity) = arm
+        .call(
+            Method::PUT,
+            &identity_path,
+            MSI_API,
+            Some(json!({"location": "westeurope", "tags": {"team": "a"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{identity}");
+    let principal_id = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_string();
+    let client_id = identity["properties"]["clientId"]
+        .as_str()
+        .expect("clientId")
+        .to_string();
+    assert_eq!(identity["properties"]["tenantId"], sim.tenant());
+    assert_eq!(identity["properties"]["isolationScope"], "None");
+    assert!(identity["id"].as_str().is_some_and(|id| {
+        id.ends_with("/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app-mi")
+    }));
+    assert_directory_matches(&sim).await;
+
+    // Repeat PUT: 200, same ids; PATCH replaces tags; list by group and subscription.
+    let (status, again) = arm
+        .call(
+            Method::PUT,
+            &identity_path
+                .to_uppercase()
+                .replace("/SUBSCRIPTIONS/", "/subscriptions/"),
+            MSI_API,
+            Some(json!({"location": "westeurope"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["properties"]["principalId"], principal_id.as_str());
+    let (status, patched) = arm
+        .call(
+            Method::PATCH,
+            &identity_path,
+            MSI_API,
+            Some(json!({"tags": {"team": "b"}})),
+        )
+        .await;
+    assert_eq!((status, &patched["tags"]), (200, &json!({"team": "b"})));
+    let (_, by_group) = arm.call(Method::GET, &format!("{sub}/resourceGroups/rg-one/providers/Microsoft.ManagedIdentity/userAssignedIdentities"), MSI_API, None).await;
+    assert_eq!(by_group["value"].as_array().map(Vec::len), Some(1));
+    let (_, by_sub) = arm
+        .call(
+            Method::GET,
+            &format!("{sub}/providers/Microsoft.ManagedIdentity/userAssignedIdentities"),
+            MSI_API,
+            None,
+        )
+        .await;
+    assert_eq!(
+        by_sub["value"][0]["properties"]["clientId"],
+        client_id.as_str()
+    );
+
+    // Delete: the principal goes too; a second delete is 204.
+    assert_eq!(
+        arm.call(Method::DELETE, &identity_path, MSI_API, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        arm.call(Method::DELETE, &identity_path, MSI_API, None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = arm.call(Method::GET, &identity_path, MSI_API, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("ResourceNotFound"))
+    );
+    assert_directory_matches(&sim).await;
+
+    // A re-created identity of the same name gets new ids; deleting the group cascades.
+    let (_, recreated) = arm
+        .call(
+            Method::PUT,
+            &identity_path,
+            MSI_API,
+            Some(json!({"location": "westeurope"})),
+        )
+        .await;
+    assert_ne!(
+        recreated["properties"]["principalId"],
+        principal_id.as_str()
+    );
+    let response = sim
+        .http
+        .delete(format!(
+            "{}{sub}/resourcegroups/rg-one?api-version={RG_API}",
+            sim.sim.connection.arm
+        ))
+        .bearer_auth(&arm.token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(
+        location.starts_with(&sim.sim.connection.arm),
+        "poll URL on our host: {location}"
+    );
+    let poll = sim
+        .http
+        .get(&location)
+        .bearer_auth(&arm.token)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(poll.status(), 200);
+    assert_eq!(
+        arm.call(Method::GET, &identity_path, MSI_API, None).await.0,
+        404
+    );
+    let (status, body) = arm
+        .call(
+            Method::GET,
+            &format!("{sub}/resourcegroups/rg-one"),
+            RG_API,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("ResourceGroupNotFound"))
+    );
+    assert_directory_matches(&sim).await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn rbac_denies_then_grants_then_denies_again() {
+    let sim = TestSim::start().await;
+    let admin = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&sim);
+    admin
+        .call(
+            Method::PUT,
+            &format!("{sub}/resourcegroups/shared"),
+            RG_API,
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = register_app(&sim, &graph, "worker", None).await;
+    let (_, secret) = sim
+        .graph(
+            Method::POST,
+            &format!("applications/{object_id}/addPassword"),
+            &graph,
+            Some(json!({})),
+        )
+        .await;
+    let (_, token) = sim
+        .secret_token(
+            &app_id,
+            secret["secretText"].as_str().expect("secret"),
+            "https://management.azure.com/.default",
+        )
+        .await;
+    let worker = Arm {
+        sim: &sim,
+        token: token["access_token"].as_str().expect("token").to_string(),
+    };
+    let (_, sp) = sim
+        .graph(
+            Method::GET,
+            &format!("servicePrincipals(appId='{app_id}')"),
+            &graph,
+            None,
+        )
+        .await;
+    let worker_oid = sp["id"].as_str().expect("oid").to_string();
+
+    let (status, body) = worker
+        .call(
+            Method::GET,
+            &format!("{sub}/resourcegroups/shared"),
+            RG_API,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "AuthorizationFailed");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&worker_oid)
+            && message.contains("Microsoft.Resources/subscriptions/resourceGroups/read")
+            && message.contains("/resourcegroups/shared"),
+        "{message}"
+    );
+    let (_, subs) = worker
+        .call(Method::GET, "/subscriptions", "2022-12-01", None)
+        .await;
+    assert_eq!(subs["value"], json!([]), "no assignment, no subscription");
+
+    // Reader at the group: reads pass, writes fail.
+    let assignment = format!(
+        "{sub}/resourceGroups/shared/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let reader = format!(
+        "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+    );
+    let (status, created) = admin
+        .call(
+            Method::PUT,
+            &assignment,
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": reader, "principalId": worker_oid}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["properties"]["principalType"], "ServicePrincipal");
+    assert_eq!(
+        created["properties"]["scope"],
+        format!("{sub}/resourceGroups/shared")
+    );
+    assert_eq!(
+        worker
+            .call(
+                Method::GET,
+                &format!("{sub}/resourcegroups/shared"),
+                RG_API,
+                None
+            )
+            .await
+            .0,
+        200
+    );
+    let (_, subs) = worker
+        .call(Method::GET, "/subscriptions", "2022-12-01", None)
+        .await;
+    assert_eq!(subs["value"].as_array().map(Vec::len), Some(1));
+    let (status, body) = worker.call(Method::PUT, &format!("{sub}/resourceGroups/shared/providers/Microsoft.ManagedIdentity/userAssignedIdentities/nope"), MSI_API, Some(json!({"location": "eastus"}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed"))
+    );
+    assert_eq!(
+        worker
+            .call(
+                Method::GET,
+                &format!("{sub}/resourcegroups/other"),
+                RG_API,
+                None
+            )
+            .await
+            .0,
+        403,
+        "Reader covers only its group"
+    );
+
+    // Duplicates, bad principals, bad roles.
+    let duplicate = format!(
+        "{sub}/resourceGroups/shared/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            &duplicate,
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": reader, "principalId": worker_oid}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("RoleAssignmentExists"))
+    );
+    let (status, body) = admin.call(Method::PUT, &duplicate, AUTH_API, Some(json!({"properties": {"roleDefinitionId": reader, "principalId": uuid::Uuid::new_v4().to_string()}}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("PrincipalNotFound"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(" does not exist in the directory "))
+    );
+    let (status, body) = admin.call(Method::PUT, &duplicate, AUTH_API, Some(json!({"properties": {"roleDefinitionId": format!("{sub}/providers/Microsoft.Authorization/roleDefinitions/{}", uuid::Uuid::new_v4()), "principalId": worker_oid}}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("RoleDefinitionDoesNotExist"))
+    );
+    // The worker (Reader) may not grant itself more.
+    let (status, _) = worker.call(Method::PUT, &duplicate, AUTH_API, Some(json!({"properties": {"roleDefinitionId": reader.replace("acdd72a7-3385-48ef-bd42-f606fba81ae7", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"), "principalId": worker_oid}}))).await;
+    assert_eq!(status, 403);
+
+    // Filters and role definitions as az reads them.
+    let (_, at_scope) = admin.call(Method::GET, &format!("{sub}/resourceGroups/shared/providers/Microsoft.Authorization/roleAssignments?$filter=atScope()").replace("?$filter=atScope()", ""), AUTH_API, None).await;
+    assert!(
+        at_scope["value"].as_array().is_some_and(|v| v.len() >= 2),
+        "the group's and the subscription's: {at_scope}"
+    );
+    let url = format!(
+        "{}{sub}/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTH_API}&$filter=roleName%20eq%20'Reader'",
+        sim.sim.connection.arm
+    );
+    let defs: Value = sim
+        .http
+        .get(url)
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .expect("defs")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(defs["value"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        defs["value"][0]["id"], created["properties"]["roleDefinitionId"],
+        "byte-identical ids for az"
+    );
+
+    // Removing the assignment removes the access.
+    let (status, _) = admin
+        .call(Method::DELETE, &assignment, AUTH_API, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        admin
+            .call(Method::DELETE, &assignment, AUTH_API, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        worker
+            .call(
+                Method::GET,
+                &format!("{sub}/resourcegroups/shared"),
+                RG_API,
+                None
+            )
+            .await
+            .0,
+        403
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
+    let sim = TestSim::start().await;
+    let arm_url = sim.sim.connection.arm.clone();
+    let sub = sub_path(&sim);
+    // Authentication: missing, garbage, wrong audience.
+    let graph_token = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    for (token, code) in [
+        (None, "AuthenticationFailed"),
+        (Some("garbage"), "InvalidAuthenticationToken"),
+        (
+            Some(graph_token.as_str()),
+            "InvalidAuthenticationTokenAudience",
+        ),
+    ] {
+        let mut request = sim
+            .http
+            .get(format!("{arm_url}{sub}?api-version=2022-12-01"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 401);
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .expect("challenge")
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer authorization_uri=") && !challenge.contains("claims="),
+            "{challenge}"
+        );
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], code);
+    }
+    let arm = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let identity = |name: &str| {
+        format!(
+            "{sub}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+        )
+    };
+    arm.call(
+        Method::PUT,
+        &format!("{sub}/resourcegroups/rg"),
+        RG_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let cases: Vec<(Method, String, &str, Option<Value>, u16, &str)> = vec![
+        (
+            Method::PUT,
+            identity("id1"),
+            "2010-01-01",
+            Some(json!({"location": "eastus"})),
+            400,
+            "NoRegisteredProviderFound",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            "yesterday",
+            Some(json!({"location": "eastus"})),
+            400,
+            "NoRegisteredProviderFound",
+        ),
+        (
+            Method::GET,
+            format!("{sub}/resourcegroups"),
+            "1999-01-01",
+            None,
+            400,
+            "InvalidApiVersionParameter",
+        ),
+        (
+            Method::PUT,
+            identity("a"),
+            MSI_API,
+            Some(json!({"location": "eastus"})),
+            400,
+            "InvalidResourceName",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            MSI_API,
+            Some(json!({"tags": {}})),
+            400,
+            "LocationRequired",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            MSI_API,
+            Some(json!({"location": 5})),
+            400,
+            "InvalidRequestContent",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            MSI_API,
+            Some(json!([1, 2])),
+            400,
+            "InvalidRequestContent",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            MSI_API,
+            Some(json!({"location": "eastus", "tags": {"k": 1}})),
+            400,
+            "InvalidRequestContent",
+        ),
+        (
+            Method::PUT,
+            identity("id1"),
+            MSI_API,
+            Some(json!({"location": "eastus", "tags": {"a/b": "x"}})),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            Method::GET,
+            identity("missing"),
+            MSI_API,
+            None,
+            404,
+            "ResourceNotFound",
+        ),
+        (
+            Method::GET,
+            format!(
+                "{sub}/resourceGroups/nope/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"
+            ),
+            MSI_API,
+            None,
+            404,
+            "ResourceGroupNotFound",
+        ),
+        (
+            Method::GET,
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups".into(),
+            RG_API,
+            None,
+            404,
+            "SubscriptionNotFound",
+        ),
+        (
+            Method::GET,
+            "/subscriptions/not-a-guid/resourcegroups".into(),
+            RG_API,
+            None,
+            400,
+            "InvalidParameter",
+        ),
+        (
+            Method::PUT,
+            format!("{sub}/resourcegroups/bad%2Fname"),
+            RG_API,
+            Some(json!({"location": "eastus"})),
+            400,
+            "InvalidResourceName",
+        ),
+        (
+            Method::PUT,
+            format!("{sub}/resourcegroups/ends."),
+            RG_API,
+            Some(json!({"location": "eastus"})),
+            400,
+            "InvalidResourceName",
+        ),
+        (
+            Method::GET,
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/x"),
+            RG_API,
+            None,
+            400,
+            "InvalidResourceType",
+        ),
+        (
+            Method::POST,
+            identity("id1"),
+            MSI_API,
+            None,
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            Method::PUT,
+            format!("{sub}/providers/Microsoft.Authorization/roleAssignments/not-a-guid"),
+            AUTH_API,
+            Some(json!({"properties": {}})),
+            400,
+            "InvalidRoleAssignmentId",
+        ),
+        (
+            Method::PUT,
+            format!(
+                "{sub}/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": "x", "principalId": 5}})),
+            400,
+            "InvalidRequestContent",
+        ),
+        (
+            Method::GET,
+            format!("{sub}/providers/Microsoft.Authorization/roleAssignments"),
+            AUTH_API,
+            None,
+            200,
+            "",
+        ),
+    ];
+    for (method, path, api, body, status, code) in cases {
+        let (got, json) = arm.call(method.clone(), &path, api, body).await;
+        assert_eq!(got, status, "{method} {path} ({api}): {json}");
+        if !code.is_empty() {
+            assert_eq!(json["error"]["code"], code, "{method} {path}: {json}");
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+        }
+    }
+    // Huge and malformed bodies.
+    let huge = vec![b'{'; 2 * 1024 * 1024];
+    let response = sim
+        .http
+        .put(format!(
+            "{arm_url}{}?api-version={MSI_API}",
+            identity("id1")
+        ))
+        .bearer_auth(&arm.token)
+        .body(huge)
+        .send()
+        .await
+        .expect("huge");
+    assert_eq!(response.status(), 413);
+    let response = sim
+        .http
+        .put(format!(
+            "{arm_url}{}?api-version={MSI_API}",
+            identity("id1")
+        ))
+        .bearer_auth(&arm.token)
+        .body("{not json")
+        .send()
+        .await
+        .expect("malformed");
+    assert_eq!(response.status(), 400);
+    let response = sim
+        .http
+        .get(format!(
+            "{arm_url}{sub}/resourcegroups?api-version={RG_API}&api-version={RG_API}"
+        ))
+        .bearer_auth(&arm.token)
+        .send()
+        .await
+        .expect("dup");
+    assert_eq!(response.status(), 400);
+    // Nothing was half-written: the group holds no identity.
+    let (_, list) = arm
+        .call(
+            Method::GET,
+            &format!(
+                "{sub}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities"
+            ),
+            MSI_API,
+            None,
+        )
+        .await;
+    assert_eq!(list["value"], json!([]));
+    assert_eq!(
+        sim.sim
+            .arm
+            .identity_principals()
+            .await
+            .expect("identities")
+            .len(),
+        0
+    );
+
+    // Metadata endpoints: no authentication, three shapes.
+    let meta: Value = sim
+        .http
+        .get(format!(
+            "{arm_url}/metadata/endpoints?api-version=2022-09-01"
+        ))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        meta["name"].is_string()
+            && meta["authentication"]["audiences"][0].is_string()
+            && meta["suffixes"].is_object()
+    );
+    assert_eq!(
+        meta["authentication"]["loginEndpoint"],
+        format!("{}/", sim.aad())
+    );
+    let list: Value = sim
+        .http
+        .get(format!(
+            "{arm_url}//metadata/endpoints?api-version=2019-05-01"
+        ))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(list.is_array());
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn identities_and_assignments_survive_a_restart() {
+    let first = TestSim::start().await;
+    let arm = Arm {
+        sim: &first,
+        token: first
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&first);
+    arm.call(
+        Method::PUT,
+        &format!("{sub}/resourcegroups/keep"),
+        RG_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let path = format!(
+        "{sub}/resourceGroups/keep/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kept"
+    );
+    let (_, identity) = arm
+        .call(
+            Method::PUT,
+            &path,
+            MSI_API,
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+    drop(arm);
+    let dir = first.stop().await;
+    let second = TestSim::start_in(dir, |_| {}).await;
+    let arm = Arm {
+        sim: &second,
+        token: second
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let (status, again) = arm.call(Method::GET, &path, MSI_API, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["properties"], identity["properties"]);
+    assert_directory_matches(&second).await;
+    second.stop().await;
+}
