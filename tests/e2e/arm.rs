@@ -9,6 +9,16 @@ const RG_API: &str = "2024-11-01";
 const MSI_API: &str = "2024-11-30";
 const AUTH_API: &str = "2022-04-01";
 
+/// method, path, api-version, body, expected status, expected error code.
+type Case = (
+    Method,
+    String,
+    &'static str,
+    Option<Value>,
+    u16,
+    &'static str,
+);
+
 struct Arm<'a> {
     sim: &'a TestSim,
     token: String,
@@ -545,7 +555,7 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
         Some(json!({"location": "eastus"})),
     )
     .await;
-    let cases: Vec<(Method, String, &str, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::PUT,
             identity("id1"),
