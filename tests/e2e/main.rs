@@ -5,5 +5,6 @@ mod aad_bad_input;
 mod aad_graph;
 mod aad_tokens;
 mod arm;
+mod arm_vms;
 mod lifecycle;
 mod support;

@@ -2,3 +2,4 @@
 
 pub mod path;
 pub mod rbac;
+pub mod vm_identity;

@@ -90,6 +90,18 @@ pub enum ArmError {
     InvalidResourceType(String),
     #[error("The requested resource does not support http method '{0}'.")]
     MethodNotAllowed(String),
+    #[error(
+        "Identity operation for resource '{resource}' failed with error 'Failed to perform resource identity operation. Status: 'BadRequest'. Response: '{{\"error\":{{\"code\":\"BadRequest\",\"message\":\"Resource '{identity}' was not found.\"}}}}'.'."
+    )]
+    FailedIdentityOperation { resource: String, identity: String },
+    #[error(
+        "The client '{oid}' with object id '{oid}' has permission to perform action 'Microsoft.Compute/virtualMachines/write' on scope '{scope}'; however, it does not have permission to perform action 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{linked}' or the linked scope(s) are invalid."
+    )]
+    LinkedAuthorizationFailed {
+        oid: String,
+        scope: String,
+        linked: String,
+    },
     #[error("An internal error occurred.")]
     Internal(String),
 }
@@ -138,6 +150,8 @@ impl ArmError {
             RoleAssignmentNotFound(_) => (404, "RoleAssignmentNotFound"),
             InvalidResourceType(_) => (400, "InvalidResourceType"),
             MethodNotAllowed(_) => (405, "MethodNotAllowed"),
+            FailedIdentityOperation { .. } => (400, "FailedIdentityOperation"),
+            LinkedAuthorizationFailed { .. } => (403, "LinkedAuthorizationFailed"),
             Internal(_) => (500, "InternalServerError"),
         }
     }

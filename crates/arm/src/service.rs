@@ -20,6 +20,10 @@ use crate::error::ArmError;
 use crate::ports::Directory;
 use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
 
+mod vms;
+
+pub use vms::{KIND_VM, VmInput, VmView};
+
 pub const KIND_GROUP: &str = "resourceGroup";
 pub const KIND_IDENTITY: &str = "userAssignedIdentity";
 /// Validity of an identity certificate (simulated time); Azure rolls it at 45 days.
@@ -78,6 +82,22 @@ pub struct AssignmentInput {
     pub principal_id: String,
     pub principal_type: Option<String>,
     pub description: Option<String>,
+}
+
+/// A principal minted for a managed identity, not yet written.
+struct MintedPrincipal {
+    identity: IdentityRow,
+    outbox: Vec<(&'static str, Value)>,
+}
+
+impl MintedPrincipal {
+    async fn write(&self, tx: &mut crate::store::Tx<'_>) -> Result<(), ArmError> {
+        Store::insert_identity(tx, &self.identity).await?;
+        for (action, payload) in &self.outbox {
+            Store::enqueue(tx, action, payload).await?;
+        }
+        Ok(())
+    }
 }
 
 /// `$filter` of role-assignment lists.
@@ -622,9 +642,6 @@ impl Arm {
             tx.commit().await?;
             return Ok((self.identity_view(row).await?, false));
         }
-        let principal_id = Uuid::new_v4().to_string();
-        let client_id = Uuid::new_v4().to_string();
-        let (key_id, cert_der, pkcs8, not_after) = self.new_credential(&client_id).await?;
         let row = ResourceRow {
             id_key: scope_key(&id),
             id: id.clone(),
@@ -640,43 +657,14 @@ impl Arm {
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
-        let identity = IdentityRow {
-            principal_id: principal_id.clone(),
-            client_id: client_id.clone(),
-            owner_key: row.id_key.clone(),
-            user_assigned: true,
-            mirid: id.clone(),
-            display_name: name.to_string(),
-            cert_key_id: key_id.clone(),
-            cert_der: cert_der.clone(),
-            private_pkcs8: pkcs8,
-            cert_not_after: not_after,
-            created_at: now,
-        };
-        let principal = ManagedIdentityPrincipal {
-            app_id: client_id.clone(),
-            display_name: name.to_string(),
-            resource_id: id,
-            user_assigned: true,
-        };
-        let certificate = ManagedIdentityCertificate {
-            certificate: misim_core::jose::b64std(&cert_der),
-        };
+        let minted = self.mint_principal(&row.id_key, &id, name, true).await?;
+        let (principal_id, client_id) = (
+            minted.identity.principal_id.clone(),
+            minted.identity.client_id.clone(),
+        );
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
-        Store::insert_identity(&mut tx, &identity).await?;
-        Store::enqueue(
-            &mut tx,
-            "aad.put_principal",
-            &json!({"objectId": principal_id, "principal": principal}),
-        )
-        .await?;
-        Store::enqueue(
-            &mut tx,
-            "aad.put_certificate",
-            &json!({"objectId": principal_id, "keyId": key_id, "certificate": certificate}),
-        )
-        .await?;
+        minted.write(&mut tx).await?;
         tx.commit().await?;
         self.deliver().await;
         Ok((
@@ -687,6 +675,54 @@ impl Arm {
             },
             true,
         ))
+    }
+
+    /// A new principal for a managed identity with its key and certificate, and the directory
+    /// work that registers them; written by the caller's transaction.
+    async fn mint_principal(
+        &self,
+        owner_key: &str,
+        mirid: &str,
+        display_name: &str,
+        user_assigned: bool,
+    ) -> Result<MintedPrincipal, ArmError> {
+        let principal_id = Uuid::new_v4().to_string();
+        let client_id = Uuid::new_v4().to_string();
+        let (key_id, cert_der, pkcs8, not_after) = self.new_credential(&client_id).await?;
+        let principal = ManagedIdentityPrincipal {
+            app_id: client_id.clone(),
+            display_name: display_name.to_string(),
+            resource_id: mirid.to_string(),
+            user_assigned,
+        };
+        let certificate = ManagedIdentityCertificate {
+            certificate: misim_core::jose::b64std(&cert_der),
+        };
+        Ok(MintedPrincipal {
+            outbox: vec![
+                (
+                    "aad.put_principal",
+                    json!({"objectId": principal_id, "principal": principal}),
+                ),
+                (
+                    "aad.put_certificate",
+                    json!({"objectId": principal_id, "keyId": key_id, "certificate": certificate}),
+                ),
+            ],
+            identity: IdentityRow {
+                principal_id,
+                client_id,
+                owner_key: owner_key.to_string(),
+                user_assigned,
+                mirid: mirid.to_string(),
+                display_name: display_name.to_string(),
+                cert_key_id: key_id,
+                cert_der,
+                private_pkcs8: pkcs8,
+                cert_not_after: not_after,
+                created_at: self.inner.clock.now_unix(),
+            },
+        })
     }
 
     pub async fn identity(

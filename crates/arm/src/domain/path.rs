@@ -52,6 +52,19 @@ pub enum Target {
         sub: String,
         namespace: String,
     },
+    VirtualMachines {
+        sub: String,
+        rg: Option<String>,
+    },
+    VirtualMachine {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    /// `{scope}/providers/Microsoft.ManagedIdentity/identities/default`.
+    SystemIdentity {
+        scope: String,
+    },
     Unknown,
 }
 
@@ -64,6 +77,7 @@ pub enum ApiFamily {
     Authorization,
     /// `/metadata/endpoints`: every version picks a shape.
     Metadata,
+    Compute,
 }
 
 impl ApiFamily {
@@ -75,6 +89,7 @@ impl ApiFamily {
             Self::ManagedIdentity => "2015-08-31",
             Self::Authorization => "2015-07-01",
             Self::Metadata => "0000-00-00",
+            Self::Compute => "2015-06-15",
         }
     }
 
@@ -84,6 +99,7 @@ impl ApiFamily {
             Self::ManagedIdentity => "2018-11-30, 2023-01-31, 2024-11-30, 2025-05-31-preview",
             Self::Authorization => "2015-07-01, 2018-01-01-preview, 2020-04-01-preview, 2022-04-01",
             Self::Metadata => "2015-01-01, 2019-05-01, 2022-09-01",
+            Self::Compute => "2018-06-01, 2023-09-01, 2024-11-01, 2026-04-01",
         }
     }
 }
@@ -114,7 +130,10 @@ impl Target {
     pub fn family(&self) -> ApiFamily {
         match self {
             Self::MetadataEndpoints => ApiFamily::Metadata,
-            Self::Identities { .. } | Self::Identity { .. } => ApiFamily::ManagedIdentity,
+            Self::Identities { .. } | Self::Identity { .. } | Self::SystemIdentity { .. } => {
+                ApiFamily::ManagedIdentity
+            }
+            Self::VirtualMachines { .. } | Self::VirtualMachine { .. } => ApiFamily::Compute,
             Self::RoleAssignments { .. }
             | Self::RoleAssignment { .. }
             | Self::RoleDefinitions { .. }
@@ -155,6 +174,14 @@ pub fn parse(path: &str) -> Target {
                 id: (*id).to_string(),
             },
             _ => Target::Unknown,
+        };
+    }
+    if let Some(at) = lower.rfind("/providers/microsoft.managedidentity/identities/default")
+        && at + "/providers/microsoft.managedidentity/identities/default".len() == lower.len()
+        && at > 0
+    {
+        return Target::SystemIdentity {
+            scope: trimmed[..at].to_string(),
         };
     }
     let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
@@ -226,8 +253,56 @@ pub fn parse(path: &str) -> Target {
                 name: (*name).into(),
             }
         }
+        [s, sub, p, ns, t]
+            if eq(s, "subscriptions")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.Compute")
+                && eq(t, "virtualMachines") =>
+        {
+            Target::VirtualMachines {
+                sub: (*sub).into(),
+                rg: None,
+            }
+        }
+        [s, sub, g, rg, p, ns, t]
+            if eq(s, "subscriptions")
+                && eq(g, "resourcegroups")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.Compute")
+                && eq(t, "virtualMachines") =>
+        {
+            Target::VirtualMachines {
+                sub: (*sub).into(),
+                rg: Some((*rg).into()),
+            }
+        }
+        [s, sub, g, rg, p, ns, t, name]
+            if eq(s, "subscriptions")
+                && eq(g, "resourcegroups")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.Compute")
+                && eq(t, "virtualMachines") =>
+        {
+            Target::VirtualMachine {
+                sub: (*sub).into(),
+                rg: (*rg).into(),
+                name: (*name).into(),
+            }
+        }
         _ => Target::Unknown,
     }
+}
+
+/// Virtual machine names: 1–64 characters of letters, digits, `-`, `_` and `.`, not starting
+/// with `_` nor ending with `.` or `-`.
+pub fn valid_vm_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('_')
+        && !name.ends_with('.')
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Resource-group names: 1–90 characters of letters, digits, `_ - . ( )`, not ending in `.`.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{Call, ok_json};
 use crate::domain::path::Target;
 use crate::error::ArmError;
-use crate::service::{Arm, IdentityView, TrackedInput};
+use crate::service::{Arm, IdentityView, TrackedInput, VmInput, VmView};
 use crate::store::ResourceRow;
 
 pub async fn handle(
@@ -65,6 +65,29 @@ pub async fn handle(
             call.page(items.iter().map(|i| identity_json(call, i)).collect())
         }
         Target::Identity { sub, rg, name } => identity(call, &sub, &rg, &name).await,
+        Target::VirtualMachines { sub, rg } if *m == Method::GET => {
+            let vms = call.arm.vms(&call.caller, &sub, rg.as_deref()).await?;
+            call.page(vms.iter().map(|v| vm_json(call, v)).collect())
+        }
+        Target::VirtualMachine { sub, rg, name } => vm(call, &sub, &rg, &name).await,
+        Target::SystemIdentity { scope } if *m == Method::GET => {
+            let (location, identity) = call.arm.system_identity(&call.caller, &scope).await?;
+            Ok(ok_json(
+                StatusCode::OK,
+                json!({
+                    "id": format!("{scope}/providers/Microsoft.ManagedIdentity/identities/default"),
+                    "name": "default",
+                    "type": "Microsoft.ManagedIdentity/identities",
+                    "location": location,
+                    "properties": {
+                        "tenantId": call.arm.tenant_id(),
+                        "principalId": identity.principal_id,
+                        "clientId": identity.client_id,
+                        "clientSecretUrl": format!("{}{scope}/credentials/v2/identities?tid={}&oid={}&aid={}", call.arm.public_url(), call.arm.tenant_id(), identity.principal_id, identity.client_id),
+                    },
+                }),
+            ))
+        }
         _ => Err(ArmError::MethodNotAllowed(m.to_string())),
     }
 }
@@ -368,4 +391,119 @@ pub fn metadata_endpoints(arm: &Arm, api_version: Option<&str>) -> Response {
         }),
     };
     ok_json(StatusCode::OK, body)
+}
+
+fn vm_json(call: &Call, view: &VmView) -> Value {
+    let row = &view.resource;
+    let state = &view.state;
+    let mut properties = Value::Object(state.properties.clone());
+    properties["vmId"] = json!(state.vm_id);
+    properties["provisioningState"] = json!(row.state);
+    properties["timeCreated"] = json!(
+        time::OffsetDateTime::from_unix_timestamp(state.time_created)
+            .ok()
+            .and_then(|t| t
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok())
+    );
+    let mut body = json!({
+        "id": row.id,
+        "name": row.name,
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": row.location,
+        "tags": tags_json(row),
+        "properties": properties,
+        "resources": [],
+    });
+    let desired = state.desired();
+    if desired.system || !desired.user.is_empty() {
+        let mut identity = json!({"type": desired.type_name()});
+        if let Some(principal) = &state.system_principal_id {
+            identity["principalId"] = json!(principal);
+            identity["tenantId"] = json!(call.arm.tenant_id());
+        }
+        if !state.attached.is_empty() {
+            let map: Map<String, Value> = state
+                .attached
+                .iter()
+                .map(|a| {
+                    (
+                        a.id.clone(),
+                        json!({"principalId": a.principal_id, "clientId": a.client_id}),
+                    )
+                })
+                .collect();
+            identity["userAssignedIdentities"] = Value::Object(map);
+        }
+        body["identity"] = identity;
+    }
+    body
+}
+
+fn vm_input(body: &Map<String, Value>) -> Result<VmInput, ArmError> {
+    let location = match body.get("location") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(l)) if !l.trim().is_empty() => Some(l.clone()),
+        Some(Value::String(_)) => return Err(ArmError::LocationRequired),
+        Some(_) => {
+            return Err(ArmError::InvalidRequestContent(
+                "'location' must be a string".into(),
+            ));
+        }
+    };
+    let properties = match body.get("properties") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => Some(p.clone()),
+        Some(_) => {
+            return Err(ArmError::InvalidRequestContent(
+                "'properties' must be an object".into(),
+            ));
+        }
+    };
+    Ok(VmInput {
+        location,
+        tags: tags_of(body)?,
+        properties,
+        identity: body.get("identity").cloned(),
+    })
+}
+
+async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, ArmError> {
+    let arm = &call.arm;
+    match call.method {
+        Method::GET => Ok(ok_json(
+            StatusCode::OK,
+            vm_json(call, &arm.vm(&call.caller, sub, rg, name).await?),
+        )),
+        Method::PUT | Method::PATCH => {
+            let patch = call.method == Method::PATCH;
+            let input = vm_input(&call.json_object()?)?;
+            if !patch && input.location.is_none() {
+                return Err(ArmError::LocationRequired);
+            }
+            let (view, created) = arm
+                .put_vm(&call.caller, sub, rg, name, input, patch)
+                .await?;
+            // Work is finished before answering: terminal state, no async headers, so every
+            // poller (body, Azure-AsyncOperation, Location) ends at once.
+            Ok(ok_json(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                vm_json(call, &view),
+            ))
+        }
+        Method::DELETE => {
+            let deleted = arm.delete_vm(&call.caller, sub, rg, name).await?;
+            Ok(if deleted {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+            .into_response())
+        }
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
 }

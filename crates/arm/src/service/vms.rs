@@ -1,0 +1,434 @@
+//! Virtual machines (simulated: no compute) and their identities: enabling a system-assigned
+//! identity mints a principal, disabling or deleting the VM removes it; user-assigned identities
+//! are attached by reference, each newly attached one needing `assign/action` on it.
+
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::{Arm, KIND_IDENTITY, normalize_location};
+use crate::auth::Caller;
+use crate::domain::path::valid_vm_name;
+use crate::domain::rbac::scope_key;
+use crate::domain::vm_identity::{self, DesiredIdentities, IdentityError};
+use crate::error::ArmError;
+use crate::store::{ResourceRow, Store};
+
+pub const KIND_VM: &str = "virtualMachine";
+
+/// A VM PUT or PATCH body, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct VmInput {
+    pub location: Option<String>,
+    pub tags: Option<Map<String, Value>>,
+    pub properties: Option<Map<String, Value>>,
+    pub identity: Option<Value>,
+}
+
+/// A user-assigned identity attached to a VM, as last resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attached {
+    pub id: String,
+    #[serde(rename = "principalId")]
+    pub principal_id: String,
+    #[serde(rename = "clientId")]
+    pub client_id: String,
+}
+
+/// What ARM stores for a VM beyond the common columns.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    #[serde(rename = "vmId")]
+    pub vm_id: String,
+    #[serde(rename = "timeCreated")]
+    pub time_created: i64,
+    pub properties: Map<String, Value>,
+    #[serde(rename = "systemPrincipalId")]
+    pub system_principal_id: Option<String>,
+    pub attached: Vec<Attached>,
+}
+
+impl VmState {
+    pub fn desired(&self) -> DesiredIdentities {
+        DesiredIdentities {
+            system: self.system_principal_id.is_some(),
+            user: self.attached.iter().map(|a| a.id.clone()).collect(),
+        }
+    }
+}
+
+/// A VM as ARM shows it.
+#[derive(Debug, Clone)]
+pub struct VmView {
+    pub resource: ResourceRow,
+    pub state: VmState,
+}
+
+fn identity_error(error: IdentityError) -> ArmError {
+    match error {
+        IdentityError::Malformed(m) => ArmError::InvalidRequestContent(m),
+        IdentityError::InvalidParameter(m) => ArmError::InvalidParameter(m),
+    }
+}
+
+/// Secrets never come back (spec/arm.md §4.4).
+fn scrub(mut properties: Map<String, Value>) -> Map<String, Value> {
+    for key in ["provisioningState", "vmId", "timeCreated", "instanceView"] {
+        properties.remove(key);
+    }
+    if let Some(Value::Object(os)) = properties.get_mut("osProfile") {
+        os.remove("adminPassword");
+        os.remove("customData");
+    }
+    properties
+}
+
+impl Arm {
+    fn vm_id(&self, rg: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}",
+            self.inner.subscription_id
+        )
+    }
+
+    /// `xms_mirid` of a VM's system-assigned identity (lower-case `resourcegroups`, as Azure).
+    fn vm_mirid(&self, rg: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourcegroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}",
+            self.inner.subscription_id
+        )
+    }
+
+    fn vm_view(row: ResourceRow) -> Result<VmView, ArmError> {
+        let state: VmState = serde_json::from_str(&row.properties)
+            .map_err(|e| ArmError::Internal(format!("stored VM {} is corrupt: {e}", row.id)))?;
+        Ok(VmView {
+            resource: row,
+            state,
+        })
+    }
+
+    async fn existing_vm(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<Option<VmView>, ArmError> {
+        self.existing_group(sub, rg).await?;
+        self.inner
+            .store
+            .resource(&scope_key(&self.vm_id(rg, name)))
+            .await?
+            .filter(|r| r.kind == KIND_VM)
+            .map(Self::vm_view)
+            .transpose()
+    }
+
+    fn vm_not_found(rg: &str, name: &str) -> ArmError {
+        ArmError::ResourceNotFound {
+            kind: "Microsoft.Compute/virtualMachines",
+            name: name.to_string(),
+            rg: rg.to_string(),
+        }
+    }
+
+    pub async fn vm(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<VmView, ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            "Microsoft.Compute/virtualMachines/read",
+            &self.vm_id(rg, name),
+        )
+        .await?;
+        self.existing_vm(sub, rg, name)
+            .await?
+            .ok_or_else(|| Self::vm_not_found(rg, name))
+    }
+
+    pub async fn vms(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: Option<&str>,
+    ) -> Result<Vec<VmView>, ArmError> {
+        self.check_subscription(sub)?;
+        let scope = match rg {
+            Some(rg) => {
+                self.existing_group(sub, rg).await?;
+                self.group_id(rg)
+            }
+            None => self.subscription_scope(),
+        };
+        let mut out = Vec::new();
+        for row in self.inner.store.resources(KIND_VM, rg).await? {
+            if self
+                .authorize(caller, "Microsoft.Compute/virtualMachines/read", &row.id)
+                .await
+                .is_ok()
+            {
+                out.push(Self::vm_view(row)?);
+            }
+        }
+        if out.is_empty() {
+            self.authorize(caller, "Microsoft.Compute/virtualMachines/read", &scope)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// PUT (`patch == false`, replaces) or PATCH (merges) of a VM.
+    pub async fn put_vm(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        input: VmInput,
+        patch: bool,
+    ) -> Result<(VmView, bool), ArmError> {
+        self.check_subscription(sub)?;
+        if !valid_vm_name(name) {
+            return Err(ArmError::InvalidResourceName {
+                name: name.into(),
+                rule: "Virtual machine names are 1-64 characters of letters, digits, '-', '_' and '.', not starting with '_' nor ending with '.' or '-'.",
+            });
+        }
+        let id = self.vm_id(rg, name);
+        self.authorize(caller, "Microsoft.Compute/virtualMachines/write", &id)
+            .await?;
+        let group = self.existing_group(sub, rg).await?;
+        let existing = self.existing_vm(sub, rg, name).await?;
+        if patch && existing.is_none() {
+            return Err(Self::vm_not_found(rg, name));
+        }
+        let location = match (&input.location, &existing) {
+            (Some(l), Some(e)) if normalize_location(l) != e.resource.location => {
+                return Err(ArmError::InvalidResourceLocation {
+                    requested: normalize_location(l),
+                    existing: e.resource.location.clone(),
+                });
+            }
+            (Some(l), _) => normalize_location(l),
+            (None, Some(e)) => e.resource.location.clone(),
+            (None, None) => return Err(ArmError::LocationRequired),
+        };
+        let mut state = existing
+            .as_ref()
+            .map(|e| e.state.clone())
+            .unwrap_or_else(|| VmState {
+                vm_id: Uuid::new_v4().to_string(),
+                time_created: self.inner.clock.now_unix(),
+                ..Default::default()
+            });
+        let current = state.desired();
+        let desired =
+            vm_identity::apply(&current, input.identity.as_ref(), patch).map_err(identity_error)?;
+
+        // Newly attached user-assigned identities must exist, and the caller needs assign/action
+        // on each of them (spec/arm.md §4.2).
+        let added: Vec<&String> = desired
+            .user
+            .iter()
+            .filter(|u| !current.has_user(u))
+            .collect();
+        let mut missing_rights = Vec::new();
+        let mut resolved = Vec::new();
+        for uami in &added {
+            let row = self
+                .inner
+                .store
+                .resource(&scope_key(uami))
+                .await?
+                .filter(|r| r.kind == KIND_IDENTITY);
+            let Some(row) = row else {
+                return Err(ArmError::FailedIdentityOperation {
+                    resource: id.clone(),
+                    identity: uami.to_ascii_lowercase(),
+                });
+            };
+            if self
+                .authorize(
+                    caller,
+                    "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+                    &row.id,
+                )
+                .await
+                .is_err()
+            {
+                missing_rights.push((*uami).clone());
+            }
+            let identity = self
+                .inner
+                .store
+                .identities_of(&row.id_key)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    ArmError::Internal(format!("identity {} has no principal", row.id))
+                })?;
+            resolved.push(Attached {
+                id: (*uami).clone(),
+                principal_id: identity.principal_id,
+                client_id: identity.client_id,
+            });
+        }
+        if !missing_rights.is_empty() {
+            return Err(ArmError::LinkedAuthorizationFailed {
+                oid: caller.object_id.clone(),
+                scope: id.clone(),
+                linked: missing_rights.join(","),
+            });
+        }
+        // Keep what stays attached (with the casing the client sent last), add the new ones.
+        state.attached = desired
+            .user
+            .iter()
+            .map(|u| {
+                state
+                    .attached
+                    .iter()
+                    .chain(resolved.iter())
+                    .find(|a| a.id.eq_ignore_ascii_case(u))
+                    .map(|a| Attached {
+                        id: u.clone(),
+                        ..a.clone()
+                    })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ArmError::Internal("an attached identity was lost".into()))?;
+
+        if let Some(properties) = input.properties {
+            let properties = scrub(properties);
+            if patch {
+                for (key, value) in properties {
+                    state.properties.insert(key, value);
+                }
+            } else {
+                state.properties = properties;
+            }
+        } else if !patch {
+            state.properties = Map::new();
+        }
+
+        let key = scope_key(&id);
+        let mut removed_principal = None;
+        let minted = match (current.system, desired.system) {
+            (false, true) => Some(
+                self.mint_principal(&key, &self.vm_mirid(rg, name), name, false)
+                    .await?,
+            ),
+            (true, false) => {
+                removed_principal = state.system_principal_id.take();
+                None
+            }
+            _ => None,
+        };
+        if let Some(minted) = &minted {
+            state.system_principal_id = Some(minted.identity.principal_id.clone());
+        }
+        let now = self.inner.clock.now_unix();
+        let row = ResourceRow {
+            id_key: key.clone(),
+            id,
+            kind: KIND_VM.into(),
+            resource_group: group.resource_group.clone(),
+            name: name.to_string(),
+            location,
+            tags: match (input.tags, &existing) {
+                (Some(tags), _) => Value::Object(tags).to_string(),
+                (None, Some(e)) if patch => e.resource.tags.clone(),
+                _ => "{}".into(),
+            },
+            properties: serde_json::to_string(&state)
+                .map_err(|e| ArmError::Internal(e.to_string()))?,
+            state: "Succeeded".into(),
+            created_at: existing.as_ref().map_or(now, |e| e.resource.created_at),
+            created_by: existing.as_ref().map_or_else(
+                || caller.object_id.clone(),
+                |e| e.resource.created_by.clone(),
+            ),
+            updated_at: now,
+            updated_by: caller.object_id.clone(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        if removed_principal.is_some() {
+            for principal in Store::delete_identities_of(&mut tx, &key).await? {
+                Store::enqueue(
+                    &mut tx,
+                    "aad.delete_principal",
+                    &json!({"objectId": principal}),
+                )
+                .await?;
+            }
+        }
+        if let Some(minted) = &minted {
+            minted.write(&mut tx).await?;
+        }
+        tx.commit().await?;
+        self.deliver().await;
+        Ok((Self::vm_view(row)?, existing.is_none()))
+    }
+
+    /// Deletes a VM and its system-assigned principal; `false` when it did not exist.
+    pub async fn delete_vm(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<bool, ArmError> {
+        self.check_subscription(sub)?;
+        let id = self.vm_id(rg, name);
+        self.authorize(caller, "Microsoft.Compute/virtualMachines/delete", &id)
+            .await?;
+        let Some(vm) = self.existing_vm(sub, rg, name).await? else {
+            return Ok(false);
+        };
+        let mut tx = self.inner.store.begin().await?;
+        for principal in Store::delete_identities_of(&mut tx, &vm.resource.id_key).await? {
+            Store::enqueue(
+                &mut tx,
+                "aad.delete_principal",
+                &json!({"objectId": principal}),
+            )
+            .await?;
+        }
+        Store::delete_assignments_under(&mut tx, &vm.resource.id_key).await?;
+        Store::delete_resource(&mut tx, &vm.resource.id_key).await?;
+        tx.commit().await?;
+        self.deliver().await;
+        Ok(true)
+    }
+
+    /// `{scope}/providers/Microsoft.ManagedIdentity/identities/default`: the system-assigned
+    /// identity of a resource.
+    pub async fn system_identity(
+        &self,
+        caller: &Caller,
+        scope: &str,
+    ) -> Result<(String, crate::store::IdentityRow), ArmError> {
+        self.authorize(caller, "Microsoft.ManagedIdentity/identities/read", scope)
+            .await?;
+        let identity = self
+            .inner
+            .store
+            .identities_of(&scope_key(scope))
+            .await?
+            .into_iter()
+            .find(|i| !i.user_assigned);
+        let row = self.inner.store.resource(&scope_key(scope)).await?;
+        match (row, identity) {
+            (Some(row), Some(identity)) => Ok((row.location, identity)),
+            _ => Err(ArmError::InvalidParameter(format!(
+                "The resource '{scope}' does not have a system-assigned identity."
+            ))),
+        }
+    }
+}

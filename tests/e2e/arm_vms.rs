@@ -1,0 +1,478 @@
+//! Virtual machines and their identities: system-assigned principals follow the VM's life,
+//! user-assigned ones are attached by reference with `assign/action`, and ARM and AAD stay in
+//! step after every change.
+
+use crate::support::{TestSim, register_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const VM_API: &str = "2024-11-01";
+const MSI_API: &str = "2024-11-30";
+
+async fn call(
+    sim: &TestSim,
+    token: &str,
+    method: Method,
+    path: &str,
+    api: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = sim
+        .http
+        .request(
+            method,
+            format!("{}{path}?api-version={api}", sim.sim.connection.arm),
+        )
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    assert!(status < 500, "{path}: {status} {text}");
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("json")
+        },
+    )
+}
+
+async fn graph_principal(sim: &TestSim, object_id: &str) -> (u16, Value) {
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    sim.graph(
+        Method::GET,
+        &format!("servicePrincipals/{object_id}"),
+        &graph,
+        None,
+    )
+    .await
+}
+
+/// Managed-identity principals in AAD are exactly those ARM holds.
+async fn assert_in_step(sim: &TestSim) {
+    assert_eq!(sim.sim.arm.pending_work().await.expect("outbox"), 0);
+    let held: Vec<String> = sim
+        .sim
+        .arm
+        .identity_principals()
+        .await
+        .expect("principals")
+        .into_iter()
+        .map(|i| i.principal_id)
+        .collect();
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (_, list) = sim
+        .graph(
+            Method::GET,
+            "servicePrincipals?$filter=servicePrincipalType eq 'ManagedIdentity'",
+            &graph,
+            None,
+        )
+        .await;
+    let mut in_aad: Vec<String> = list["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .map(|sp| sp["id"].as_str().expect("id").to_string())
+        .collect();
+    let mut held = held;
+    held.sort();
+    in_aad.sort();
+    assert_eq!(held, in_aad);
+}
+
+#[tokio::test]
+async fn vm_identity_transitions_follow_azure() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/rg"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let uami = |n: &str| {
+        format!(
+            "{sub}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}"
+        )
+    };
+    let (_, one) = call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &uami("one"),
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let (_, two) = call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &uami("two"),
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let vm = format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1");
+
+    let body = json!({
+        "location": "eastus",
+        "identity": {"type": "SystemAssigned,UserAssigned", "userAssignedIdentities": {uami("one"): {}}},
+        "properties": {"hardwareProfile": {"vmSize": "Standard_B1s"}, "osProfile": {"computerName": "vm1", "adminUsername": "azureuser", "adminPassword": "S3cret!"}},
+    });
+    let (status, created) = call(&sim, &admin, Method::PUT, &vm, VM_API, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["identity"]["type"], "SystemAssigned, UserAssigned",
+        "Compute's canonical spelling"
+    );
+    assert_eq!(created["identity"]["tenantId"], sim.tenant());
+    assert_eq!(created["properties"]["provisioningState"], "Succeeded");
+    assert!(
+        created["properties"]["vmId"]
+            .as_str()
+            .is_some_and(|v| uuid::Uuid::parse_str(v).is_ok())
+    );
+    assert!(
+        created["properties"]["osProfile"]
+            .get("adminPassword")
+            .is_none(),
+        "secrets are never echoed"
+    );
+    assert_eq!(
+        created["identity"]["userAssignedIdentities"][uami("one")]["principalId"],
+        one["properties"]["principalId"]
+    );
+    let system = created["identity"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_string();
+    let (status, sp) = graph_principal(&sim, &system).await;
+    assert_eq!(status, 200);
+    assert_eq!(sp["alternativeNames"][0], "isExplicit=False");
+    assert_eq!(
+        sp["alternativeNames"][1],
+        format!(
+            "{}/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm1",
+            sub
+        )
+    );
+    assert_in_step(&sim).await;
+
+    // identities/default shows the system identity.
+    let (status, default) = call(
+        &sim,
+        &admin,
+        Method::GET,
+        &format!("{vm}/providers/Microsoft.ManagedIdentity/identities/default"),
+        "2023-01-31",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{default}");
+    assert_eq!(default["properties"]["principalId"], system.as_str());
+
+    // PATCH merges a new identity; null removes one (case-insensitively); the system one stays.
+    let (status, patched) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uami("two"): {}}}}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        patched["identity"]["userAssignedIdentities"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(2)
+    );
+    let (_, patched) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uami("one").to_lowercase(): null}}}))).await;
+    let keys: Vec<&String> = patched["identity"]["userAssignedIdentities"]
+        .as_object()
+        .expect("map")
+        .keys()
+        .collect();
+    assert_eq!(keys, vec![&uami("two")]);
+    assert_eq!(patched["identity"]["principalId"], system.as_str());
+    assert_eq!(
+        patched["properties"]["hardwareProfile"]["vmSize"], "Standard_B1s",
+        "PATCH keeps what it does not name"
+    );
+
+    // An assignment on the system principal survives as an orphan when the identity goes.
+    let orphan = format!(
+        "{sub}/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let reader = format!(
+        "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+    );
+    assert_eq!(
+        call(
+            &sim,
+            &admin,
+            Method::PUT,
+            &orphan,
+            "2022-04-01",
+            Some(json!({"properties": {"roleDefinitionId": reader, "principalId": system}}))
+        )
+        .await
+        .0,
+        201
+    );
+
+    // UserAssigned only: the system principal is deleted; re-enabling makes a new one.
+    let (_, user_only) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"identity": {"type": "UserAssigned"}})),
+    )
+    .await;
+    assert_eq!(user_only["identity"]["type"], "UserAssigned");
+    assert!(user_only["identity"].get("principalId").is_none());
+    assert_eq!(graph_principal(&sim, &system).await.0, 404);
+    assert_in_step(&sim).await;
+    let (_, again) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned"}})),
+    )
+    .await;
+    let new_system = again["identity"]["principalId"]
+        .as_str()
+        .expect("new principal")
+        .to_string();
+    assert_ne!(new_system, system, "re-enabling creates a new principal");
+    assert_eq!(
+        call(&sim, &admin, Method::GET, &orphan, "2022-04-01", None)
+            .await
+            .0,
+        200,
+        "role assignments of deleted principals stay"
+    );
+
+    // Errors: unknown identity, identities with SystemAssigned, bad type.
+    let ghost = uami("ghost");
+    let (status, body) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {ghost: {}}}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("FailedIdentityOperation")),
+        "{body}"
+    );
+    let (status, body) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(json!({"identity": {"type": "SystemAssigned", "userAssignedIdentities": {uami("one"): {}}}}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("InvalidParameter"))
+    );
+    let (status, _) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"identity": {"type": "Everything"}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (_, unchanged) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert_eq!(
+        unchanged["identity"]["principalId"],
+        new_system.as_str(),
+        "failed requests change nothing"
+    );
+
+    // Deleting a user-assigned identity leaves the stale reference on the VM, as Azure does.
+    assert_eq!(
+        call(&sim, &admin, Method::DELETE, &uami("two"), MSI_API, None)
+            .await
+            .0,
+        200
+    );
+    let (_, stale) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert!(
+        stale["identity"]["userAssignedIdentities"]
+            .get(uami("two"))
+            .is_some()
+    );
+    assert_eq!(
+        two["properties"]["principalId"],
+        stale["identity"]["userAssignedIdentities"][uami("two")]["principalId"]
+    );
+
+    // Deleting the VM removes its system principal.
+    assert_eq!(
+        call(&sim, &admin, Method::DELETE, &vm, VM_API, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&sim, &admin, Method::DELETE, &vm, VM_API, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(graph_principal(&sim, &new_system).await.0, 404);
+    assert_in_step(&sim).await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn attaching_an_identity_needs_assign_action_on_it() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/rg"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let uami = format!(
+        "{sub}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/shared-mi"
+    );
+    call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &uami,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = register_app(&sim, &graph, "operator", None).await;
+    let (_, secret) = sim
+        .graph(
+            Method::POST,
+            &format!("applications/{object_id}/addPassword"),
+            &graph,
+            Some(json!({})),
+        )
+        .await;
+    let (_, token) = sim
+        .secret_token(
+            &app_id,
+            secret["secretText"].as_str().expect("secret"),
+            "https://management.azure.com/.default",
+        )
+        .await;
+    let operator = token["access_token"].as_str().expect("token").to_string();
+    let (_, sp) = sim
+        .graph(
+            Method::GET,
+            &format!("servicePrincipals(appId='{app_id}')"),
+            &graph,
+            None,
+        )
+        .await;
+    let oid = sp["id"].as_str().expect("oid");
+    let assign = |role: &str, scope: &str| {
+        let path = format!(
+            "{scope}/providers/Microsoft.Authorization/roleAssignments/{}",
+            uuid::Uuid::new_v4()
+        );
+        let body = json!({"properties": {"roleDefinitionId": format!("{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"), "principalId": oid, "principalType": "ServicePrincipal"}});
+        (path, body)
+    };
+    // Virtual Machine Contributor on the group: may write VMs, may not attach identities.
+    let (path, body) = assign(
+        "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+        &format!("{sub}/resourceGroups/rg"),
+    );
+    assert_eq!(
+        call(&sim, &admin, Method::PUT, &path, "2022-04-01", Some(body))
+            .await
+            .0,
+        201
+    );
+    let vm = format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/app-vm");
+    assert_eq!(
+        call(
+            &sim,
+            &operator,
+            Method::PUT,
+            &vm,
+            VM_API,
+            Some(json!({"location": "eastus", "identity": {"type": "SystemAssigned"}}))
+        )
+        .await
+        .0,
+        201
+    );
+    let attach = json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uami.clone(): {}}}});
+    let (status, body) = call(
+        &sim,
+        &operator,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(attach.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("LinkedAuthorizationFailed")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&uami) && m.contains("assign/action"))
+    );
+
+    // Managed Identity Operator on the identity grants the assign action.
+    let (path, body) = assign("f1a07417-d97a-45cb-824c-7a7467783830", &uami);
+    assert_eq!(
+        call(&sim, &admin, Method::PUT, &path, "2022-04-01", Some(body))
+            .await
+            .0,
+        201
+    );
+    let (status, attached) = call(&sim, &operator, Method::PATCH, &vm, VM_API, Some(attach)).await;
+    assert_eq!(status, 200, "{attached}");
+    // Removing needs only VM write.
+    let (status, _) = call(
+        &sim,
+        &operator,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"identity": {"type": "SystemAssigned"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    sim.stop().await;
+}
