@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use misim_core::Clock;
 use misim_core::tls::CertificateAuthority;
 
-use crate::connection::{Admin, Connection};
+use crate::connection::{Admin, Connection, DemoVm};
 
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -57,6 +57,7 @@ pub struct Simulator {
     pub connection: Connection,
     pub aad: misim_aad::Aad,
     pub arm: misim_arm::Arm,
+    pub imds: misim_imds::Imds,
     pub clock: Arc<Clock>,
     data_dir: PathBuf,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -113,28 +114,37 @@ impl Simulator {
 
         let arm_listener = bind(config.host, config.arm_port, "ARM").await?;
         let aad_listener = bind(config.host, config.aad_port, "AAD").await?;
-        let imds_listener = bind(config.host, config.imds_port, "IMDS").await?;
+        // The demo VM's IMDS port is claimed up front so a taken port fails the start.
+        let demo_listener = if config.no_demo {
+            None
+        } else {
+            Some(bind(config.host, config.imds_port, "IMDS").await?)
+        };
+        let demo_port = demo_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?
+            .map_or(0, |a| a.port());
+        // IMDS's host API: internal, on loopback, never one of the VM-facing listeners.
+        let host_api_listener = bind(IpAddr::from([127, 0, 0, 1]), 0, "the IMDS host API").await?;
 
-        let bind_host = config.host.to_string();
         let public_host = config.public_host.clone().unwrap_or_else(|| {
             if config.host.is_unspecified() {
                 "127.0.0.1".into()
             } else {
-                bind_host.clone()
+                config.host.to_string()
             }
         });
         let public_host = url_host(&public_host);
-        let aad_url = format!(
-            "https://{public_host}:{}",
-            aad_listener.local_addr()?.port()
-        );
+        let aad_port = aad_listener.local_addr()?.port();
+        let aad_url = format!("https://{public_host}:{aad_port}");
         let arm_url = format!(
             "https://{public_host}:{}",
             arm_listener.local_addr()?.port()
         );
-        let imds_url = format!(
-            "http://{public_host}:{}",
-            imds_listener.local_addr()?.port()
+        let host_api_url = format!(
+            "http://127.0.0.1:{}",
+            host_api_listener.local_addr()?.port()
         );
 
         let mut names: Vec<String> = vec!["127.0.0.1".into(), "localhost".into()];
@@ -151,14 +161,15 @@ impl Simulator {
         let tls = ca
             .server_config(&names)
             .context("cannot issue the HTTPS certificate")?;
-
         let clock = Arc::new(Clock::default());
         let db_path = |name: &str| (!config.in_memory).then(|| data_dir.join(name));
+        let shutdown = CancellationToken::new();
+
+        // AAD.
         let aad_pool = misim_core::db::open(db_path("aad.db").as_deref(), &misim_aad::MIGRATOR)
             .await
             .context("cannot open aad.db")?;
         let mut aad_config = misim_aad::AadConfig::new(&aad_url, &secret);
-        let aad_port = aad_listener.local_addr()?.port();
         aad_config.alias_origins = names
             .iter()
             .map(|n| format!("https://{}:{aad_port}", url_host(n)))
@@ -169,16 +180,47 @@ impl Simulator {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open AAD: {e}"))?;
 
+        // Every edge between services is HTTP, as in split mode (ARCHITECTURE.md §2).
+        let to_aad =
+            misim_core::tls::http_client(&ca.cert_pem, std::time::Duration::from_secs(10))?;
+
+        // IMDS: per-VM listeners on the bind host; the demo VM's port is the one claimed above.
+        let imds_pool = misim_core::db::open(db_path("imds.db").as_deref(), &misim_imds::MIGRATOR)
+            .await
+            .context("cannot open imds.db")?;
+        let factory = Arc::new(VmListeners {
+            host: config.host,
+            reserved: std::sync::Mutex::new(demo_listener),
+        });
+        let imds_config = misim_imds::ImdsConfig {
+            aad_url: aad_url.clone(),
+            internal_secret: secret.clone(),
+            public_host: public_host.clone(),
+            bind_host: config.host,
+        };
+        let imds = misim_imds::Imds::open(
+            misim_imds::Store::new(imds_pool),
+            clock.clone(),
+            imds_config,
+            to_aad.clone(),
+            factory,
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open IMDS: {e}"))?;
+
+        // ARM.
         let arm_pool = misim_core::db::open(db_path("arm.db").as_deref(), &misim_arm::MIGRATOR)
             .await
             .context("cannot open arm.db")?;
-        // ARM reaches AAD over HTTPS like in split mode: JWKS for callers' tokens, the internal
-        // directory API for managed identities.
-        let to_aad =
-            misim_core::tls::http_client(&ca.cert_pem, std::time::Duration::from_secs(10))?;
         let directory = misim_arm::ports::HttpDirectory {
             http: to_aad.clone(),
             aad_url: aad_url.clone(),
+            secret: secret.clone(),
+        };
+        let host = misim_arm::ports::HttpHost {
+            http: to_aad.clone(),
+            host_url: host_api_url,
             secret: secret.clone(),
         };
         let arm_config = misim_arm::ArmConfig {
@@ -193,13 +235,13 @@ impl Simulator {
             clock.clone(),
             arm_config,
             Arc::new(directory),
+            Arc::new(host),
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
         let validator =
             misim_arm::TokenValidator::new(to_aad, &aad_url, &aad.tenant().id, clock.clone());
 
-        let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let serve = misim_core::serve::serve;
         tasks.spawn({
@@ -219,16 +261,37 @@ impl Simulator {
             async move { ("arm", serve(arm_listener, Some(tls), router, token).await) }
         });
         tasks.spawn({
-            let (router, token) = (misim_imds::router(), shutdown.child_token());
-            async move { ("imds", serve(imds_listener, None, router, token).await) }
+            let (router, token) = (
+                misim_imds::host_router(imds.clone()),
+                shutdown.child_token(),
+            );
+            async move {
+                (
+                    "imds host API",
+                    serve(host_api_listener, None, router, token).await,
+                )
+            }
         });
+        let background = arm.spawn_background(shutdown.child_token());
 
+        let demo_vm = if config.no_demo {
+            None
+        } else {
+            Some(seed_demo(&arm, &aad, demo_port).await?)
+        };
+        let imds_url = match &demo_vm {
+            Some((_, vm_id)) => Some(
+                imds.vm_endpoint(vm_id)
+                    .context("the demo VM has no IMDS endpoint")?,
+            ),
+            None => None,
+        };
         let admin = aad.bootstrap();
         let connection = Connection {
             arm: arm_url,
             aad: aad_url.clone(),
             graph: aad_url,
-            imds: (!config.no_demo).then_some(imds_url),
+            imds: imds_url,
             ca_cert: ca.cert_path.clone(),
             tenant_id: admin.tenant_id.clone(),
             subscription_id: arm.subscription_id().to_string(),
@@ -237,9 +300,8 @@ impl Simulator {
                 client_secret: admin.client_secret.clone(),
                 object_id: admin.object_id.clone(),
             },
-            demo_vm: None,
+            demo_vm: demo_vm.map(|(id, _)| DemoVm { id }),
         };
-        let background = arm.spawn_background(shutdown.child_token());
         connection
             .write(data_dir)
             .with_context(|| format!("cannot write {}", connection_path.display()))?;
@@ -247,6 +309,7 @@ impl Simulator {
             connection,
             aad,
             arm,
+            imds,
             background,
             clock,
             data_dir: data_dir.clone(),
@@ -267,6 +330,83 @@ impl Simulator {
         for task in self.background.drain(..) {
             let _ = task.await;
         }
+        self.imds.join().await;
         let _ = std::fs::remove_file(Connection::path(&self.data_dir));
     }
+}
+
+/// Opens per-VM IMDS listeners on the bind host; hands out the pre-claimed demo port once.
+struct VmListeners {
+    host: IpAddr,
+    reserved: std::sync::Mutex<Option<TcpListener>>,
+}
+
+#[async_trait::async_trait]
+impl misim_imds::ListenerFactory for VmListeners {
+    async fn bind(&self, preferred: u16) -> std::io::Result<TcpListener> {
+        let reserved = {
+            let mut slot = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+            let matches = slot
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .is_some_and(|a| a.port() == preferred);
+            if matches { slot.take() } else { None }
+        };
+        match reserved {
+            Some(listener) => Ok(listener),
+            None => TcpListener::bind(SocketAddr::new(self.host, preferred)).await,
+        }
+    }
+}
+
+pub const DEMO_GROUP: &str = "demo-rg";
+pub const DEMO_VM: &str = "demo-vm";
+
+/// The seeded demo: resource group `demo-rg` and VM `demo-vm` with a system-assigned identity,
+/// created through ARM's own use cases as the bootstrap admin. Returns (resource id, vmId).
+async fn seed_demo(
+    arm: &misim_arm::Arm,
+    aad: &misim_aad::Aad,
+    imds_port: u16,
+) -> anyhow::Result<(String, String)> {
+    let admin = misim_arm::auth::Caller {
+        object_id: aad.bootstrap().object_id.clone(),
+        app_id: aad.bootstrap().client_id.clone(),
+    };
+    let sub = arm.subscription_id().to_string();
+    let fail = |e: misim_arm::ArmError| anyhow::anyhow!("cannot seed the demo VM: {e}");
+    if !arm.group_exists(DEMO_GROUP).await.map_err(fail)? {
+        arm.put_group(
+            &admin,
+            &sub,
+            DEMO_GROUP,
+            misim_arm::service::TrackedInput {
+                location: "eastus".into(),
+                tags: Default::default(),
+            },
+        )
+        .await
+        .map_err(fail)?;
+    }
+    let mut tags = serde_json::Map::new();
+    tags.insert(
+        misim_arm::service::IMDS_PORT_TAG.into(),
+        serde_json::json!(imds_port.to_string()),
+    );
+    let existing = arm.vm(&admin, &sub, DEMO_GROUP, DEMO_VM).await.ok();
+    let input = misim_arm::service::VmInput {
+        location: Some("eastus".into()),
+        tags: Some(tags),
+        properties: existing.is_none().then(|| serde_json::json!({"hardwareProfile": {"vmSize": "Standard_B1s"}, "osProfile": {"computerName": DEMO_VM, "adminUsername": "azureuser"}}).as_object().cloned().unwrap_or_default()),
+        identity: existing.is_none().then(|| serde_json::json!({"type": "SystemAssigned"})),
+    };
+    // A PATCH on restart re-sends the host its state and the current port tag.
+    let (view, _) = arm
+        .put_vm(&admin, &sub, DEMO_GROUP, DEMO_VM, input, existing.is_some())
+        .await
+        .map_err(fail)?;
+    if arm.pending_work().await.map_err(fail)? > 0 {
+        anyhow::bail!("cannot seed the demo VM: provisioning did not reach AAD and IMDS");
+    }
+    Ok((view.resource.id.clone(), view.state.vm_id.clone()))
 }

@@ -9,6 +9,10 @@ loopback. Proxy and Azure/MSAL environment variables are removed at import time
 (before any client exists), the simulator's CA is installed through
 REQUESTS_CA_BUNDLE / SSL_CERT_FILE, and a socket guard turns any attempt to
 resolve or connect to a non-loopback address into an immediate test failure.
+
+Shared by the test modules: the suite's constants, `cca` (an MSAL confidential
+client that never does instance discovery), the `Graph` helper and the
+`admin_graph_token` / `graph` / `secret_app` fixtures.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import time
 import uuid
 
 import jwt
-import msal
 import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError

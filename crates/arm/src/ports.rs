@@ -97,3 +97,86 @@ impl Directory for HttpDirectory {
             .map(|status| status != 404)
     }
 }
+
+/// IMDS's host API: the VMs it hosts and the credentials installed on each.
+#[async_trait]
+pub trait Host: Send + Sync {
+    async fn put_vm(&self, vm_id: &str, vm: &misim_core::internal::HostedVm) -> Result<(), String>;
+    async fn delete_vm(&self, vm_id: &str) -> Result<(), String>;
+    async fn put_identity(
+        &self,
+        vm_id: &str,
+        principal_id: &str,
+        identity: &misim_core::internal::HostedIdentity,
+    ) -> Result<(), String>;
+    async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), String>;
+}
+
+/// The HTTP implementation of [`Host`], authenticated with the internal secret.
+pub struct HttpHost {
+    pub http: reqwest::Client,
+    /// Base URL of IMDS's host API listener.
+    pub host_url: String,
+    pub secret: String,
+}
+
+impl HttpHost {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), String> {
+        let response = request
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("IMDS unreachable: {e}"))?;
+        let status = response.status();
+        if status.is_success()
+            || status.as_u16() == 404 && response.url().path().contains("/identities/")
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "IMDS answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    fn url(&self, rest: &str) -> String {
+        format!(
+            "{}/_internal/host/vms/{rest}",
+            self.host_url.trim_end_matches('/')
+        )
+    }
+}
+
+#[async_trait]
+impl Host for HttpHost {
+    async fn put_vm(&self, vm_id: &str, vm: &misim_core::internal::HostedVm) -> Result<(), String> {
+        self.send(self.http.put(self.url(vm_id)).json(vm)).await
+    }
+
+    async fn delete_vm(&self, vm_id: &str) -> Result<(), String> {
+        self.send(self.http.delete(self.url(vm_id))).await
+    }
+
+    async fn put_identity(
+        &self,
+        vm_id: &str,
+        principal_id: &str,
+        identity: &misim_core::internal::HostedIdentity,
+    ) -> Result<(), String> {
+        self.send(
+            self.http
+                .put(self.url(&format!("{vm_id}/identities/{principal_id}")))
+                .json(identity),
+        )
+        .await
+    }
+
+    async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), String> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("{vm_id}/identities/{principal_id}"))),
+        )
+        .await
+    }
+}

@@ -17,12 +17,12 @@ use crate::auth::Caller;
 use crate::domain::path::{valid_identity_name, valid_resource_group_name};
 use crate::domain::rbac::{self, OWNER, scope_contains, scope_key};
 use crate::error::ArmError;
-use crate::ports::Directory;
+use crate::ports::{Directory, Host};
 use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
 
 mod vms;
 
-pub use vms::{KIND_VM, VmInput, VmView};
+pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView};
 
 pub const KIND_GROUP: &str = "resourceGroup";
 pub const KIND_IDENTITY: &str = "userAssignedIdentity";
@@ -54,6 +54,7 @@ struct Inner {
     config: ArmConfig,
     subscription_id: String,
     directory: Arc<dyn Directory>,
+    host: Arc<dyn Host>,
     /// One delivery pass at a time keeps outbox order.
     delivery: tokio::sync::Mutex<()>,
     wake_worker: Notify,
@@ -127,6 +128,7 @@ impl Arm {
         clock: Arc<Clock>,
         config: ArmConfig,
         directory: Arc<dyn Directory>,
+        host: Arc<dyn Host>,
     ) -> Result<Self, ArmError> {
         let subscription_id = match store.setting("subscription_id").await? {
             Some(id) => id,
@@ -146,6 +148,7 @@ impl Arm {
                 config,
                 subscription_id,
                 directory,
+                host,
                 delivery: tokio::sync::Mutex::new(()),
                 wake_worker: Notify::new(),
                 wake_key_pool: Notify::new(),
@@ -489,9 +492,30 @@ impl Arm {
             .store
             .group_members(&group.resource_group)
             .await?;
+        // Hosts to clean: the group's VMs go entirely; its user-assigned identities leave the
+        // VMs elsewhere that carry them.
+        let mut carriers = Vec::new();
+        for member in members.iter().filter(|m| m.kind == KIND_IDENTITY) {
+            for vm_id in self.vms_carrying(&member.id).await? {
+                carriers.push((member.id_key.clone(), vm_id));
+            }
+        }
         let mut tx = self.inner.store.begin().await?;
         for member in &members {
+            if member.kind == KIND_VM
+                && let Ok(state) = serde_json::from_str::<vms::VmState>(&member.properties)
+            {
+                Store::enqueue(&mut tx, "imds.delete_vm", &json!({"vmId": state.vm_id})).await?;
+            }
             for principal in Store::delete_identities_of(&mut tx, &member.id_key).await? {
+                for (_, vm_id) in carriers.iter().filter(|(key, _)| *key == member.id_key) {
+                    Store::enqueue(
+                        &mut tx,
+                        "imds.delete_identity",
+                        &json!({"vmId": vm_id, "principalId": principal}),
+                    )
+                    .await?;
+                }
                 Store::enqueue(
                     &mut tx,
                     "aad.delete_principal",
@@ -1168,7 +1192,10 @@ impl Arm {
         let payload: Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
         let object_id = payload["objectId"]
             .as_str()
-            .ok_or("payload without objectId")?;
+            .or(payload["vmId"].as_str())
+            .map(str::to_string)
+            .ok_or("payload without target")?;
+        let object_id = object_id.as_str();
         let directory = &self.inner.directory;
         match action {
             "aad.put_principal" => {
@@ -1190,6 +1217,38 @@ impl Arm {
                     .await
             }
             "aad.delete_principal" => directory.delete_principal(object_id).await,
+            "imds.put_vm" => {
+                let vm: misim_core::internal::HostedVm =
+                    serde_json::from_value(payload["vm"].clone()).map_err(|e| e.to_string())?;
+                self.inner.host.put_vm(object_id, &vm).await
+            }
+            "imds.delete_vm" => self.inner.host.delete_vm(object_id).await,
+            "imds.put_identity" => {
+                let identity: misim_core::internal::HostedIdentity =
+                    serde_json::from_value(payload["identity"].clone())
+                        .map_err(|e| e.to_string())?;
+                self.inner
+                    .host
+                    .put_identity(
+                        object_id,
+                        payload["principalId"]
+                            .as_str()
+                            .ok_or("payload without principalId")?,
+                        &identity,
+                    )
+                    .await
+            }
+            "imds.delete_identity" => {
+                self.inner
+                    .host
+                    .delete_identity(
+                        object_id,
+                        payload["principalId"]
+                            .as_str()
+                            .ok_or("payload without principalId")?,
+                    )
+                    .await
+            }
             other => Err(format!("unknown outbox action '{other}'")),
         }
     }
@@ -1283,6 +1342,30 @@ mod tests {
         }
     }
 
+    /// A host that accepts everything.
+    struct NullHost;
+
+    #[async_trait]
+    impl crate::ports::Host for NullHost {
+        async fn put_vm(&self, _: &str, _: &misim_core::internal::HostedVm) -> Result<(), String> {
+            Ok(())
+        }
+        async fn delete_vm(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        async fn put_identity(
+            &self,
+            _: &str,
+            _: &str,
+            _: &misim_core::internal::HostedIdentity,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        async fn delete_identity(&self, _: &str, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
     async fn open(
         path: &std::path::Path,
         directory: Arc<FlakyDirectory>,
@@ -1298,9 +1381,15 @@ mod tests {
             tenant_id: "t".into(),
             admin_object_id: "admin".into(),
         };
-        Arm::open(Store::new(pool), clock, config, directory)
-            .await
-            .expect("open")
+        Arm::open(
+            Store::new(pool),
+            clock,
+            config,
+            directory,
+            Arc::new(NullHost),
+        )
+        .await
+        .expect("open")
     }
 
     #[tokio::test]

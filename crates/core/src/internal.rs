@@ -38,3 +38,45 @@ pub struct ManagedIdentityCertificate {
     /// Standard base64 of the certificate DER.
     pub certificate: String,
 }
+
+/// PUT `/_internal/host/vms/{vmId}` on IMDS's host API: a VM and its instance metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostedVm {
+    pub resource_id: String,
+    pub name: String,
+    pub resource_group: String,
+    pub subscription_id: String,
+    pub location: String,
+    pub vm_size: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Preferred per-VM listener port (the `misim-imds-port` tag), 0 for any.
+    #[serde(default)]
+    pub preferred_port: u16,
+}
+
+/// PUT `/_internal/host/vms/{vmId}/identities/{principalId}`: an identity's credential.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostedIdentity {
+    pub client_id: String,
+    pub tenant_id: String,
+    /// `xms_mirid`: the identity resource (user-assigned) or the VM (system-assigned).
+    pub resource_id: String,
+    pub user_assigned: bool,
+    pub key_id: String,
+    /// Standard base64 of the certificate DER.
+    pub certificate: String,
+    /// Standard base64 of the PKCS#8 private key.
+    pub private_key: String,
+}
+
+/// What IMDS reports about a hosted VM (GET on the host API).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostedVmStatus {
+    pub vm_id: String,
+    pub resource_id: String,
+    pub endpoint: Option<String>,
+    pub identities: Vec<String>,
+}

@@ -1,64 +1,281 @@
-//! misim's Instance Metadata Service. This first cut serves the demo VM's listener in IMDS's
-//! own dialect (the `Metadata: true` probe rule included); hosted VMs and tokens arrive with the
-//! IMDS issue.
+//! misim's Instance Metadata Service: the host agent of simulated VMs. ARM installs VMs and
+//! identity credentials through the internal host API; each VM gets its own IMDS listener on
+//! loopback, where apps get tokens with no code change. Tokens come from AAD through a client
+//! assertion signed with the identity's key, exactly as the real host does.
 
-use axum::Router;
-use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+pub mod error;
+mod host_api;
+pub mod relay;
+pub mod store;
+mod vm_api;
 
-/// IMDS's `Server` header (real IMDS answers `IMDS/<a>.<b>.<c>.<d>`).
-pub const SERVER_HEADER: &str = "IMDS/150.870.65.1854";
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ImdsError {
-    #[error("Required metadata header not specified")]
-    MissingMetadataHeader,
-    #[error("Identity not found")]
-    IdentityNotFound,
-    #[error("The requested path was not found")]
-    NotFound,
+use async_trait::async_trait;
+use misim_core::Clock;
+use misim_core::internal::{HostedIdentity, HostedVm, HostedVmStatus};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ImdsError, SERVER_HEADER};
+pub use host_api::router as host_router;
+pub use store::{MIGRATOR, Store};
+
+/// Opens the per-VM listeners (library code never binds sockets itself).
+#[async_trait]
+pub trait ListenerFactory: Send + Sync {
+    /// Binds `preferred` (0: any free port) on the VM-facing address.
+    async fn bind(&self, preferred: u16) -> std::io::Result<TcpListener>;
 }
 
-impl IntoResponse for ImdsError {
-    fn into_response(self) -> Response {
-        let (status, error) = match self {
-            Self::MissingMetadataHeader | Self::IdentityNotFound => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            }
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-        };
-        let mut response = (
-            status,
-            axum::Json(json!({"error": error, "error_description": self.to_string()})),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
-        response
-    }
+#[derive(Debug, Clone)]
+pub struct ImdsConfig {
+    /// AAD's authority host.
+    pub aad_url: String,
+    /// Credential of the host API.
+    pub internal_secret: String,
+    /// Host name used in the endpoints IMDS reports (`http://host:port`).
+    pub public_host: String,
+    pub bind_host: IpAddr,
 }
 
-pub fn router() -> Router {
-    Router::new().fallback(|request: Request| async move {
-        let metadata = request
-            .headers()
-            .get("metadata")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        if !metadata {
-            return ImdsError::MissingMetadataHeader;
-        }
-        // No VM has an identity until the ARM lifecycle lands.
-        if request.uri().path().starts_with("/metadata/identity") {
-            ImdsError::IdentityNotFound
-        } else {
-            ImdsError::NotFound
-        }
+#[derive(Clone)]
+pub struct Imds {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<Clock>,
+    config: ImdsConfig,
+    http: reqwest::Client,
+    cache: relay::TokenCache,
+    factory: Arc<dyn ListenerFactory>,
+    listeners: Mutex<HashMap<String, (u16, CancellationToken)>>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn b64(text: &str) -> Result<Vec<u8>, ImdsError> {
+    misim_core::jose::b64_lenient(text).ok_or_else(|| {
+        ImdsError::HostBadRequest("certificate and privateKey must be base64".into())
     })
+}
+
+impl Imds {
+    /// Opens IMDS on its store and serves every VM it already hosts.
+    pub async fn open(
+        store: Store,
+        clock: Arc<Clock>,
+        config: ImdsConfig,
+        http: reqwest::Client,
+        factory: Arc<dyn ListenerFactory>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ImdsError> {
+        let imds = Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                http,
+                cache: relay::TokenCache::default(),
+                factory,
+                listeners: Mutex::new(HashMap::new()),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        for vm in imds.inner.store.vms().await? {
+            let port = vm.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+            imds.listen(&vm.vm_id, port).await?;
+        }
+        Ok(imds)
+    }
+
+    /// Waits for every per-VM listener to stop (after the shutdown token fired).
+    pub async fn join(&self) {
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn endpoint(&self, port: u16) -> String {
+        format!("http://{}:{port}", self.inner.config.public_host)
+    }
+
+    /// The IMDS endpoint of a VM, if it is hosted here.
+    pub fn vm_endpoint(&self, vm_id: &str) -> Option<String> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm_id)
+            .map(|(port, _)| self.endpoint(*port))
+    }
+
+    /// Starts the VM's listener unless it runs; a taken preferred port falls back to any port.
+    async fn listen(&self, vm_id: &str, preferred: u16) -> Result<u16, ImdsError> {
+        if let Some((port, _)) = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm_id)
+        {
+            return Ok(*port);
+        }
+        let listener = match self.inner.factory.bind(preferred).await {
+            Ok(listener) => listener,
+            Err(_) if preferred != 0 => self
+                .inner
+                .factory
+                .bind(0)
+                .await
+                .map_err(|e| ImdsError::Internal(format!("cannot open a listener: {e}")))?,
+            Err(e) => return Err(ImdsError::Internal(format!("cannot open a listener: {e}"))),
+        };
+        let port = listener
+            .local_addr()
+            .map_err(|e| ImdsError::Internal(e.to_string()))?
+            .port();
+        self.inner.store.set_port(vm_id, port).await?;
+        let cancel = self.inner.shutdown.child_token();
+        let router = vm_api::router(self.clone(), vm_id.to_string());
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let _ = misim_core::serve::serve(listener, None, router, token).await;
+        });
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm_id.to_string(), (port, cancel));
+        Ok(port)
+    }
+
+    /// Hosts (or updates) a VM; returns its IMDS endpoint.
+    pub async fn put_vm(&self, vm_id: &str, vm: &HostedVm) -> Result<String, ImdsError> {
+        if uuid::Uuid::parse_str(vm_id).is_err() {
+            return Err(ImdsError::HostBadRequest("vmId must be a GUID".into()));
+        }
+        let metadata = serde_json::to_string(vm).map_err(|e| ImdsError::Internal(e.to_string()))?;
+        let existing_port = self
+            .inner
+            .store
+            .vm(vm_id)
+            .await?
+            .and_then(|v| v.port)
+            .and_then(|p| u16::try_from(p).ok());
+        self.inner
+            .store
+            .put_vm(
+                vm_id,
+                &vm.resource_id,
+                &metadata,
+                self.inner.clock.now_unix(),
+            )
+            .await?;
+        let port = self
+            .listen(vm_id, existing_port.unwrap_or(vm.preferred_port))
+            .await?;
+        Ok(self.endpoint(port))
+    }
+
+    /// Stops hosting a VM: its listener closes and its credentials are gone.
+    pub async fn delete_vm(&self, vm_id: &str) -> Result<(), ImdsError> {
+        for identity in self.inner.store.identities(vm_id).await? {
+            self.inner.cache.forget(&identity.principal_id);
+        }
+        self.inner.store.delete_vm(vm_id).await?;
+        if let Some((_, cancel)) = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm_id)
+        {
+            cancel.cancel();
+        }
+        Ok(())
+    }
+
+    pub async fn put_identity(
+        &self,
+        vm_id: &str,
+        principal_id: &str,
+        identity: &HostedIdentity,
+    ) -> Result<(), ImdsError> {
+        if self.inner.store.vm(vm_id).await?.is_none() {
+            return Err(ImdsError::HostBadRequest(format!(
+                "VM '{vm_id}' is not hosted here"
+            )));
+        }
+        let cert_der = b64(&identity.certificate)?;
+        let private_pkcs8 = b64(&identity.private_key)?;
+        misim_core::crypto::RsaCertificate::from_der(&cert_der)
+            .map_err(|e| ImdsError::HostBadRequest(e.to_string()))?;
+        misim_core::crypto::RsaKey::from_pkcs8(&private_pkcs8)
+            .map_err(|e| ImdsError::HostBadRequest(e.to_string()))?;
+        self.inner.cache.forget(principal_id);
+        let row = store::IdentityRow {
+            vm_id: vm_id.to_string(),
+            principal_id: principal_id.to_string(),
+            client_id: identity.client_id.clone(),
+            tenant_id: identity.tenant_id.clone(),
+            resource_id: identity.resource_id.clone(),
+            user_assigned: identity.user_assigned,
+            key_id: identity.key_id.clone(),
+            cert_der,
+            private_pkcs8,
+            installed_at: self.inner.clock.now_unix(),
+        };
+        Ok(self.inner.store.put_identity(&row).await?)
+    }
+
+    pub async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), ImdsError> {
+        self.inner.cache.forget(principal_id);
+        self.inner
+            .store
+            .delete_identity(vm_id, principal_id)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, vm_id: &str) -> Result<Option<HostedVmStatus>, ImdsError> {
+        let Some(vm) = self.inner.store.vm(vm_id).await? else {
+            return Ok(None);
+        };
+        let identities = self
+            .inner
+            .store
+            .identities(vm_id)
+            .await?
+            .into_iter()
+            .map(|i| i.principal_id)
+            .collect();
+        Ok(Some(HostedVmStatus {
+            vm_id: vm.vm_id,
+            resource_id: vm.resource_id,
+            endpoint: self.vm_endpoint(vm_id),
+            identities,
+        }))
+    }
+
+    pub fn internal_secret(&self) -> &str {
+        &self.inner.config.internal_secret
+    }
 }

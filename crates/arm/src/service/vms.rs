@@ -82,7 +82,76 @@ fn scrub(mut properties: Map<String, Value>) -> Map<String, Value> {
     properties
 }
 
+/// Tag naming the loopback port of a VM's IMDS listener (simulator-specific).
+pub const IMDS_PORT_TAG: &str = "misim-imds-port";
+
 impl Arm {
+    /// VMs (their vmIds) that carry the user-assigned identity `identity_id`.
+    pub(super) async fn vms_carrying(&self, identity_id: &str) -> Result<Vec<String>, ArmError> {
+        let mut out = Vec::new();
+        for row in self.inner.store.resources(KIND_VM, None).await? {
+            let view = Self::vm_view(row)?;
+            if view
+                .state
+                .attached
+                .iter()
+                .any(|a| a.id.eq_ignore_ascii_case(identity_id))
+            {
+                out.push(view.state.vm_id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn hosted_vm(
+        &self,
+        row: &ResourceRow,
+        state: &VmState,
+        resource_group: &str,
+    ) -> misim_core::internal::HostedVm {
+        let tags: std::collections::BTreeMap<String, String> =
+            serde_json::from_str::<Map<String, Value>>(&row.tags)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+                .collect();
+        let preferred_port = tags
+            .get(IMDS_PORT_TAG)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        misim_core::internal::HostedVm {
+            resource_id: row.id.clone(),
+            name: row.name.clone(),
+            resource_group: resource_group.to_string(),
+            subscription_id: self.inner.subscription_id.clone(),
+            location: row.location.clone(),
+            vm_size: state
+                .properties
+                .get("hardwareProfile")
+                .and_then(|h| h.get("vmSize"))
+                .and_then(Value::as_str)
+                .unwrap_or("Standard_B1s")
+                .to_string(),
+            tags,
+            preferred_port,
+        }
+    }
+
+    fn hosted_identity(
+        &self,
+        identity: &crate::store::IdentityRow,
+    ) -> misim_core::internal::HostedIdentity {
+        misim_core::internal::HostedIdentity {
+            client_id: identity.client_id.clone(),
+            tenant_id: self.inner.config.tenant_id.clone(),
+            resource_id: identity.mirid.clone(),
+            user_assigned: identity.user_assigned,
+            key_id: identity.cert_key_id.clone(),
+            certificate: misim_core::jose::b64std(&identity.cert_der),
+            private_key: misim_core::jose::b64std(&identity.private_pkcs8),
+        }
+    }
+
     fn vm_id(&self, rg: &str, name: &str) -> String {
         format!(
             "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}",
@@ -356,10 +425,44 @@ impl Arm {
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
+        // What the VM's host must hold after this write: its metadata and the credential of
+        // every identity it carries (idempotent upserts), minus what it no longer carries.
+        let mut host_identities = Vec::new();
+        if let Some(minted) = &minted {
+            host_identities.push(minted.identity.clone());
+        } else if state.system_principal_id.is_some() {
+            host_identities.extend(self.inner.store.identities_of(&key).await?);
+        }
+        for attached in &state.attached {
+            host_identities.extend(
+                self.inner
+                    .store
+                    .identities_of(&scope_key(&attached.id))
+                    .await?,
+            );
+        }
+        let mut dropped: Vec<String> = existing
+            .as_ref()
+            .map(|e| {
+                e.state
+                    .attached
+                    .iter()
+                    .map(|a| a.principal_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        dropped.retain(|p| !state.attached.iter().any(|a| a.principal_id == *p));
+        let hosted = self.hosted_vm(&row, &state, group.resource_group.as_str());
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         if removed_principal.is_some() {
             for principal in Store::delete_identities_of(&mut tx, &key).await? {
+                Store::enqueue(
+                    &mut tx,
+                    "imds.delete_identity",
+                    &json!({"vmId": state.vm_id, "principalId": principal}),
+                )
+                .await?;
                 Store::enqueue(
                     &mut tx,
                     "aad.delete_principal",
@@ -370,6 +473,24 @@ impl Arm {
         }
         if let Some(minted) = &minted {
             minted.write(&mut tx).await?;
+        }
+        Store::enqueue(
+            &mut tx,
+            "imds.put_vm",
+            &json!({"vmId": state.vm_id, "vm": hosted}),
+        )
+        .await?;
+        for principal in &dropped {
+            Store::enqueue(
+                &mut tx,
+                "imds.delete_identity",
+                &json!({"vmId": state.vm_id, "principalId": principal}),
+            )
+            .await?;
+        }
+        for identity in &host_identities {
+            let payload = json!({"vmId": state.vm_id, "principalId": identity.principal_id, "identity": self.hosted_identity(identity)});
+            Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;
         }
         tx.commit().await?;
         self.deliver().await;
@@ -392,6 +513,7 @@ impl Arm {
             return Ok(false);
         };
         let mut tx = self.inner.store.begin().await?;
+        Store::enqueue(&mut tx, "imds.delete_vm", &json!({"vmId": vm.state.vm_id})).await?;
         for principal in Store::delete_identities_of(&mut tx, &vm.resource.id_key).await? {
             Store::enqueue(
                 &mut tx,

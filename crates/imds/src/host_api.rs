@@ -1,0 +1,104 @@
+//! The host API ARM uses to install VMs and credentials (ARCHITECTURE.md §3): internal,
+//! authenticated with the internal secret, on a listener VMs cannot reach.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use serde_json::json;
+
+use crate::Imds;
+use crate::error::ImdsError;
+use misim_core::internal::{HostedIdentity, HostedVm, INTERNAL_SECRET_HEADER};
+
+pub fn router(imds: Imds) -> Router {
+    Router::new()
+        .route(
+            "/_internal/host/vms/{vm_id}",
+            put(put_vm).get(get_vm).delete(delete_vm),
+        )
+        .route(
+            "/_internal/host/vms/{vm_id}/identities/{principal_id}",
+            put(put_identity).delete(delete_identity),
+        )
+        .fallback(|| async { ImdsError::NotFound })
+        .method_not_allowed_fallback(|| async { ImdsError::MethodNotAllowed })
+        .with_state(imds)
+}
+
+fn authorize(imds: &Imds, headers: &HeaderMap) -> Result<(), ImdsError> {
+    let presented = headers
+        .get(INTERNAL_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if misim_core::internal::secret_matches(imds.internal_secret(), presented) {
+        Ok(())
+    } else {
+        Err(ImdsError::HostUnauthenticated)
+    }
+}
+
+async fn body_as<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ImdsError> {
+    let bytes = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .map_err(|_| ImdsError::HostBadRequest("body too large".into()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ImdsError::HostBadRequest(format!("invalid body: {e}")))
+}
+
+async fn put_vm(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path(vm_id): Path<String>,
+    body: Body,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let vm: HostedVm = body_as(body).await?;
+    let endpoint = imds.put_vm(&vm_id, &vm).await?;
+    Ok(axum::Json(json!({"vmId": vm_id, "endpoint": endpoint})).into_response())
+}
+
+async fn get_vm(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path(vm_id): Path<String>,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    match imds.status(&vm_id).await? {
+        Some(status) => Ok(axum::Json(status).into_response()),
+        None => Err(ImdsError::NotFound),
+    }
+}
+
+async fn delete_vm(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path(vm_id): Path<String>,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    imds.delete_vm(&vm_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn put_identity(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path((vm_id, principal_id)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let identity: HostedIdentity = body_as(body).await?;
+    imds.put_identity(&vm_id, &principal_id, &identity).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_identity(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path((vm_id, principal_id)): Path<(String, String)>,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    imds.delete_identity(&vm_id, &principal_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,144 @@
+//! Getting a token from AAD the way the real host agent does: a client assertion signed with the
+//! identity's key, posted to AAD's token endpoint over HTTPS, and a per-(identity, resource)
+//! cache until shortly before expiry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use misim_core::crypto::{JwsAlg, RsaKey, blocking, sha1};
+use misim_core::jose::b64url;
+use serde_json::{Value, json};
+
+use crate::error::ImdsError;
+use crate::store::IdentityRow;
+
+/// Cached tokens are re-issued when less than this much lifetime is left.
+pub const REFRESH_BEFORE_EXPIRY_SECS: i64 = 300;
+/// Lifetime of the assertions IMDS signs (wall time, like any client).
+const ASSERTION_LIFETIME_SECS: i64 = 600;
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub access_token: String,
+    pub expires_on: i64,
+    pub not_before: i64,
+}
+
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), Token>>,
+}
+
+impl TokenCache {
+    pub fn get(&self, principal_id: &str, resource: &str, now: i64) -> Option<Token> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(&(principal_id.to_ascii_lowercase(), resource.to_string()))
+            .filter(|t| t.expires_on - REFRESH_BEFORE_EXPIRY_SECS > now)
+            .cloned()
+    }
+
+    pub fn put(&self, principal_id: &str, resource: &str, token: Token) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (principal_id.to_ascii_lowercase(), resource.to_string()),
+                token,
+            );
+    }
+
+    /// Forgets every token of a principal (its credential was removed).
+    pub fn forget(&self, principal_id: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, _), _| !p.eq_ignore_ascii_case(principal_id));
+    }
+}
+
+/// Requests a token for `resource` from AAD's v1 endpoint with a certificate assertion.
+pub async fn fetch(
+    http: &reqwest::Client,
+    aad_url: &str,
+    identity: &IdentityRow,
+    resource: &str,
+    wall_now: i64,
+) -> Result<Token, ImdsError> {
+    let endpoint = format!(
+        "{}/{}/oauth2/token",
+        aad_url.trim_end_matches('/'),
+        identity.tenant_id
+    );
+    let (pkcs8, der, client_id, aud) = (
+        identity.private_pkcs8.clone(),
+        identity.cert_der.clone(),
+        identity.client_id.clone(),
+        endpoint.clone(),
+    );
+    let assertion = blocking(move || {
+        let key = RsaKey::from_pkcs8(&pkcs8)?;
+        let header = json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))});
+        let claims = json!({"aud": aud, "iss": client_id, "sub": client_id, "jti": uuid::Uuid::new_v4().to_string(), "nbf": wall_now - 60, "exp": wall_now + ASSERTION_LIFETIME_SECS});
+        key.sign_jws(JwsAlg::Rs256, &header, &claims)
+    })
+    .await
+    .map_err(|e| ImdsError::Internal(e.to_string()))?
+    .map_err(|e| ImdsError::Internal(e.to_string()))?;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", identity.client_id.as_str()),
+        ("resource", resource),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let response = http
+        .post(&endpoint)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| ImdsError::AadUnavailable(format!("AAD is unreachable: {e}")))?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.map_err(|e| {
+        ImdsError::AadUnavailable(format!("AAD answered {status} without JSON: {e}"))
+    })?;
+    if status == 200 {
+        let number = |field: &str| {
+            body[field]
+                .as_str()
+                .and_then(|s| s.parse::<i64>().ok())
+                .or_else(|| body[field].as_i64())
+        };
+        return match (
+            body["access_token"].as_str(),
+            number("expires_on"),
+            number("not_before"),
+        ) {
+            (Some(token), Some(expires_on), Some(not_before)) => Ok(Token {
+                access_token: token.to_string(),
+                expires_on,
+                not_before,
+            }),
+            _ => Err(ImdsError::AadUnavailable(
+                "AAD's answer lacks access_token/expires_on".into(),
+            )),
+        };
+    }
+    let error = body["error"].as_str().unwrap_or("unknown").to_string();
+    let description = body["error_description"].as_str().unwrap_or("").to_string();
+    if (400..500).contains(&status) && status != 429 {
+        // What the caller asked for is wrong (unknown resource...): a 400 it will not retry.
+        Err(ImdsError::Upstream {
+            status: 400,
+            error,
+            description,
+        })
+    } else {
+        Err(ImdsError::AadUnavailable(format!(
+            "AAD answered {status}: {description}"
+        )))
+    }
+}

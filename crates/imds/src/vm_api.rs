@@ -1,0 +1,448 @@
+//! The VM-facing endpoints of one VM's IMDS listener (spec/tokens.md §1): the token endpoint,
+//! identity info, instance metadata and versions. Checks run in the order probes rely on:
+//! `X-Forwarded-For`, then `Metadata: true`, then parameters, then the identity.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::Imds;
+use crate::error::{ImdsError, SERVER_HEADER};
+use crate::relay;
+use crate::store::IdentityRow;
+
+/// Versions IMDS documents; the identity category exists from 2018-02-01.
+pub const API_VERSIONS: &[&str] = &[
+    "2017-03-01",
+    "2017-04-02",
+    "2017-08-01",
+    "2017-10-01",
+    "2017-12-01",
+    "2018-02-01",
+    "2018-04-02",
+    "2018-10-01",
+    "2019-02-01",
+    "2019-03-11",
+    "2019-04-30",
+    "2019-06-01",
+    "2019-06-04",
+    "2019-08-01",
+    "2019-08-15",
+    "2019-11-01",
+    "2020-06-01",
+    "2020-07-15",
+    "2020-09-01",
+    "2020-10-01",
+    "2020-12-01",
+    "2021-01-01",
+    "2021-02-01",
+    "2021-03-01",
+    "2021-05-01",
+    "2021-08-01",
+    "2021-10-01",
+    "2021-11-01",
+    "2021-11-15",
+    "2021-12-13",
+    "2023-07-01",
+    "2023-11-15",
+    "2024-03-15",
+    "2024-07-17",
+    "2025-04-07",
+];
+
+#[derive(Clone)]
+struct VmState {
+    imds: Imds,
+    vm_id: String,
+}
+
+pub fn router(imds: Imds, vm_id: String) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(VmState { imds, vm_id })
+}
+
+fn json_ok(body: Value) -> Response {
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
+    response
+}
+
+async fn handle(State(state): State<VmState>, request: Request) -> Response {
+    match route(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Query parameters, refusing repeated names.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| ImdsError::DuplicateParameter("?".into()))?;
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(n, _)| n == name) {
+            return Err(ImdsError::DuplicateParameter(name.clone()));
+        }
+    }
+    Ok(pairs)
+}
+
+async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError> {
+    let path = request.uri().path().trim_end_matches('/').to_string();
+    if request.headers().contains_key("x-forwarded-for") {
+        return Err(ImdsError::Forwarded);
+    }
+    let known = path == "/metadata/identity/oauth2/token"
+        || path == "/metadata/identity/info"
+        || path == "/metadata/versions"
+        || path == "/metadata/instance"
+        || path.starts_with("/metadata/instance/");
+    if !known {
+        // IMDSv2 probes (getPlatformMetadata, credential) and anything else: not here.
+        return Err(ImdsError::NotFound);
+    }
+    if request.method() != Method::GET {
+        return Err(ImdsError::MethodNotAllowed);
+    }
+    let metadata = request
+        .headers()
+        .get("metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !metadata {
+        return Err(ImdsError::MissingMetadataHeader);
+    }
+    let pairs = query_pairs(request.uri().query())?;
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if path == "/metadata/versions" {
+        return Ok(json_ok(json!({"apiVersions": API_VERSIONS})));
+    }
+    let version = param("api-version")
+        .filter(|v| API_VERSIONS.contains(v))
+        .ok_or(ImdsError::ApiVersion)?;
+    let identities = state.imds.inner.store.identities(&state.vm_id).await?;
+    match path.as_str() {
+        "/metadata/identity/oauth2/token" => {
+            if version < "2018-02-01" {
+                return Err(ImdsError::ApiVersion);
+            }
+            token(state, &identities, &pairs).await
+        }
+        "/metadata/identity/info" => {
+            let tenant = identities
+                .first()
+                .map(|i| i.tenant_id.clone())
+                .ok_or(ImdsError::IdentityNotFound)?;
+            Ok(json_ok(json!({"tenantId": tenant})))
+        }
+        _ => instance(state, &path, param("format")).await,
+    }
+}
+
+/// Which identity a request selects (spec/tokens.md §1.3).
+pub fn select<'a>(
+    identities: &'a [IdentityRow],
+    pairs: &[(String, String)],
+) -> Result<&'a IdentityRow, ImdsError> {
+    let selectors: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "client_id" | "object_id" | "msi_res_id" | "mi_res_id" | "principal_id"
+            )
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if selectors.len() > 1 {
+        return Err(ImdsError::SeveralSelectors);
+    }
+    match selectors.first() {
+        Some((kind, value)) => identities
+            .iter()
+            .find(|i| match *kind {
+                "client_id" => i.client_id.eq_ignore_ascii_case(value),
+                "object_id" | "principal_id" => i.principal_id.eq_ignore_ascii_case(value),
+                _ => i.user_assigned && i.resource_id.eq_ignore_ascii_case(value),
+            })
+            .ok_or(ImdsError::IdentityNotFound),
+        None => {
+            if let Some(system) = identities.iter().find(|i| !i.user_assigned) {
+                return Ok(system);
+            }
+            match identities {
+                [only] => Ok(only),
+                [] => Err(ImdsError::IdentityNotFound),
+                _ => Err(ImdsError::MultipleIdentities),
+            }
+        }
+    }
+}
+
+async fn token(
+    state: &VmState,
+    identities: &[IdentityRow],
+    pairs: &[(String, String)],
+) -> Result<Response, ImdsError> {
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let resource = param("resource")
+        .filter(|r| !r.is_empty())
+        .ok_or(ImdsError::MissingResource)?;
+    let bypass = match param("bypass_cache") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(_) => return Err(ImdsError::BadBypassCache),
+    };
+    let identity = select(identities, pairs)?;
+    let imds = &state.imds.inner;
+    let now = imds.clock.now_unix();
+    let cached = if bypass {
+        None
+    } else {
+        imds.cache.get(&identity.principal_id, resource, now)
+    };
+    let token = match cached {
+        Some(token) => token,
+        None => {
+            let token = relay::fetch(
+                &imds.http,
+                &imds.config.aad_url,
+                identity,
+                resource,
+                misim_core::Clock::wall_now().unix_timestamp(),
+            )
+            .await?;
+            imds.cache
+                .put(&identity.principal_id, resource, token.clone());
+            token
+        }
+    };
+    let expires_in = (token.expires_on - now).max(0);
+    let mut body = json!({
+        "access_token": token.access_token,
+        "refresh_token": "",
+        "client_id": identity.client_id,
+        "expires_in": expires_in.to_string(),
+        "expires_on": token.expires_on.to_string(),
+        "ext_expires_in": expires_in.to_string(),
+        "not_before": token.not_before.to_string(),
+        "resource": resource,
+        "token_type": "Bearer",
+    });
+    // Echo the selector the client used (Arc-style clients check it).
+    for name in ["object_id", "msi_res_id", "mi_res_id"] {
+        if let Some(value) = param(name) {
+            body[name] = json!(value);
+        }
+    }
+    Ok(json_ok(body))
+}
+
+/// `/metadata/instance[/...]`: the compute and network documents, JSON or `format=text` leaves.
+async fn instance(
+    state: &VmState,
+    path: &str,
+    format: Option<&str>,
+) -> Result<Response, ImdsError> {
+    let vm = state
+        .imds
+        .inner
+        .store
+        .vm(&state.vm_id)
+        .await?
+        .ok_or(ImdsError::NotFound)?;
+    let hosted: misim_core::internal::HostedVm =
+        serde_json::from_str(&vm.metadata).map_err(|e| ImdsError::Internal(e.to_string()))?;
+    let tags = hosted
+        .tags
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let tags_list: Vec<Value> = hosted
+        .tags
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    let document = json!({
+        "compute": {
+            "azEnvironment": "AzurePublicCloud",
+            "location": hosted.location,
+            "name": hosted.name,
+            "osType": "Linux",
+            "provider": "Microsoft.Compute",
+            "resourceGroupName": hosted.resource_group,
+            "resourceId": hosted.resource_id,
+            "subscriptionId": hosted.subscription_id,
+            "vmId": vm.vm_id,
+            "vmSize": hosted.vm_size,
+            "tags": tags,
+            "tagsList": tags_list,
+            "zone": "",
+            "priority": "",
+            "platformFaultDomain": "0",
+            "platformUpdateDomain": "0",
+            "userData": "",
+            "vmScaleSetName": "",
+        },
+        "network": {"interface": [{
+            "ipv4": {"ipAddress": [{"privateIpAddress": "127.0.0.1", "publicIpAddress": ""}], "subnet": [{"address": "127.0.0.0", "prefix": "8"}]},
+            "ipv6": {"ipAddress": []},
+            "macAddress": "000D3A000000",
+        }]},
+    });
+    let mut node = &document;
+    for segment in path
+        .trim_start_matches("/metadata/instance")
+        .split('/')
+        .filter(|s| !s.is_empty())
+    {
+        node = match node {
+            Value::Object(map) => map.get(segment),
+            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        }
+        .ok_or(ImdsError::NotFound)?;
+    }
+    let leaf = !node.is_object() && !node.is_array();
+    match (leaf, format) {
+        (true, Some("text")) => {
+            let text = node
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| node.to_string());
+            let mut response = (StatusCode::OK, text).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+                .headers_mut()
+                .insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
+            Ok(response)
+        }
+        (true, _) => Err(ImdsError::LeafNeedsText),
+        (false, _) => Ok(json_ok(node.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(principal: &str, client: &str, user: bool) -> IdentityRow {
+        IdentityRow {
+            vm_id: "vm".into(),
+            principal_id: principal.into(),
+            client_id: client.into(),
+            tenant_id: "t".into(),
+            resource_id: format!(
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{principal}"
+            ),
+            user_assigned: user,
+            key_id: "k".into(),
+            cert_der: vec![],
+            private_pkcs8: vec![],
+            installed_at: 0,
+        }
+    }
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn default_identity_rules() {
+        let system = identity("sys", "c-sys", false);
+        let one = identity("one", "c-one", true);
+        let two = identity("two", "c-two", true);
+        assert_eq!(
+            select(&[one.clone(), system.clone()], &[])
+                .expect("system")
+                .principal_id,
+            "sys"
+        );
+        assert_eq!(
+            select(std::slice::from_ref(&one), &[])
+                .expect("only")
+                .principal_id,
+            "one"
+        );
+        assert!(matches!(
+            select(&[one.clone(), two.clone()], &[]),
+            Err(ImdsError::MultipleIdentities)
+        ));
+        assert!(matches!(select(&[], &[]), Err(ImdsError::IdentityNotFound)));
+    }
+
+    #[test]
+    fn selectors_pick_or_fail() {
+        let all = [
+            identity("sys", "c-sys", false),
+            identity("one", "c-one", true),
+            identity("two", "c-two", true),
+        ];
+        assert_eq!(
+            select(&all, &q(&[("client_id", "C-TWO")]))
+                .expect("by client")
+                .principal_id,
+            "two"
+        );
+        assert_eq!(
+            select(&all, &q(&[("object_id", "one")]))
+                .expect("by object")
+                .principal_id,
+            "one"
+        );
+        let res = all[2].resource_id.to_uppercase();
+        assert_eq!(
+            select(&all, &q(&[("msi_res_id", &res)]))
+                .expect("by resource")
+                .principal_id,
+            "two"
+        );
+        assert_eq!(
+            select(&all, &q(&[("mi_res_id", &res)]))
+                .expect("alias")
+                .principal_id,
+            "two"
+        );
+        assert!(matches!(
+            select(&all, &q(&[("client_id", "nope")])),
+            Err(ImdsError::IdentityNotFound)
+        ));
+        assert!(matches!(
+            select(&all, &q(&[("client_id", "c-one"), ("object_id", "one")])),
+            Err(ImdsError::SeveralSelectors)
+        ));
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(matches!(
+            query_pairs(Some("resource=a&resource=b")),
+            Err(ImdsError::DuplicateParameter(_))
+        ));
+        assert_eq!(query_pairs(Some("a=1&b=2")).expect("ok").len(), 2);
+    }
+}
