@@ -6,5 +6,6 @@ mod aad_graph;
 mod aad_tokens;
 mod arm;
 mod arm_vms;
+mod imds;
 mod lifecycle;
 mod support;

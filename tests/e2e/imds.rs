@@ -1,0 +1,582 @@
+//! IMDS end to end: a VM's own endpoint gives tokens for its own identities only, signed by AAD
+//! through a client assertion made with the certificate ARM installed; the token then works at
+//! ARM exactly as far as role assignments allow.
+
+use crate::support::TestSim;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn imds_get(
+    sim: &TestSim,
+    endpoint: &str,
+    path_and_query: &str,
+    metadata: bool,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = sim.http.get(format!("{endpoint}{path_and_query}"));
+    if metadata {
+        request = request.header("Metadata", "true");
+    }
+    let response = request.send().await.expect("imds");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    assert!(
+        status != 500 || text.contains("Active directory"),
+        "{path_and_query}: {status} {text}"
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+async fn arm(
+    sim: &TestSim,
+    token: &str,
+    method: Method,
+    path: &str,
+    api: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = sim
+        .http
+        .request(
+            method,
+            format!("{}{path}?api-version={api}", sim.sim.connection.arm),
+        )
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("arm");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("json")
+        },
+    )
+}
+
+const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+
+#[tokio::test]
+async fn demo_vm_token_verifies_and_rbac_decides() {
+    let sim = TestSim::start().await;
+    let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
+    let demo = sim.sim.connection.demo_vm.clone().expect("demo vm").id;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, vm) = arm(&sim, &admin, Method::GET, &demo, "2024-11-01", None).await;
+    let principal = vm["identity"]["principalId"]
+        .as_str()
+        .expect("system principal")
+        .to_string();
+
+    let (status, body, headers) = imds_get(&sim, &endpoint, TOKEN, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["server"]
+            .to_str()
+            .is_ok_and(|s| s.starts_with("IMDS/"))
+    );
+    for field in [
+        "access_token",
+        "expires_in",
+        "expires_on",
+        "ext_expires_in",
+        "not_before",
+        "resource",
+        "token_type",
+        "client_id",
+    ] {
+        assert!(body[field].is_string(), "{field} must be a string: {body}");
+    }
+    assert_eq!(body["resource"], "https://management.azure.com/");
+    let token = body["access_token"].as_str().expect("token").to_string();
+    let claims = sim.verify(&token, "https://management.azure.com/").await;
+    assert_eq!(claims["oid"], principal.as_str());
+    assert_eq!(claims["appid"], body["client_id"]);
+    assert_eq!(
+        claims["xms_mirid"],
+        demo.replace("/resourceGroups/", "/resourcegroups/")
+    );
+    assert!(
+        body["expires_in"]
+            .as_str()
+            .and_then(|e| e.parse::<i64>().ok())
+            .is_some_and(|e| e > 86_000),
+        "about a day"
+    );
+
+    // Cached: the same token again; bypass_cache gets a fresh one.
+    let (_, again, _) = imds_get(&sim, &endpoint, TOKEN, true).await;
+    assert_eq!(again["access_token"], token.as_str());
+    let (_, fresh, _) =
+        imds_get(&sim, &endpoint, &format!("{TOKEN}&bypass_cache=true"), true).await;
+    assert_ne!(fresh["access_token"], token.as_str());
+
+    // 403 before a role assignment, 200 after.
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    let (status, body) = arm(
+        &sim,
+        &token,
+        Method::GET,
+        &format!("{sub}/resourcegroups/demo-rg"),
+        "2024-11-01",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed"))
+    );
+    let assignment = format!(
+        "{sub}/resourceGroups/demo-rg/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let reader = format!(
+        "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+    );
+    assert_eq!(
+        arm(
+            &sim,
+            &admin,
+            Method::PUT,
+            &assignment,
+            "2022-04-01",
+            Some(json!({"properties": {"roleDefinitionId": reader, "principalId": principal}}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        arm(
+            &sim,
+            &token,
+            Method::GET,
+            &format!("{sub}/resourcegroups/demo-rg"),
+            "2024-11-01",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Other documents of the same VM.
+    let (status, info, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/identity/info?api-version=2018-02-01",
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, info["tenantId"].as_str()),
+        (200, Some(sim.tenant()))
+    );
+    let (status, vm_id, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text",
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, vm_id.as_str()),
+        (200, vm["properties"]["vmId"].as_str())
+    );
+    let (status, compute, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/instance?api-version=2021-02-01",
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(compute["compute"]["resourceId"], demo.as_str());
+    assert_eq!(compute["compute"]["name"], "demo-vm");
+    let (status, versions, _) = imds_get(&sim, &endpoint, "/metadata/versions", true).await;
+    assert!(
+        status == 200
+            && versions["apiVersions"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x == "2019-08-01"))
+    );
+
+    // Disabling the identity takes it off the host at once.
+    arm(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &demo,
+        "2024-11-01",
+        Some(json!({"identity": {"type": "None"}})),
+    )
+    .await;
+    let (status, body, _) = imds_get(&sim, &endpoint, TOKEN, true).await;
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (400, Some("Identity not found"))
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn each_vm_sees_only_its_own_identities() {
+    let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| c.no_demo = true).await;
+    assert!(
+        sim.sim.connection.imds.is_none() && sim.sim.connection.demo_vm.is_none(),
+        "--no-demo: no demo VM, no imds"
+    );
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    arm(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/rg"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let uami = |n: &str| {
+        format!(
+            "{sub}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}"
+        )
+    };
+    let mut ids = Vec::new();
+    for name in ["id-a1", "id-a2", "id-b1"] {
+        let (status, identity) = arm(
+            &sim,
+            &admin,
+            Method::PUT,
+            &uami(name),
+            "2024-11-30",
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{identity}");
+        ids.push((
+            identity["properties"]["clientId"]
+                .as_str()
+                .expect("client")
+                .to_string(),
+            identity["properties"]["principalId"]
+                .as_str()
+                .expect("principal")
+                .to_string(),
+        ));
+    }
+    let vm = |n: &str| {
+        format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{n}")
+    };
+    let (status, a) = arm(&sim, &admin, Method::PUT, &vm("vm-a"), "2024-11-01", Some(json!({"location": "eastus", "identity": {"type": "UserAssigned", "userAssignedIdentities": {uami("id-a1"): {}, uami("id-a2"): {}}}}))).await;
+    assert_eq!(status, 201, "{a}");
+    let (_, b) = arm(&sim, &admin, Method::PUT, &vm("vm-b"), "2024-11-01", Some(json!({"location": "eastus", "identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uami("id-b1"): {}}}}))).await;
+    let endpoint_of = |vm_id: &str| sim.sim.imds.vm_endpoint(vm_id).expect("endpoint");
+    let (a_endpoint, b_endpoint) = (
+        endpoint_of(a["properties"]["vmId"].as_str().expect("vmId")),
+        endpoint_of(b["properties"]["vmId"].as_str().expect("vmId")),
+    );
+    assert_ne!(a_endpoint, b_endpoint, "one listener per VM");
+
+    // VM A: two user-assigned identities and no system one, so a selector is required.
+    let (status, body, _) = imds_get(&sim, &a_endpoint, TOKEN, true).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Multiple user assigned identities exist"))
+    );
+    let (status, by_client, _) = imds_get(
+        &sim,
+        &a_endpoint,
+        &format!("{TOKEN}&client_id={}", ids[0].0),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, by_client["client_id"].as_str()),
+        (200, Some(ids[0].0.as_str()))
+    );
+    let (status, by_object, _) = imds_get(
+        &sim,
+        &a_endpoint,
+        &format!("{TOKEN}&object_id={}", ids[1].1),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, by_object["client_id"].as_str()),
+        (200, Some(ids[1].0.as_str()))
+    );
+    let encoded =
+        percent_encoding::utf8_percent_encode(&uami("id-a2"), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let (status, by_resource, _) = imds_get(
+        &sim,
+        &a_endpoint,
+        &format!("{TOKEN}&msi_res_id={encoded}"),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, by_resource["client_id"].as_str()),
+        (200, Some(ids[1].0.as_str()))
+    );
+    let claims = sim
+        .verify(
+            by_resource["access_token"].as_str().expect("token"),
+            "https://management.azure.com/",
+        )
+        .await;
+    assert!(claims["xms_mirid"].as_str().is_some_and(|m| {
+        m.ends_with("/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-a2")
+    }));
+
+    // Isolation: no selector on A's endpoint can yield B's identities.
+    for selector in [
+        format!("client_id={}", ids[2].0),
+        format!("object_id={}", ids[2].1),
+        format!(
+            "msi_res_id={}",
+            percent_encoding::utf8_percent_encode(
+                &uami("id-b1"),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        ),
+    ] {
+        let (status, body, _) =
+            imds_get(&sim, &a_endpoint, &format!("{TOKEN}&{selector}"), true).await;
+        assert_eq!(
+            (status, body["error_description"].as_str()),
+            (400, Some("Identity not found")),
+            "{selector}"
+        );
+    }
+    // VM B defaults to its system identity.
+    let (_, default_b, _) = imds_get(&sim, &b_endpoint, TOKEN, true).await;
+    let claims = sim
+        .verify(
+            default_b["access_token"].as_str().expect("token"),
+            "https://management.azure.com/",
+        )
+        .await;
+    assert_eq!(claims["oid"], b["identity"]["principalId"]);
+
+    // Unassigning a1 from A removes it from A's host; deleting b1 removes it from B's.
+    arm(&sim, &admin, Method::PATCH, &vm("vm-a"), "2024-11-01", Some(json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {uami("id-a1"): null}}}))).await;
+    let (status, _, _) = imds_get(
+        &sim,
+        &a_endpoint,
+        &format!("{TOKEN}&client_id={}", ids[0].0),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, only, _) = imds_get(&sim, &a_endpoint, TOKEN, true).await;
+    assert_eq!(
+        (status, only["client_id"].as_str()),
+        (200, Some(ids[1].0.as_str())),
+        "the only user-assigned identity is the default"
+    );
+    arm(
+        &sim,
+        &admin,
+        Method::DELETE,
+        &uami("id-b1"),
+        "2024-11-30",
+        None,
+    )
+    .await;
+    let (status, _, _) = imds_get(
+        &sim,
+        &b_endpoint,
+        &format!("{TOKEN}&client_id={}", ids[2].0),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Deleting VM A closes its endpoint.
+    arm(
+        &sim,
+        &admin,
+        Method::DELETE,
+        &vm("vm-a"),
+        "2024-11-01",
+        None,
+    )
+    .await;
+    assert!(
+        sim.http
+            .get(format!("{a_endpoint}{TOKEN}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .is_err(),
+        "listener closed"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn imds_rejects_bad_requests_in_its_dialect() {
+    let sim = TestSim::start().await;
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let cases: Vec<(&str, bool, u16, &str)> = vec![
+        (TOKEN, false, 400, "Required metadata header not specified"),
+        (
+            "/metadata/identity/oauth2/token",
+            false,
+            400,
+            "Required metadata header not specified",
+        ),
+        ("/metadata/identity/oauth2/token?resource=x", true, 400, ""),
+        (
+            "/metadata/identity/oauth2/token?api-version=2017-12-01&resource=x",
+            true,
+            400,
+            "",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2099-01-01&resource=x",
+            true,
+            400,
+            "",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01",
+            true,
+            400,
+            "Required audience parameter not specified",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=a&resource=b",
+            true,
+            400,
+            "Query parameter 'resource' is repeated",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x&client_id=a&object_id=b",
+            true,
+            400,
+            "Only one of client_id, object_id and msi_res_id may be specified",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x&bypass_cache=yes",
+            true,
+            400,
+            "bypass_cache must be 'true' when specified",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Funknown.example",
+            true,
+            400,
+            "",
+        ),
+        (
+            "/metadata/instance/compute/vmId?api-version=2021-02-01",
+            true,
+            400,
+            "Bad request. Leaf nodes need the format=text query parameter",
+        ),
+        (
+            "/metadata/instance/compute/nothing?api-version=2021-02-01",
+            true,
+            404,
+            "The requested path was not found",
+        ),
+        (
+            "/metadata/identity/getPlatformMetadata?api-version=2018-02-01",
+            true,
+            404,
+            "The requested path was not found",
+        ),
+        ("/elsewhere", true, 404, "The requested path was not found"),
+    ];
+    for (path, metadata, status, description) in cases {
+        let (got, body, headers) = imds_get(&sim, &endpoint, path, metadata).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .is_ok_and(|c| c.starts_with("application/json")),
+            "{path}"
+        );
+        if !description.is_empty() {
+            assert_eq!(body["error_description"], description, "{path}");
+        }
+        assert!(
+            !body.to_string().contains("Identity not found") || metadata,
+            "probes never read 'Identity not found'"
+        );
+    }
+    let (_, unknown_resource, _) = imds_get(&sim, &endpoint, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Funknown.example", true).await;
+    assert_eq!(unknown_resource["error"], "invalid_resource");
+    // Proxied requests and other verbs.
+    let proxied = sim
+        .http
+        .get(format!("{endpoint}{TOKEN}"))
+        .header("Metadata", "true")
+        .header("X-Forwarded-For", "10.0.0.1")
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(proxied.status(), 400);
+    let post = sim
+        .http
+        .post(format!("{endpoint}{TOKEN}"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(post.status(), 405);
+    // Paths built by concatenation still work.
+    let (status, _, _) = imds_get(
+        &sim,
+        &endpoint,
+        &format!("/{TOKEN}").replace("/metadata", "/metadata"),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The host API is not on the VM's listener.
+    let (status, _, _) = imds_get(&sim, &endpoint, "/_internal/host/vms/x", true).await;
+    assert_eq!(status, 404);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn vms_keep_their_endpoints_and_tokens_across_a_restart() {
+    let first = TestSim::start().await;
+    let endpoint = first.sim.connection.imds.clone().expect("imds");
+    let (_, before, _) = imds_get(&first, &endpoint, TOKEN, true).await;
+    let dir = first.stop().await;
+    let second = TestSim::start_in(dir, |_| {}).await;
+    assert_eq!(
+        second.sim.connection.imds.as_deref(),
+        Some(endpoint.as_str()),
+        "same address after a restart"
+    );
+    let (status, after, _) = imds_get(&second, &endpoint, TOKEN, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["client_id"], before["client_id"]);
+    second
+        .verify(
+            after["access_token"].as_str().expect("token"),
+            "https://management.azure.com/",
+        )
+        .await;
+    second.stop().await;
+}
