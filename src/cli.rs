@@ -29,6 +29,40 @@ pub enum Command {
     Up(UpArgs),
     /// Print an access token of the bootstrap admin (client credentials with its secret).
     Token(TokenArgs),
+    /// Point official Azure clients at a simulated VM's identity endpoint.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Print `export NAME=VALUE` lines for a VM: its IMDS (`AZURE_POD_IDENTITY_AUTHORITY_HOST`)
+    /// or, with `--app-service`, its App Service-style endpoint (`IDENTITY_ENDPOINT`,
+    /// `IDENTITY_HEADER`), plus the CA trust variables.
+    Env(VmEnvArgs),
+    /// Run a command with that environment: `misim vm exec VM -- CMD ARGS...`.
+    Exec(VmExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VmEnvArgs {
+    /// VM name (when unique) or full resource id.
+    pub vm: String,
+    /// Use the App Service-style endpoint instead of IMDS (never both: those variables
+    /// override IMDS in every SDK).
+    #[arg(long)]
+    pub app_service: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmExecArgs {
+    /// VM name (when unique) or full resource id.
+    pub vm: String,
+    #[arg(long)]
+    pub app_service: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

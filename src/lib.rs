@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod connection;
 pub mod simulator;
+pub mod vm_env;
 
 pub use simulator::{Simulator, SimulatorConfig};

@@ -3,9 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use misim::cli::{Cli, Command, OnOff, TokenArgs, UpArgs};
+use misim::cli::{Cli, Command, OnOff, TokenArgs, UpArgs, VmCommand};
 use misim::connection::Connection;
 use misim::{Simulator, SimulatorConfig};
 
@@ -31,7 +30,36 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up(cli.data_dir, args).await,
-            Command::Token(args) => token(cli.data_dir, args).await,
+            Command::Token(args) => token(cli.data_dir, args)
+                .await
+                .map(|token| println!("{token}")),
+            Command::Vm(VmCommand::Env(args)) => {
+                let vars = misim::vm_env::vm_env(&cli.data_dir, &args.vm, args.app_service).await?;
+                for (name, value) in vars.set {
+                    println!("export {name}={}", misim::vm_env::shell_quote(&value));
+                }
+                for name in vars.unset {
+                    println!("unset {name}");
+                }
+                Ok(())
+            }
+            Command::Vm(VmCommand::Exec(args)) => {
+                let vars = misim::vm_env::vm_env(&cli.data_dir, &args.vm, args.app_service).await?;
+                let (program, rest) = args
+                    .command
+                    .split_first()
+                    .ok_or_else(|| anyhow::anyhow!("no command given"))?;
+                let mut command = tokio::process::Command::new(program);
+                command.args(rest).envs(vars.set);
+                for name in vars.unset {
+                    command.env_remove(name);
+                }
+                let status = command
+                    .status()
+                    .await
+                    .with_context(|| format!("cannot run {program}"))?;
+                std::process::exit(status.code().unwrap_or(1));
+            }
         }
     });
     match result {
@@ -111,38 +139,6 @@ async fn shutdown_signal() {
     }
 }
 
-async fn token(data_dir: std::path::PathBuf, args: TokenArgs) -> anyhow::Result<()> {
-    let connection = Connection::read(&data_dir)?;
-    let ca = std::fs::read_to_string(&connection.ca_cert)
-        .with_context(|| format!("cannot read {}", connection.ca_cert.display()))?;
-    let client = misim_core::tls::http_client(&ca, Duration::from_secs(30))?;
-    let url = format!("{}/{}/oauth2/token", connection.aad, connection.tenant_id);
-    let response = client
-        .post(&url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", connection.admin.client_id.as_str()),
-            ("client_secret", connection.admin.client_secret.as_str()),
-            ("resource", args.resource.as_str()),
-        ])
-        .send()
-        .await
-        .with_context(|| format!("cannot reach AAD at {url}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .context("AAD answered with something other than JSON")?;
-    match body.get("access_token").and_then(|t| t.as_str()) {
-        Some(token) if status.is_success() => {
-            println!("{token}");
-            Ok(())
-        }
-        _ => Err(anyhow::anyhow!(
-            "AAD refused: {}",
-            body.get("error_description")
-                .and_then(|d| d.as_str())
-                .unwrap_or("unknown error")
-        )),
-    }
+async fn token(data_dir: std::path::PathBuf, args: TokenArgs) -> anyhow::Result<String> {
+    misim::vm_env::admin_token(&Connection::read(&data_dir)?, &args.resource).await
 }

@@ -580,3 +580,140 @@ async fn vms_keep_their_endpoints_and_tokens_across_a_restart() {
         .await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn vm_env_points_clients_at_imds_or_the_app_service_endpoint() {
+    let sim = TestSim::start().await;
+    let dir = sim.dir.path().to_path_buf();
+    let imds = misim::vm_env::vm_env(&dir, "demo-vm", false)
+        .await
+        .expect("vm env");
+    let get = |name: &str, env: &misim::vm_env::VmEnv| {
+        env.set
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds),
+        sim.sim.connection.imds.clone()
+    );
+    assert!(
+        get("IDENTITY_ENDPOINT", &imds).is_none() && imds.unset.contains(&"IDENTITY_ENDPOINT"),
+        "never both modes"
+    );
+    assert_eq!(
+        get("REQUESTS_CA_BUNDLE", &imds),
+        Some(sim.sim.connection.ca_cert.display().to_string())
+    );
+    let by_id = misim::vm_env::vm_env(
+        &dir,
+        &sim.sim.connection.demo_vm.clone().expect("demo").id,
+        false,
+    )
+    .await
+    .expect("by id");
+    assert_eq!(
+        get("AZURE_POD_IDENTITY_AUTHORITY_HOST", &by_id),
+        get("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds)
+    );
+    assert!(
+        misim::vm_env::vm_env(&dir, "no-such-vm", false)
+            .await
+            .is_err()
+    );
+
+    // App Service protocol on the same VM: header checked, 2019-08-01 shape.
+    let app = misim::vm_env::vm_env(&dir, "demo-vm", true)
+        .await
+        .expect("app service env");
+    let (endpoint, header) = (
+        get("IDENTITY_ENDPOINT", &app).expect("endpoint"),
+        get("IDENTITY_HEADER", &app).expect("header"),
+    );
+    assert!(get("AZURE_POD_IDENTITY_AUTHORITY_HOST", &app).is_none());
+    let url = format!("{endpoint}?api-version=2019-08-01&resource=https://vault.azure.net");
+    let ok: Value = sim
+        .http
+        .get(&url)
+        .header("X-IDENTITY-HEADER", &header)
+        .send()
+        .await
+        .expect("app service")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        ok["expires_on"]
+            .as_str()
+            .is_some_and(|e| e.parse::<i64>().is_ok()),
+        "{ok}"
+    );
+    assert_eq!(ok["resource"], "https://vault.azure.net");
+    sim.verify(
+        ok["access_token"].as_str().expect("token"),
+        "https://vault.azure.net",
+    )
+    .await;
+    for (header_value, status) in [("wrong", 401), ("", 401)] {
+        let response = sim
+            .http
+            .get(&url)
+            .header("X-IDENTITY-HEADER", header_value)
+            .send()
+            .await
+            .expect("refused");
+        assert_eq!(response.status().as_u16(), status);
+        let body: Value = response.json().await.expect("json");
+        assert!(
+            body["statusCode"].is_number()
+                && body["message"].is_string()
+                && body["correlationId"].is_string()
+        );
+    }
+    let response = sim
+        .http
+        .get(format!("{endpoint}?api-version=2018-02-01&resource=x"))
+        .header("X-IDENTITY-HEADER", &header)
+        .send()
+        .await
+        .expect("old version");
+    assert_eq!(response.status(), 400);
+
+    // /_sim/ needs the bootstrap admin: another principal of the tenant is refused.
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = crate::support::register_app(&sim, &graph, "curious", None).await;
+    let (_, secret) = sim
+        .graph(
+            Method::POST,
+            &format!("applications/{object_id}/addPassword"),
+            &graph,
+            Some(json!({})),
+        )
+        .await;
+    let (_, token) = sim
+        .secret_token(
+            &app_id,
+            secret["secretText"].as_str().expect("secret"),
+            "https://management.azure.com/.default",
+        )
+        .await;
+    let response = sim
+        .http
+        .get(format!("{}/_sim/vms/demo-vm", sim.sim.connection.arm))
+        .bearer_auth(token["access_token"].as_str().expect("token"))
+        .send()
+        .await
+        .expect("sim");
+    assert_eq!(response.status(), 403);
+    let response = sim
+        .http
+        .get(format!("{}/_sim/vms/demo-vm", sim.sim.connection.arm))
+        .send()
+        .await
+        .expect("anonymous");
+    assert_eq!(response.status(), 401);
+    sim.stop().await;
+}

@@ -2,7 +2,8 @@
 
 One `misim up` process serves the whole session (fresh data dir, every port 0,
 no demo). Tests create their own applications, so they do not depend on each
-other's state.
+other's state. The IMDS tests use a second one, `sim_demo`, started with the
+demo VM (its IMDS base URL is connection["imds"]).
 
 Network safety: the clients under test must only ever talk to the simulator on
 loopback. Proxy and Azure/MSAL environment variables are removed at import time
@@ -86,14 +87,25 @@ class NonLoopbackNetworkAccess(AssertionError):
     pass
 
 
+# Every refused host or address, in order. Some clients catch any exception
+# (azure-identity's managed identity credentials turn one into
+# CredentialUnavailableError), so tests that expect a client to fail can check
+# this list to be sure the failure was not the guard's.
+REFUSED: list[str] = []
+
 _real_getaddrinfo = socket.getaddrinfo
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 
 
+def _refuse(message: str):
+    REFUSED.append(message)
+    raise NonLoopbackNetworkAccess(message)
+
+
 def _guarded_getaddrinfo(host, *args, **kwargs):
     if not _is_loopback_host(host):
-        raise NonLoopbackNetworkAccess(f"interop tests may only resolve loopback hosts, not {host!r}")
+        _refuse(f"interop tests may only resolve loopback hosts, not {host!r}")
     return _real_getaddrinfo(host, *args, **kwargs)
 
 
@@ -101,7 +113,7 @@ def _check_address(sock, address):
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         host = address[0] if isinstance(address, tuple) else address
         if not _is_loopback_host(host):
-            raise NonLoopbackNetworkAccess(f"interop tests may only connect to loopback, not {address!r}")
+            _refuse(f"interop tests may only connect to loopback, not {address!r}")
 
 
 def _guarded_connect(self, address):
@@ -161,9 +173,41 @@ def _log_tail(path: Path, limit: int = 4000) -> str:
         return "<no log>"
 
 
-@pytest.fixture(scope="session")
-def sim():
-    """Start `misim up`, wait for connection.json, yield it parsed, stop the process."""
+# CA files of the simulators running now. Two may run at once (`sim` and
+# `sim_demo`), each with its own CA: the clients trust all of them through one
+# bundle, so starting the second does not break TLS to the first.
+_TRUSTED_CAS: list[Path] = []
+_TRUST_VARS = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+_saved_trust: dict[str, str | None] = {}
+
+
+def _apply_trust() -> None:
+    if not _TRUSTED_CAS:
+        for key, value in _saved_trust.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _saved_trust.clear()
+        return
+    if not _saved_trust:
+        _saved_trust.update({k: os.environ.get(k) for k in _TRUST_VARS})
+    if len(_TRUSTED_CAS) == 1:
+        bundle = _TRUSTED_CAS[0]
+    else:
+        # Next to the first simulator's data dir, removed with it.
+        bundle = _TRUSTED_CAS[0].parent / "interop-ca-bundle.pem"
+        bundle.write_text("".join(ca.read_text() for ca in _TRUSTED_CAS))
+    for key in _TRUST_VARS:
+        os.environ[key] = str(bundle)
+
+
+def _run_misim(*, demo: bool):
+    """Start `misim up` (every port 0), wait for connection.json, yield it parsed, stop it.
+
+    `demo=False` passes --no-demo; `demo=True` keeps the seeded demo resource
+    group and VM (and the VM's IMDS listener, `imds` in connection.json).
+    """
     binary = misim_binary()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.fail(
@@ -172,26 +216,28 @@ def sim():
             pytrace=False,
         )
 
-    data_dir = Path(tempfile.mkdtemp(prefix="misim-interop-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="misim-interop-demo-" if demo else "misim-interop-"))
     log_path = data_dir.parent / (data_dir.name + ".log")
     conn_path = data_dir / "connection.json"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MISIM_")}
+    args = [
+        str(binary), "up",
+        "--data-dir", str(data_dir),
+        "--host", "127.0.0.1",
+        "--arm-port", "0", "--aad-port", "0", "--imds-port", "0",
+    ]
+    if not demo:
+        args.append("--no-demo")
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [
-            str(binary), "up",
-            "--data-dir", str(data_dir),
-            "--host", "127.0.0.1",
-            "--arm-port", "0", "--aad-port", "0", "--imds-port", "0",
-            "--no-demo",
-        ],
+        args,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=child_env,
         preexec_fn=_die_with_parent,
     )
-    saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    ca = None
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         conn = None
@@ -214,15 +260,19 @@ def sim():
                 pytrace=False,
             )
 
-        for key in ("aad", "graph", "arm"):
+        keys = ("aad", "graph", "arm") + (("imds",) if demo else ())
+        for key in keys:
             host = conn[key].split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
             assert _is_loopback_host(host), f"{key} is not a loopback URL: {conn[key]}"
+        if demo:
+            assert conn["imds"].startswith("http://"), conn["imds"]
+            assert conn["demo_vm"]["id"].startswith(f"/subscriptions/{conn['subscription_id']}/"), conn
         ca = Path(conn["ca_cert"])
         assert ca.is_absolute() and ca.is_file(), f"ca_cert is not an absolute existing path: {ca}"
 
         # Trust the simulator's CA before any client is constructed.
-        os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
-        os.environ["SSL_CERT_FILE"] = str(ca)
+        _TRUSTED_CAS.append(ca)
+        _apply_trust()
 
         conn["_data_dir"] = str(data_dir)
         conn["_log"] = str(log_path)
@@ -230,16 +280,28 @@ def sim():
     finally:
         _stop(proc)
         log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if ca is not None and ca in _TRUSTED_CAS:
+            _TRUSTED_CAS.remove(ca)
+            _apply_trust()
         shutil.rmtree(data_dir, ignore_errors=True)
         try:
             log_path.unlink()
         except OSError:
             pass
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """The suite's simulator: no demo resources, tests create what they use."""
+    yield from _run_misim(demo=False)
+
+
+@pytest.fixture(scope="session")
+def sim_demo():
+    """A second simulator WITH the demo resource group and VM (system-assigned
+    identity, IMDS at connection["imds"]). Separate from `sim` so that tests
+    there never see the demo VM's principal or role assignments."""
+    yield from _run_misim(demo=True)
 
 
 @pytest.fixture(scope="session")

@@ -194,11 +194,16 @@ async fn handle(state: ArmState, request: Request) -> Result<Response, ArmError>
             query.get("api-version").map(String::as_str),
         ));
     }
-    let api_version = query
-        .get("api-version")
-        .cloned()
-        .ok_or(ArmError::MissingApiVersion)?;
-    check_api_version(&target, &api_version)?;
+    // Simulator APIs (`/_sim/`) are versionless.
+    let is_sim = matches!(target, Target::SimVm { .. });
+    let api_version = match query.get("api-version").cloned() {
+        Some(version) => version,
+        None if is_sim => String::new(),
+        None => return Err(ArmError::MissingApiVersion),
+    };
+    if !is_sim {
+        check_api_version(&target, &api_version)?;
+    }
     let caller = state
         .validator
         .validate(

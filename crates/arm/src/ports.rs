@@ -110,6 +110,11 @@ pub trait Host: Send + Sync {
         identity: &misim_core::internal::HostedIdentity,
     ) -> Result<(), String>;
     async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), String>;
+    /// What the host reports about a VM (its endpoint), if it hosts it.
+    async fn status(
+        &self,
+        vm_id: &str,
+    ) -> Result<Option<misim_core::internal::HostedVmStatus>, String>;
 }
 
 /// The HTTP implementation of [`Host`], authenticated with the internal secret.
@@ -178,5 +183,23 @@ impl Host for HttpHost {
                 .delete(self.url(&format!("{vm_id}/identities/{principal_id}"))),
         )
         .await
+    }
+
+    async fn status(
+        &self,
+        vm_id: &str,
+    ) -> Result<Option<misim_core::internal::HostedVmStatus>, String> {
+        let response = self
+            .http
+            .get(self.url(vm_id))
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("IMDS unreachable: {e}"))?;
+        match response.status().as_u16() {
+            404 => Ok(None),
+            200 => response.json().await.map(Some).map_err(|e| e.to_string()),
+            status => Err(format!("IMDS answered {status}")),
+        }
     }
 }

@@ -1364,6 +1364,12 @@ mod tests {
         async fn delete_identity(&self, _: &str, _: &str) -> Result<(), String> {
             Ok(())
         }
+        async fn status(
+            &self,
+            _: &str,
+        ) -> Result<Option<misim_core::internal::HostedVmStatus>, String> {
+            Ok(None)
+        }
     }
 
     async fn open(

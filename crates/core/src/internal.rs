@@ -78,5 +78,7 @@ pub struct HostedVmStatus {
     pub vm_id: String,
     pub resource_id: String,
     pub endpoint: Option<String>,
+    /// Secret of the VM's App Service-style endpoint (`IDENTITY_HEADER`).
+    pub identity_header: String,
     pub identities: Vec<String>,
 }

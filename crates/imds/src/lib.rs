@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ImdsError, SERVER_HEADER};
 pub use host_api::router as host_router;
 pub use store::{MIGRATOR, Store};
+pub use vm_api::APP_SERVICE_PATH;
 
 /// Opens the per-VM listeners (library code never binds sockets itself).
 #[async_trait]
@@ -268,6 +269,7 @@ impl Imds {
             .map(|i| i.principal_id)
             .collect();
         Ok(Some(HostedVmStatus {
+            identity_header: self.identity_header(&vm.vm_id),
             vm_id: vm.vm_id,
             resource_id: vm.resource_id,
             endpoint: self.vm_endpoint(vm_id),
@@ -277,5 +279,14 @@ impl Imds {
 
     pub fn internal_secret(&self) -> &str {
         &self.inner.config.internal_secret
+    }
+
+    /// The `IDENTITY_HEADER` of a VM's App Service-style endpoint: derived from the internal
+    /// secret, so it is stable across restarts and never stored.
+    pub fn identity_header(&self, vm_id: &str) -> String {
+        let mut input = self.inner.config.internal_secret.as_bytes().to_vec();
+        input.extend_from_slice(b"/identity-header/");
+        input.extend_from_slice(vm_id.to_ascii_lowercase().as_bytes());
+        misim_core::jose::b64url(&misim_core::crypto::sha256(&input))
     }
 }

@@ -52,6 +52,9 @@ pub const API_VERSIONS: &[&str] = &[
     "2025-04-07",
 ];
 
+/// Path of the App Service-style endpoint (`IDENTITY_ENDPOINT`) on each VM's listener.
+pub const APP_SERVICE_PATH: &str = "/msi/token";
+
 #[derive(Clone)]
 struct VmState {
     imds: Imds,
@@ -98,6 +101,9 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     let path = request.uri().path().trim_end_matches('/').to_string();
     if request.headers().contains_key("x-forwarded-for") {
         return Err(ImdsError::Forwarded);
+    }
+    if path == APP_SERVICE_PATH {
+        return app_service(state, request).await;
     }
     let known = path == "/metadata/identity/oauth2/token"
         || path == "/metadata/identity/info"
@@ -191,6 +197,62 @@ pub fn select<'a>(
     }
 }
 
+/// App Service's error shape: `{"statusCode","message","correlationId"}`.
+fn app_service_error(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, axum::Json(json!({"statusCode": status.as_u16(), "message": message, "correlationId": uuid::Uuid::new_v4().to_string()}))).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// The App Service / Functions protocol (2019-08-01) on the VM's listener: `X-IDENTITY-HEADER`
+/// instead of `Metadata`, `mi_res_id`/`principal_id` selectors, epoch-string `expires_on`.
+async fn app_service(state: &VmState, request: Request) -> Result<Response, ImdsError> {
+    if request.method() != Method::GET {
+        return Ok(app_service_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only GET is supported.",
+        ));
+    }
+    let presented = request
+        .headers()
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let expected = state.imds.identity_header(&state.vm_id);
+    if !misim_core::crypto::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        return Ok(app_service_error(
+            StatusCode::UNAUTHORIZED,
+            "The X-IDENTITY-HEADER header is missing or wrong.",
+        ));
+    }
+    let pairs = match query_pairs(request.uri().query()) {
+        Ok(pairs) => pairs,
+        Err(e) => return Ok(app_service_error(StatusCode::BAD_REQUEST, &e.to_string())),
+    };
+    if pairs
+        .iter()
+        .find(|(k, _)| k == "api-version")
+        .map(|(_, v)| v.as_str())
+        != Some("2019-08-01")
+    {
+        return Ok(app_service_error(
+            StatusCode::BAD_REQUEST,
+            "The api-version must be 2019-08-01.",
+        ));
+    }
+    let identities = state.imds.inner.store.identities(&state.vm_id).await?;
+    match token(state, &identities, &pairs).await {
+        Ok(response) => Ok(response),
+        Err(ImdsError::AadUnavailable(m)) => {
+            Ok(app_service_error(StatusCode::INTERNAL_SERVER_ERROR, &m))
+        }
+        Err(e) => Ok(app_service_error(e.parts().0, &e.to_string())),
+    }
+}
+
 async fn token(
     state: &VmState,
     identities: &[IdentityRow],
@@ -247,7 +309,7 @@ async fn token(
         "token_type": "Bearer",
     });
     // Echo the selector the client used (Arc-style clients check it).
-    for name in ["object_id", "msi_res_id", "mi_res_id"] {
+    for name in ["object_id", "principal_id", "msi_res_id", "mi_res_id"] {
         if let Some(value) = param(name) {
             body[name] = json!(value);
         }

@@ -65,6 +65,10 @@ pub enum Target {
     SystemIdentity {
         scope: String,
     },
+    /// `/_sim/vms/{name or id}` (simulator API).
+    SimVm {
+        key: String,
+    },
     Unknown,
 }
 
@@ -153,6 +157,11 @@ pub fn parse(path: &str) -> Target {
     // Extension resources of Microsoft.Authorization at any scope: the scope is everything before
     // the last `/providers/Microsoft.Authorization/`.
     let lower = trimmed.to_ascii_lowercase();
+    if let Some(key) = trimmed.strip_prefix("/_sim/vms/").filter(|k| !k.is_empty()) {
+        return Target::SimVm {
+            key: key.to_string(),
+        };
+    }
     if let Some(at) = lower.rfind("/providers/microsoft.authorization/") {
         let scope = if at == 0 {
             "/".to_string()

@@ -70,6 +70,20 @@ pub async fn handle(
             call.page(vms.iter().map(|v| vm_json(call, v)).collect())
         }
         Target::VirtualMachine { sub, rg, name } => vm(call, &sub, &rg, &name).await,
+        Target::SimVm { key } if *m == Method::GET => {
+            let (view, status) = call.arm.sim_vm(&call.caller, &key).await?;
+            Ok(ok_json(
+                StatusCode::OK,
+                json!({
+                    "id": view.resource.id,
+                    "name": view.resource.name,
+                    "vmId": view.state.vm_id,
+                    "imds": status.as_ref().and_then(|s| s.endpoint.clone()),
+                    "identityHeader": status.as_ref().map(|s| s.identity_header.clone()),
+                    "identities": status.map(|s| s.identities).unwrap_or_default(),
+                }),
+            ))
+        }
         Target::SystemIdentity { scope } if *m == Method::GET => {
             let (location, identity) = call.arm.system_identity(&call.caller, &scope).await?;
             Ok(ok_json(

@@ -529,6 +529,60 @@ impl Arm {
         Ok(true)
     }
 
+    /// `/_sim/vms/{name or id}`: a VM and where its IMDS answers. Bootstrap admin only
+    /// (CONTRACT.md, Simulator APIs).
+    pub async fn sim_vm(
+        &self,
+        caller: &Caller,
+        name_or_id: &str,
+    ) -> Result<(VmView, Option<misim_core::internal::HostedVmStatus>), ArmError> {
+        if !caller
+            .object_id
+            .eq_ignore_ascii_case(&self.inner.config.admin_object_id)
+        {
+            return Err(ArmError::AuthorizationFailed {
+                oid: caller.object_id.clone(),
+                action: "misim/simulator/read".into(),
+                scope: "/_sim".into(),
+            });
+        }
+        let all = self.inner.store.resources(KIND_VM, None).await?;
+        let matching: Vec<ResourceRow> = all
+            .into_iter()
+            .filter(|r| {
+                r.id.trim_start_matches('/')
+                    .eq_ignore_ascii_case(name_or_id.trim_start_matches('/'))
+                    || r.name.eq_ignore_ascii_case(name_or_id)
+            })
+            .collect();
+        let row = match matching.len() {
+            0 => {
+                return Err(ArmError::ResourceNotFound {
+                    kind: "Microsoft.Compute/virtualMachines",
+                    name: name_or_id.to_string(),
+                    rg: "*".into(),
+                });
+            }
+            1 => matching
+                .into_iter()
+                .next()
+                .ok_or_else(|| ArmError::Internal("vanished".into()))?,
+            _ => {
+                return Err(ArmError::InvalidParameter(format!(
+                    "More than one VM is named '{name_or_id}'; use its full resource id."
+                )));
+            }
+        };
+        let view = Self::vm_view(row)?;
+        let status = self
+            .inner
+            .host
+            .status(&view.state.vm_id)
+            .await
+            .map_err(ArmError::Internal)?;
+        Ok((view, status))
+    }
+
     /// `{scope}/providers/Microsoft.ManagedIdentity/identities/default`: the system-assigned
     /// identity of a resource.
     pub async fn system_identity(
