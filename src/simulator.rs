@@ -197,6 +197,7 @@ impl Simulator {
             internal_secret: secret.clone(),
             public_host: public_host.clone(),
             bind_host: config.host,
+            throttle: config.imds_throttle,
         };
         let imds = misim_imds::Imds::open(
             misim_imds::Store::new(imds_pool),

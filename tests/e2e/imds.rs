@@ -432,7 +432,11 @@ async fn each_vm_sees_only_its_own_identities() {
 
 #[tokio::test]
 async fn imds_rejects_bad_requests_in_its_dialect() {
-    let sim = TestSim::start().await;
+    // Many requests in a burst: lift the rate limits, which have a test of their own.
+    let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| {
+        c.imds_throttle = false
+    })
+    .await;
     let endpoint = sim.sim.connection.imds.clone().expect("imds");
     let cases: Vec<(&str, bool, u16, &str)> = vec![
         (TOKEN, false, 400, "Required metadata header not specified"),
@@ -716,4 +720,52 @@ async fn vm_env_points_clients_at_imds_or_the_app_service_endpoint() {
         .expect("anonymous");
     assert_eq!(response.status(), 401);
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn identity_requests_are_throttled_per_vm_unless_lifted() {
+    for throttle in [true, false] {
+        let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| {
+            c.imds_throttle = throttle
+        })
+        .await;
+        let endpoint = sim.sim.connection.imds.clone().expect("imds");
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            let response = sim
+                .http
+                .get(format!("{endpoint}{TOKEN}"))
+                .header("Metadata", "true")
+                .send()
+                .await
+                .expect("imds");
+            if response.status() == 429 {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let body: Value = response.json().await.expect("json");
+                assert_eq!(body["error"], "too_many_requests");
+                statuses.push(429);
+            } else {
+                statuses.push(response.status().as_u16());
+            }
+        }
+        let throttled = statuses.iter().filter(|s| **s == 429).count();
+        if throttle {
+            assert!(
+                throttled >= 5,
+                "30 requests in a burst exceed 20/s: {statuses:?}"
+            );
+            // Other endpoints are not in the identity category.
+            let versions = sim
+                .http
+                .get(format!("{endpoint}/metadata/versions"))
+                .header("Metadata", "true")
+                .send()
+                .await
+                .expect("versions");
+            assert_eq!(versions.status(), 200);
+        } else {
+            assert_eq!(throttled, 0, "--imds-throttle off");
+        }
+        sim.stop().await;
+    }
 }

@@ -36,6 +36,10 @@ pub enum ImdsError {
     LeafNeedsText,
     #[error("The requested path was not found")]
     NotFound,
+    #[error(
+        "Too many requests. The identity endpoint allows 20 requests per second and 5 at once per VM"
+    )]
+    TooManyRequests,
     #[error("The requested method is not allowed")]
     MethodNotAllowed,
     /// AAD answered with an error the client should see as is (e.g. unknown resource).
@@ -85,6 +89,7 @@ impl ImdsError {
                 },
             ),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Upstream { status, error, .. } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -115,7 +120,10 @@ impl IntoResponse for ImdsError {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
-        if matches!(self, ImdsError::AadUnavailable(_)) {
+        if matches!(
+            self,
+            ImdsError::AadUnavailable(_) | ImdsError::TooManyRequests
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -7,6 +7,7 @@ pub mod error;
 mod host_api;
 pub mod relay;
 pub mod store;
+pub mod throttle;
 mod vm_api;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct ImdsConfig {
     /// Host name used in the endpoints IMDS reports (`http://host:port`).
     pub public_host: String,
     pub bind_host: IpAddr,
+    /// Azure's documented identity rate limits (`--imds-throttle on|off`).
+    pub throttle: bool,
 }
 
 #[derive(Clone)]
@@ -53,6 +56,7 @@ struct Inner {
     config: ImdsConfig,
     http: reqwest::Client,
     cache: relay::TokenCache,
+    throttle: throttle::Throttle,
     factory: Arc<dyn ListenerFactory>,
     listeners: Mutex<HashMap<String, (u16, CancellationToken)>>,
     shutdown: CancellationToken,
@@ -82,6 +86,7 @@ impl Imds {
                 config,
                 http,
                 cache: relay::TokenCache::default(),
+                throttle: throttle::Throttle::default(),
                 factory,
                 listeners: Mutex::new(HashMap::new()),
                 shutdown,

@@ -85,6 +85,21 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
     }
 }
 
+/// Applies the identity rate limits (when on) to identity requests.
+fn admit(state: &VmState, path: &str) -> Result<Option<crate::throttle::Admission>, ImdsError> {
+    let identity_path = path.starts_with("/metadata/identity") || path == APP_SERVICE_PATH;
+    if !state.imds.inner.config.throttle || !identity_path {
+        return Ok(None);
+    }
+    state
+        .imds
+        .inner
+        .throttle
+        .admit(&state.vm_id, std::time::Instant::now())
+        .map(Some)
+        .ok_or(ImdsError::TooManyRequests)
+}
+
 /// Query parameters, refusing repeated names.
 fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
@@ -125,6 +140,7 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     if !metadata {
         return Err(ImdsError::MissingMetadataHeader);
     }
+    let _admission = admit(state, &path)?;
     let pairs = query_pairs(request.uri().query())?;
     let param = |name: &str| {
         pairs
@@ -228,6 +244,15 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
             "The X-IDENTITY-HEADER header is missing or wrong.",
         ));
     }
+    let _admission = match admit(state, APP_SERVICE_PATH) {
+        Ok(admission) => admission,
+        Err(e) => {
+            return Ok(app_service_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &e.to_string(),
+            ));
+        }
+    };
     let pairs = match query_pairs(request.uri().query()) {
         Ok(pairs) => pairs,
         Err(e) => return Ok(app_service_error(StatusCode::BAD_REQUEST, &e.to_string())),
