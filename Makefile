@@ -19,9 +19,11 @@ rust-test:
 build:
 	$(CARGO) build --locked --bin misim
 
-# Official clients (MSAL, azure-identity) against a real `misim up`, from a pinned venv.
+# Official clients (MSAL, azure-identity, azure-mgmt-*) against a real `misim up`, from a pinned
+# venv; then the az CLI (its own pinned venv) inside a network namespace holding only loopback.
 interop: build
 	MISIM_BIN=$(MISIM_BIN) tests/interop/run.sh
+	MISIM_BIN=$(MISIM_BIN) tests/interop/az/run.sh
 
 # Throughput and start-up benchmarks (see docs/performance.md).
 bench:

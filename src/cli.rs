@@ -107,6 +107,10 @@ pub struct UpArgs {
     /// Lifetime of managed-identity tokens in seconds (Azure: about 24 hours).
     #[arg(long, env = "MISIM_MI_TOKEN_LIFETIME", default_value_t = 86_399, value_parser = clap::value_parser!(i64).range(60..=7 * 86_400))]
     pub mi_token_lifetime: i64,
+    /// RSA-2048 keys kept generated ahead (persisted) so creating an identity never waits for
+    /// key generation.
+    #[arg(long, env = "MISIM_KEY_POOL", default_value_t = 48, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub key_pool: u16,
 }
 
 #[derive(Debug, Args)]

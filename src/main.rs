@@ -85,6 +85,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         public_host: args.public_host,
         app_token_lifetime_secs: args.app_token_lifetime,
         mi_token_lifetime_secs: args.mi_token_lifetime,
+        key_pool: args.key_pool,
     };
     let data_dir = config.data_dir.clone();
     let mut simulator = Simulator::start(config).await?;

@@ -30,6 +30,8 @@ pub struct SimulatorConfig {
     pub public_host: Option<String>,
     pub app_token_lifetime_secs: i64,
     pub mi_token_lifetime_secs: i64,
+    /// RSA keys ARM keeps pre-generated for new identities.
+    pub key_pool: u16,
 }
 
 impl SimulatorConfig {
@@ -48,6 +50,7 @@ impl SimulatorConfig {
             public_host: None,
             app_token_lifetime_secs: 3599,
             mi_token_lifetime_secs: 86_399,
+            key_pool: 4,
         }
     }
 }
@@ -230,6 +233,7 @@ impl Simulator {
             graph_url: aad_url.clone(),
             tenant_id: aad.tenant().id.clone(),
             admin_object_id: aad.bootstrap().object_id.clone(),
+            key_pool_size: i64::from(config.key_pool),
         };
         let arm = misim_arm::Arm::open(
             misim_arm::Store::new(arm_pool),

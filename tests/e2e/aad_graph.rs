@@ -237,3 +237,65 @@ async fn an_application_without_a_service_principal_cannot_sign_in() {
     );
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn directory_objects_get_by_ids_names_principals() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = register_app(&sim, &admin, "named", None).await;
+    let (_, sp) = sim
+        .graph(
+            Method::GET,
+            &format!("servicePrincipals(appId='{app_id}')"),
+            &admin,
+            None,
+        )
+        .await;
+    let sp_id = sp["id"].as_str().expect("id").to_string();
+    let missing = uuid::Uuid::new_v4().to_string();
+    let body = json!({"ids": [sp_id, object_id, missing], "types": ["user", "group", "servicePrincipal", "directoryObjectPartnerReference"]});
+    let (status, found) = sim
+        .graph(
+            Method::POST,
+            "directoryObjects/getByIds",
+            &admin,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    let value = found["value"].as_array().expect("value");
+    assert_eq!(
+        value.len(),
+        1,
+        "only the requested types, unknown ids left out: {found}"
+    );
+    assert_eq!(value[0]["@odata.type"], "#microsoft.graph.servicePrincipal");
+    assert_eq!(value[0]["servicePrincipalNames"][0], app_id.as_str());
+    let (status, all) = sim
+        .graph(
+            Method::POST,
+            "directoryObjects/getByIds",
+            &admin,
+            Some(json!({"ids": [sp_id, object_id]})),
+        )
+        .await;
+    assert_eq!(
+        (status, all["value"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
+    let (status, bad) = sim
+        .graph(
+            Method::POST,
+            "directoryObjects/getByIds",
+            &admin,
+            Some(json!({"types": []})),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("Request_BadRequest"))
+    );
+    sim.stop().await;
+}

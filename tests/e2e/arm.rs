@@ -872,3 +872,197 @@ async fn identities_and_assignments_survive_a_restart() {
     assert_directory_matches(&second).await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn federated_identity_credentials_are_validated_children_of_their_identity() {
+    let sim = TestSim::start().await;
+    let arm = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&sim);
+    arm.call(
+        Method::PUT,
+        &format!("{sub}/resourcegroups/wif"),
+        RG_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let identity = format!(
+        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/ci-mi"
+    );
+    arm.call(
+        Method::PUT,
+        &identity,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let fic = |name: &str| format!("{identity}/federatedIdentityCredentials/{name}");
+    let body = |subject: &str| json!({"properties": {"issuer": "https://token.actions.githubusercontent.com", "subject": subject, "audiences": ["api://AzureADTokenExchange"]}});
+    let (status, created) = arm
+        .call(
+            Method::PUT,
+            &fic("gh-main"),
+            "2023-01-31",
+            Some(body("repo:org/repo:ref:refs/heads/main")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["type"],
+        "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials"
+    );
+    assert_eq!(
+        arm.call(
+            Method::PUT,
+            &fic("gh-main"),
+            "2023-01-31",
+            Some(body("repo:org/repo:ref:refs/heads/main"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, got) = arm
+        .call(Method::GET, &fic("GH-MAIN"), "2023-01-31", None)
+        .await;
+    assert_eq!(
+        (status, &got["properties"]["subject"]),
+        (200, &json!("repo:org/repo:ref:refs/heads/main"))
+    );
+
+    let invalid: Vec<(Value, &str)> = vec![
+        (
+            body("repo:org/repo:ref:refs/heads/main"),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "subject": "s", "audiences": ["a", "b"]}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "subject": "s", "audiences": []}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "http://x", "subject": "s", "audiences": ["a"]}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "subject": "s*", "audiences": ["a"]}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "subject": "s".repeat(601), "audiences": ["a"]}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "audiences": ["a"]}}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"properties": {"issuer": "https://x", "subject": "s", "audiences": "a"}}),
+            "InvalidRequestContent",
+        ),
+        (json!({"issuer": "https://x"}), "InvalidRequestContent"),
+    ];
+    for (request, code) in invalid {
+        let (status, answer) = arm
+            .call(
+                Method::PUT,
+                &fic("other"),
+                "2023-01-31",
+                Some(request.clone()),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{request}"
+        );
+    }
+    assert_eq!(
+        arm.call(Method::PUT, &fic("-bad"), "2023-01-31", Some(body("x")))
+            .await
+            .1["error"]["code"],
+        "InvalidResourceName"
+    );
+    // At most 20 per identity.
+    for i in 1..20 {
+        assert_eq!(
+            arm.call(
+                Method::PUT,
+                &fic(&format!("fic-{i}")),
+                "2023-01-31",
+                Some(body(&format!("subject-{i}")))
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    let (status, answer) = arm
+        .call(
+            Method::PUT,
+            &fic("fic-21"),
+            "2023-01-31",
+            Some(body("subject-21")),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("InvalidParameter"))
+    );
+    let (_, page) = arm
+        .call(
+            Method::GET,
+            &format!("{identity}/federatedIdentityCredentials"),
+            "2023-01-31",
+            None,
+        )
+        .await;
+    assert_eq!(page["value"].as_array().map(Vec::len), Some(20));
+    assert_eq!(
+        arm.call(Method::DELETE, &fic("fic-1"), "2023-01-31", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        arm.call(Method::DELETE, &fic("fic-1"), "2023-01-31", None)
+            .await
+            .0,
+        204
+    );
+    let missing_parent = format!(
+        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/nope/federatedIdentityCredentials/fic-x"
+    );
+    assert_eq!(
+        arm.call(Method::PUT, &missing_parent, "2023-01-31", Some(body("x")))
+            .await
+            .0,
+        404
+    );
+    // Deleting the identity deletes its credentials; a new identity of that name starts empty.
+    arm.call(Method::DELETE, &identity, MSI_API, None).await;
+    arm.call(
+        Method::PUT,
+        &identity,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let (_, page) = arm
+        .call(
+            Method::GET,
+            &format!("{identity}/federatedIdentityCredentials"),
+            "2023-01-31",
+            None,
+        )
+        .await;
+    assert_eq!(page["value"], json!([]));
+    sim.stop().await;
+}

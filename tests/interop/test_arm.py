@@ -221,12 +221,6 @@ def test_resource_group_lifecycle(sim, admin):
     assert name not in {g.name for g in groups.list()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="misim bug: the operation-result URL of a group deletion answers from whether a group "
-    "of that name exists now, so once the name is reused it says 202 (in progress) forever",
-)
 def test_group_deletion_operation_survives_name_reuse(sim, admin, admin_arm_token):
     name = unique("interop-rg")
     groups = admin.resources.resource_groups
@@ -570,13 +564,6 @@ def test_contributor_writes_but_cannot_delegate(sim, admin, graph, resource_grou
         user.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HttpResponseError,
-    reason="misim bug: polling GET /subscriptions/{id}/operationresults/{token} demands "
-    "Microsoft.Resources/subscriptions/read on the subscription (403 AuthorizationFailed), "
-    "so a principal whose rights end at the group cannot follow its own group deletion",
-)
 def test_group_scoped_contributor_follows_its_group_deletion(sim, admin, graph, resource_group, secret_app):
     app, sp, secret = secret_app
     rg = resource_group.name

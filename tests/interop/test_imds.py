@@ -41,7 +41,6 @@ DEMO_RG = "demo-rg"
 LOCATION = "eastus"
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
 VM_API = "2024-11-01"
-MSI_API = "2024-11-30"
 IMDS_TOKEN = "/metadata/identity/oauth2/token"
 MI_LIFETIME_S = 24 * 3600  # Azure: managed identity tokens live about 24 hours
 
@@ -314,7 +313,7 @@ def test_raw_imds_token_response(sim_demo, demo_vm, verify_mi, imds_host):
 # --------------------------------------------------------------------------
 # 2. User-assigned identity, selected by client id, object id and resource id
 # --------------------------------------------------------------------------
-def test_managed_identity_credential_user_assigned(sim_demo, demo_vm, uami_on_vm, verify_mi):
+def test_managed_identity_credential_user_assigned(sim_demo, arm, demo_vm, uami_on_vm, verify_mi):
     uami = uami_on_vm
     expected_mirid = mirid(uami.id)
     selectors = {
@@ -332,6 +331,13 @@ def test_managed_identity_credential_user_assigned(sim_demo, demo_vm, uami_on_vm
     with ManagedIdentityCredential() as credential:
         token = credential.get_token(ARM_SCOPE)
     verify_mi(token.token, oid=demo_vm["identity"]["principalId"], mir_id=mirid(sim_demo["demo_vm"]["id"]))
+
+    # Detached from the VM, the identity is gone from its IMDS (no token from a cache either).
+    _patch_vm_identity(arm, sim_demo["demo_vm"]["id"], {"type": "SystemAssigned"})
+    with ManagedIdentityCredential(client_id=uami.client_id) as credential:
+        with pytest.raises(CredentialUnavailableError) as excinfo:
+            credential.get_token(ARM_SCOPE)
+    assert "Identity not found" in str(excinfo.value), str(excinfo.value)
 
 
 # --------------------------------------------------------------------------

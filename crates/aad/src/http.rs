@@ -68,6 +68,7 @@ pub fn router(aad: Aad) -> Router {
             "/v1.0/servicePrincipals/{id}",
             get(graph::get_service_principal).delete(graph::delete_service_principal),
         )
+        .route("/v1.0/directoryObjects/getByIds", post(graph::get_by_ids))
         .route("/v1.0/{entity}", get(graph::get_by_alternate_key))
         .route(
             "/_internal/directory/managed-identities/{object_id}",

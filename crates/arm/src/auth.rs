@@ -38,7 +38,16 @@ struct Inner {
     issuers: Vec<String>,
     clock: Arc<Clock>,
     keys: Mutex<KeyCache>,
+    validated: Mutex<TokenCache>,
 }
+
+/// Validated tokens, so a warm caller costs no RSA verification (bounded; cleared when full).
+#[derive(Default)]
+struct TokenCache {
+    tokens: HashMap<String, (Caller, i64)>,
+}
+
+const TOKEN_CACHE_LIMIT: usize = 10_000;
 
 #[derive(Default)]
 struct KeyCache {
@@ -59,6 +68,7 @@ impl TokenValidator {
                 ],
                 clock,
                 keys: Mutex::new(KeyCache::default()),
+                validated: Mutex::new(TokenCache::default()),
             }),
         }
     }
@@ -109,6 +119,18 @@ impl TokenValidator {
             ));
         }
         let token = token.trim();
+        let now = self.inner.clock.now_unix();
+        if let Some((caller, exp)) = self
+            .inner
+            .validated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tokens
+            .get(token)
+            && *exp > now
+        {
+            return Ok(caller.clone());
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ArmError::InvalidToken("The token is not a well-formed JWT.".into()))?;
         if header.alg != jsonwebtoken::Algorithm::RS256 {
@@ -152,7 +174,6 @@ impl TokenValidator {
         let exp = claims["exp"]
             .as_i64()
             .ok_or_else(|| ArmError::InvalidToken("The token has no expiry.".into()))?;
-        let now = self.inner.clock.now_unix();
         if exp <= now {
             let show = |t: i64| {
                 time::OffsetDateTime::from_unix_timestamp(t)
@@ -173,6 +194,18 @@ impl TokenValidator {
             .or_else(|| claims["azp"].as_str())
             .unwrap_or_default()
             .to_string();
-        Ok(Caller { object_id, app_id })
+        let caller = Caller { object_id, app_id };
+        let mut cache = self
+            .inner
+            .validated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.tokens.len() >= TOKEN_CACHE_LIMIT {
+            cache.tokens.clear();
+        }
+        cache
+            .tokens
+            .insert(token.to_string(), (caller.clone(), exp));
+        Ok(caller)
     }
 }

@@ -20,7 +20,10 @@ use crate::error::ArmError;
 use crate::ports::{Directory, Host};
 use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
 
+mod fics;
 mod vms;
+
+pub use fics::{FicInput, KIND_FIC, MAX_FICS_PER_IDENTITY};
 
 pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView};
 
@@ -28,8 +31,6 @@ pub const KIND_GROUP: &str = "resourceGroup";
 pub const KIND_IDENTITY: &str = "userAssignedIdentity";
 /// Validity of an identity certificate (simulated time); Azure rolls it at 45 days.
 const IDENTITY_CERT_DAYS: i64 = 90;
-/// Pre-generated identity keys kept ready.
-const KEY_POOL_TARGET: i64 = 16;
 
 #[derive(Debug, Clone)]
 pub struct ArmConfig {
@@ -41,6 +42,8 @@ pub struct ArmConfig {
     pub tenant_id: String,
     /// The bootstrap admin: Owner on the subscription.
     pub admin_object_id: String,
+    /// RSA keys kept pre-generated (and persisted) for new identities.
+    pub key_pool_size: i64,
 }
 
 #[derive(Clone)]
@@ -58,6 +61,10 @@ struct Inner {
     /// One delivery pass at a time keeps outbox order.
     delivery: tokio::sync::Mutex<()>,
     wake_worker: Notify,
+    /// Role assignments by lower-case principal id; cleared on every assignment change.
+    assignments: std::sync::RwLock<std::collections::HashMap<String, Arc<Vec<AssignmentRow>>>>,
+    /// Bumped by every invalidation, so a read that raced a write is not cached.
+    assignments_generation: std::sync::atomic::AtomicU64,
     wake_key_pool: Notify,
 }
 
@@ -151,6 +158,8 @@ impl Arm {
                 host,
                 delivery: tokio::sync::Mutex::new(()),
                 wake_worker: Notify::new(),
+                assignments: std::sync::RwLock::new(std::collections::HashMap::new()),
+                assignments_generation: std::sync::atomic::AtomicU64::new(0),
                 wake_key_pool: Notify::new(),
             }),
         };
@@ -212,6 +221,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::insert_assignment(&mut tx, &row).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         Ok(())
     }
 
@@ -243,7 +253,7 @@ impl Arm {
                         .store
                         .pooled_keys()
                         .await
-                        .is_ok_and(|n| n < KEY_POOL_TARGET);
+                        .is_ok_and(|n| n < arm.inner.config.key_pool_size);
                     if below_target {
                         if let Ok(Ok(key)) = blocking(RsaKey::generate).await {
                             let _ = arm.inner.store.add_pooled_key(key.pkcs8_der()).await;
@@ -266,13 +276,62 @@ impl Arm {
     // ------------------------------------------------------------------ authorization
 
     /// Checks `action` on `scope` against the caller's role assignments (spec/arm.md §5.4).
+    /// A principal's role assignments, cached until the next write.
+    async fn assignments_of(
+        &self,
+        principal_id: &str,
+    ) -> Result<Arc<Vec<AssignmentRow>>, ArmError> {
+        let key = principal_id.to_ascii_lowercase();
+        if let Some(hit) = self
+            .inner
+            .assignments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let generation = self
+            .inner
+            .assignments_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let rows = Arc::new(self.inner.store.assignments_of(principal_id).await?);
+        let mut cache = self
+            .inner
+            .assignments
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if self
+            .inner
+            .assignments_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            == generation
+        {
+            cache.insert(key, rows.clone());
+        }
+        Ok(rows)
+    }
+
+    /// Any write may change who holds which role (cascades included): forget them all.
+    fn invalidate_assignments(&self) {
+        let mut cache = self
+            .inner
+            .assignments
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        self.inner
+            .assignments_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        cache.clear();
+    }
+
     pub async fn authorize(
         &self,
         caller: &Caller,
         action: &str,
         scope: &str,
     ) -> Result<(), ArmError> {
-        let assignments = self.inner.store.assignments_of(&caller.object_id).await?;
+        let assignments = self.assignments_of(&caller.object_id).await?;
         let allowed = assignments.iter().any(|a| {
             scope_contains(&a.scope, scope)
                 && rbac::built_in(&a.role_guid)
@@ -401,6 +460,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         Ok((row, existing.is_none()))
     }
 
@@ -472,6 +532,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         Ok(row)
     }
 
@@ -528,8 +589,24 @@ impl Arm {
         Store::delete_assignments_under(&mut tx, &group.id_key).await?;
         Store::delete_resource(&mut tx, &group.id_key).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         self.deliver().await;
         Ok(())
+    }
+
+    /// Every resource in a group the caller may read (`.../resources`).
+    pub async fn group_resources(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+    ) -> Result<Vec<ResourceRow>, ArmError> {
+        let group = self.group(caller, sub, rg).await?;
+        Ok(self
+            .inner
+            .store
+            .group_members(&group.resource_group)
+            .await?)
     }
 
     pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {
@@ -664,6 +741,7 @@ impl Arm {
             let mut tx = self.inner.store.begin().await?;
             Store::put_resource(&mut tx, &row).await?;
             tx.commit().await?;
+            self.invalidate_assignments();
             return Ok((self.identity_view(row).await?, false));
         }
         let row = ResourceRow {
@@ -690,6 +768,7 @@ impl Arm {
         Store::put_resource(&mut tx, &row).await?;
         minted.write(&mut tx).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         self.deliver().await;
         Ok((
             IdentityView {
@@ -846,6 +925,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         self.identity_view(row).await
     }
 
@@ -885,9 +965,11 @@ impl Arm {
         }
         // Assignments *scoped at* the identity go with it; those naming its principal stay as
         // orphans, as in Azure.
+        self.delete_fics_of(&mut tx, &row).await?;
         Store::delete_assignments_under(&mut tx, &row.id_key).await?;
         Store::delete_resource(&mut tx, &row.id_key).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         self.deliver().await;
         Ok(true)
     }
@@ -1053,6 +1135,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::insert_assignment(&mut tx, &row).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         Ok((row, true))
     }
 
@@ -1106,6 +1189,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::delete_assignment(&mut tx, &row.name_key).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         Ok(Some(row))
     }
 
@@ -1386,6 +1470,7 @@ mod tests {
             graph_url: "https://aad".into(),
             tenant_id: "t".into(),
             admin_object_id: "admin".into(),
+            key_pool_size: 0,
         };
         Arm::open(
             Store::new(pool),

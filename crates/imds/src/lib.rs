@@ -56,6 +56,8 @@ struct Inner {
     config: ImdsConfig,
     http: reqwest::Client,
     cache: relay::TokenCache,
+    /// Identities per VM, so a cached token costs no SQL; refreshed on every host API write.
+    identities: std::sync::RwLock<HashMap<String, Arc<Vec<store::IdentityRow>>>>,
     throttle: throttle::Throttle,
     factory: Arc<dyn ListenerFactory>,
     listeners: Mutex<HashMap<String, (u16, CancellationToken)>>,
@@ -86,6 +88,7 @@ impl Imds {
                 config,
                 http,
                 cache: relay::TokenCache::default(),
+                identities: std::sync::RwLock::new(HashMap::new()),
                 throttle: throttle::Throttle::default(),
                 factory,
                 listeners: Mutex::new(HashMap::new()),
@@ -98,6 +101,38 @@ impl Imds {
             imds.listen(&vm.vm_id, port).await?;
         }
         Ok(imds)
+    }
+
+    /// The identities installed on a VM (cached).
+    pub(crate) async fn vm_identities(
+        &self,
+        vm_id: &str,
+    ) -> Result<Arc<Vec<store::IdentityRow>>, ImdsError> {
+        if let Some(hit) = self
+            .inner
+            .identities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vm_id)
+        {
+            return Ok(hit.clone());
+        }
+        let rows = Arc::new(self.inner.store.identities(vm_id).await?);
+        self.inner
+            .identities
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm_id.to_string(), rows.clone());
+        Ok(rows)
+    }
+
+    /// Host API writes are serialized by ARM's outbox; dropping the entry makes the next read fresh.
+    fn forget_identities(&self, vm_id: &str) {
+        self.inner
+            .identities
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm_id);
     }
 
     /// Waits for every per-VM listener to stop (after the shutdown token fired).
@@ -207,6 +242,7 @@ impl Imds {
             self.inner.cache.forget(&identity.principal_id);
         }
         self.inner.store.delete_vm(vm_id).await?;
+        self.forget_identities(vm_id);
         if let Some((_, cancel)) = self
             .inner
             .listeners
@@ -249,7 +285,9 @@ impl Imds {
             private_pkcs8,
             installed_at: self.inner.clock.now_unix(),
         };
-        Ok(self.inner.store.put_identity(&row).await?)
+        self.inner.store.put_identity(&row).await?;
+        self.forget_identities(vm_id);
+        Ok(())
     }
 
     pub async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), ImdsError> {
@@ -258,6 +296,7 @@ impl Imds {
             .store
             .delete_identity(vm_id, principal_id)
             .await?;
+        self.forget_identities(vm_id);
         Ok(())
     }
 

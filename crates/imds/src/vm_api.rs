@@ -154,7 +154,7 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     let version = param("api-version")
         .filter(|v| API_VERSIONS.contains(v))
         .ok_or(ImdsError::ApiVersion)?;
-    let identities = state.imds.inner.store.identities(&state.vm_id).await?;
+    let identities = state.imds.vm_identities(&state.vm_id).await?;
     match path.as_str() {
         "/metadata/identity/oauth2/token" => {
             if version < "2018-02-01" {
@@ -268,7 +268,7 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
             "The api-version must be 2019-08-01.",
         ));
     }
-    let identities = state.imds.inner.store.identities(&state.vm_id).await?;
+    let identities = state.imds.vm_identities(&state.vm_id).await?;
     match token(state, &identities, &pairs).await {
         Ok(response) => Ok(response),
         Err(ImdsError::AadUnavailable(m)) => {

@@ -599,6 +599,55 @@ pub async fn delete_service_principal(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /v1.0/directoryObjects/getByIds`: the objects with those ids (service principals and
+/// applications; users and groups do not exist here), unknown ids left out, as az uses it to
+/// name role-assignment principals.
+pub async fn get_by_ids(State(aad): State<Aad>, headers: HeaderMap, body: Body) -> GraphResult {
+    let call = Call::new(aad, &headers)?;
+    let body = call.json_body(body).await?;
+    let ids = body.get("ids").and_then(Value::as_array).ok_or_else(|| {
+        call.fail(AadError::GraphBadRequest(
+            "Property 'ids' is required.".into(),
+        ))
+    })?;
+    if ids.len() > 1000 {
+        return Err(call.fail(AadError::GraphBadRequest(
+            "At most 1000 ids may be requested.".into(),
+        )));
+    }
+    let types: Vec<String> = body
+        .get("types")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default();
+    let wants = |kind: &str| types.is_empty() || types.iter().any(|t| t == kind);
+    let mut found = Vec::new();
+    for id in ids.iter().filter_map(Value::as_str) {
+        if wants("serviceprincipal")
+            && let Ok(view) = call.aad.service_principal(id, false).await
+        {
+            let mut json = principal_json(&call.aad, &view);
+            json["@odata.type"] = json!("#microsoft.graph.servicePrincipal");
+            found.push(json);
+        } else if wants("application")
+            && let Ok(view) = call.aad.application(id, false).await
+        {
+            let mut json = application_json(&call.aad, &view);
+            json["@odata.type"] = json!("#microsoft.graph.application");
+            found.push(json);
+        }
+    }
+    Ok(
+        axum::Json(json!({"@odata.context": call.context_url("directoryObjects"), "value": found}))
+            .into_response(),
+    )
+}
+
 /// `applications(appId='...')` and `servicePrincipals(appId='...')`.
 pub async fn get_by_alternate_key(
     State(aad): State<Aad>,

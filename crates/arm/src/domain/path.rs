@@ -65,6 +65,17 @@ pub enum Target {
     SystemIdentity {
         scope: String,
     },
+    FederatedCredentials {
+        sub: String,
+        rg: String,
+        identity: String,
+    },
+    FederatedCredential {
+        sub: String,
+        rg: String,
+        identity: String,
+        name: String,
+    },
     /// `/_sim/vms/{name or id}` (simulator API).
     SimVm {
         key: String,
@@ -138,6 +149,9 @@ impl Target {
                 ApiFamily::ManagedIdentity
             }
             Self::VirtualMachines { .. } | Self::VirtualMachine { .. } => ApiFamily::Compute,
+            Self::FederatedCredentials { .. } | Self::FederatedCredential { .. } => {
+                ApiFamily::ManagedIdentity
+            }
             Self::RoleAssignments { .. }
             | Self::RoleAssignment { .. }
             | Self::RoleDefinitions { .. }
@@ -262,6 +276,35 @@ pub fn parse(path: &str) -> Target {
                 name: (*name).into(),
             }
         }
+        [s, sub, g, rg, p, ns, t, name, f]
+            if eq(s, "subscriptions")
+                && eq(g, "resourcegroups")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.ManagedIdentity")
+                && eq(t, "userAssignedIdentities")
+                && eq(f, "federatedIdentityCredentials") =>
+        {
+            Target::FederatedCredentials {
+                sub: (*sub).into(),
+                rg: (*rg).into(),
+                identity: (*name).into(),
+            }
+        }
+        [s, sub, g, rg, p, ns, t, name, f, fic]
+            if eq(s, "subscriptions")
+                && eq(g, "resourcegroups")
+                && eq(p, "providers")
+                && eq(ns, "Microsoft.ManagedIdentity")
+                && eq(t, "userAssignedIdentities")
+                && eq(f, "federatedIdentityCredentials") =>
+        {
+            Target::FederatedCredential {
+                sub: (*sub).into(),
+                rg: (*rg).into(),
+                identity: (*name).into(),
+                name: (*fic).into(),
+            }
+        }
         [s, sub, p, ns, t]
             if eq(s, "subscriptions")
                 && eq(p, "providers")
@@ -312,6 +355,18 @@ pub fn valid_vm_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Federated identity credential names: 3–120 characters, `^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$`.
+pub fn valid_fic_name(name: &str) -> bool {
+    (3..=120).contains(&name.len())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resource-group names: 1–90 characters of letters, digits, `_ - . ( )`, not ending in `.`.

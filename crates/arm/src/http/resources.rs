@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{Call, ok_json};
 use crate::domain::path::Target;
 use crate::error::ArmError;
-use crate::service::{Arm, IdentityView, TrackedInput, VmInput, VmView};
+use crate::service::{Arm, FicInput, IdentityView, TrackedInput, VmInput, VmView};
 use crate::store::ResourceRow;
 
 pub async fn handle(
@@ -41,18 +41,8 @@ pub async fn handle(
         }
         Target::ResourceGroup { sub, rg } => group(call, &sub, &rg).await,
         Target::GroupResources { sub, rg } if *m == Method::GET => {
-            call.arm.group(&call.caller, &sub, &rg).await?;
-            let identities = call
-                .arm
-                .identities(&call.caller, &sub, Some(&rg))
-                .await
-                .unwrap_or_default();
-            call.page(
-                identities
-                    .iter()
-                    .map(|i| generic_json(&i.resource))
-                    .collect(),
-            )
+            let members = call.arm.group_resources(&call.caller, &sub, &rg).await?;
+            call.page(members.iter().map(generic_json).collect())
         }
         Target::OperationResult { sub, token } if *m == Method::GET => {
             operation_result(call, &sub, &token).await
@@ -65,6 +55,16 @@ pub async fn handle(
             call.page(items.iter().map(|i| identity_json(call, i)).collect())
         }
         Target::Identity { sub, rg, name } => identity(call, &sub, &rg, &name).await,
+        Target::FederatedCredentials { sub, rg, identity } if *m == Method::GET => {
+            let rows = call.arm.fics(&call.caller, &sub, &rg, &identity).await?;
+            call.page(rows.iter().map(fic_json).collect())
+        }
+        Target::FederatedCredential {
+            sub,
+            rg,
+            identity,
+            name,
+        } => fic(call, &sub, &rg, &identity, &name).await,
         Target::VirtualMachines { sub, rg } if *m == Method::GET => {
             let vms = call.arm.vms(&call.caller, &sub, rg.as_deref()).await?;
             call.page(vms.iter().map(|v| vm_json(call, v)).collect())
@@ -178,7 +178,11 @@ fn group_json(row: &ResourceRow) -> Value {
 }
 
 fn generic_json(row: &ResourceRow) -> Value {
-    json!({"id": row.id, "name": row.name, "type": "Microsoft.ManagedIdentity/userAssignedIdentities", "location": row.location, "tags": tags_json(row)})
+    let kind = match row.kind.as_str() {
+        crate::service::KIND_VM => "Microsoft.Compute/virtualMachines",
+        _ => "Microsoft.ManagedIdentity/userAssignedIdentities",
+    };
+    json!({"id": row.id, "name": row.name, "type": kind, "location": row.location, "tags": tags_json(row)})
 }
 
 fn system_data(row: &ResourceRow) -> Value {
@@ -512,6 +516,95 @@ async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, Ar
         }
         Method::DELETE => {
             let deleted = arm.delete_vm(&call.caller, sub, rg, name).await?;
+            Ok(if deleted {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+            .into_response())
+        }
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
+}
+
+fn fic_json(row: &ResourceRow) -> Value {
+    let properties: Value = serde_json::from_str(&row.properties).unwrap_or_else(|_| json!({}));
+    json!({"id": row.id, "name": row.name, "type": "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials", "properties": properties})
+}
+
+fn fic_input(body: &Map<String, Value>) -> Result<FicInput, ArmError> {
+    let properties = body
+        .get("properties")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ArmError::InvalidRequestContent("'properties' is required".into()))?;
+    let text = |field: &str| -> Result<String, ArmError> {
+        match properties.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(ArmError::InvalidParameter(format!(
+                "The property '{field}' is required."
+            ))),
+            Some(_) => Err(ArmError::InvalidRequestContent(format!(
+                "'{field}' must be a string"
+            ))),
+        }
+    };
+    let audiences = match properties.get("audiences") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|a| a.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ArmError::InvalidRequestContent("'audiences' must be an array of strings".into())
+            })?,
+        None | Some(Value::Null) => {
+            return Err(ArmError::InvalidParameter(
+                "The property 'audiences' is required.".into(),
+            ));
+        }
+        Some(_) => {
+            return Err(ArmError::InvalidRequestContent(
+                "'audiences' must be an array of strings".into(),
+            ));
+        }
+    };
+    Ok(FicInput {
+        issuer: text("issuer")?,
+        subject: text("subject")?,
+        audiences,
+    })
+}
+
+async fn fic(
+    call: &Call,
+    sub: &str,
+    rg: &str,
+    identity: &str,
+    name: &str,
+) -> Result<Response, ArmError> {
+    let arm = &call.arm;
+    match call.method {
+        Method::GET => Ok(ok_json(
+            StatusCode::OK,
+            fic_json(&arm.fic(&call.caller, sub, rg, identity, name).await?),
+        )),
+        Method::PUT => {
+            let input = fic_input(&call.json_object()?)?;
+            let (row, created) = arm
+                .put_fic(&call.caller, sub, rg, identity, name, input)
+                .await?;
+            Ok(ok_json(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                fic_json(&row),
+            ))
+        }
+        Method::DELETE => {
+            let deleted = arm
+                .delete_fic(&call.caller, sub, rg, identity, name)
+                .await?;
             Ok(if deleted {
                 StatusCode::OK
             } else {

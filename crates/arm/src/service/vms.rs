@@ -493,6 +493,7 @@ impl Arm {
             Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;
         }
         tx.commit().await?;
+        self.invalidate_assignments();
         self.deliver().await;
         Ok((Self::vm_view(row)?, existing.is_none()))
     }
@@ -525,6 +526,7 @@ impl Arm {
         Store::delete_assignments_under(&mut tx, &vm.resource.id_key).await?;
         Store::delete_resource(&mut tx, &vm.resource.id_key).await?;
         tx.commit().await?;
+        self.invalidate_assignments();
         self.deliver().await;
         Ok(true)
     }

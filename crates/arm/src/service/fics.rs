@@ -1,0 +1,222 @@
+//! Federated identity credentials: a child resource of a user-assigned identity (CRUD, at most
+//! 20, issuer/subject/audiences validated; spec/tokens.md §6.1, spec/arm.md §3.5).
+
+use serde_json::{Value, json};
+
+use super::{Arm, KIND_IDENTITY};
+use crate::auth::Caller;
+use crate::domain::path::valid_fic_name;
+use crate::domain::rbac::scope_key;
+use crate::error::ArmError;
+use crate::store::{ResourceRow, Store};
+
+pub const KIND_FIC: &str = "federatedIdentityCredential";
+/// Azure's limit per identity.
+pub const MAX_FICS_PER_IDENTITY: usize = 20;
+const MAX_FIELD_CHARS: usize = 600;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FicInput {
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+}
+
+impl FicInput {
+    fn validate(&self) -> Result<(), ArmError> {
+        let bad = |m: &str| Err(ArmError::InvalidParameter(m.to_string()));
+        let issuer_ok = self.issuer.starts_with("https://") && self.issuer.len() > "https://".len();
+        if !issuer_ok || self.issuer.trim() != self.issuer {
+            return bad("The issuer must be an https URL without leading or trailing whitespace.");
+        }
+        if self.subject.trim().is_empty() || self.subject.contains('*') {
+            return bad("The subject must be a non-empty value without wildcards.");
+        }
+        if self.audiences.len() != 1 || self.audiences[0].trim().is_empty() {
+            return bad("The federated identity credential must have exactly one audience.");
+        }
+        if [&self.issuer, &self.subject, &self.audiences[0]]
+            .iter()
+            .any(|f| f.chars().count() > MAX_FIELD_CHARS)
+        {
+            return bad("Issuer, subject and audience must be at most 600 characters.");
+        }
+        Ok(())
+    }
+}
+
+impl Arm {
+    fn fic_id(&self, rg: &str, identity: &str, name: &str) -> String {
+        format!(
+            "{}/federatedIdentityCredentials/{name}",
+            self.identity_id(rg, identity)
+        )
+    }
+
+    /// The FICs of an identity (id prefix within the group).
+    async fn fics_of(
+        &self,
+        rg_name: &str,
+        identity_id: &str,
+    ) -> Result<Vec<ResourceRow>, ArmError> {
+        let prefix = format!("{}/federatedidentitycredentials/", scope_key(identity_id));
+        Ok(self
+            .inner
+            .store
+            .resources(KIND_FIC, Some(rg_name))
+            .await?
+            .into_iter()
+            .filter(|r| r.id_key.starts_with(&prefix))
+            .collect())
+    }
+
+    pub async fn put_fic(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        identity: &str,
+        name: &str,
+        input: FicInput,
+    ) -> Result<(ResourceRow, bool), ArmError> {
+        self.check_subscription(sub)?;
+        if !valid_fic_name(name) {
+            return Err(ArmError::InvalidResourceName {
+                name: name.into(),
+                rule: "Federated identity credential names are 3-120 characters of letters, digits, '-' and '_', starting with a letter or digit.",
+            });
+        }
+        let id = self.fic_id(rg, identity, name);
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/write",
+            &id,
+        )
+        .await?;
+        let parent = self.existing_identity(sub, rg, identity).await?;
+        input.validate()?;
+        let siblings = self.fics_of(&parent.resource_group, &parent.id).await?;
+        let existing = siblings
+            .iter()
+            .find(|f| f.id_key == scope_key(&id))
+            .cloned();
+        let clash = siblings
+            .iter()
+            .filter(|f| f.id_key != scope_key(&id))
+            .any(|f| {
+                let p: Value = serde_json::from_str(&f.properties).unwrap_or_default();
+                p["issuer"] == input.issuer.as_str() && p["subject"] == input.subject.as_str()
+            });
+        if clash {
+            return Err(ArmError::InvalidParameter(
+                "Issuer and subject combination already exists for this Managed Identity.".into(),
+            ));
+        }
+        if existing.is_none() && siblings.len() >= MAX_FICS_PER_IDENTITY {
+            return Err(ArmError::InvalidParameter(format!(
+                "A managed identity can have at most {MAX_FICS_PER_IDENTITY} federated identity credentials."
+            )));
+        }
+        let now = self.inner.clock.now_unix();
+        let row = ResourceRow {
+            id_key: scope_key(&id),
+            id,
+            kind: KIND_FIC.into(),
+            resource_group: parent.resource_group.clone(),
+            name: name.to_string(),
+            location: parent.location.clone(),
+            tags: "{}".into(),
+            properties: json!({"issuer": input.issuer, "subject": input.subject, "audiences": input.audiences}).to_string(),
+            state: "Succeeded".into(),
+            created_at: existing.as_ref().map_or(now, |e| e.created_at),
+            created_by: existing.as_ref().map_or_else(|| caller.object_id.clone(), |e| e.created_by.clone()),
+            updated_at: now,
+            updated_by: caller.object_id.clone(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        tx.commit().await?;
+        self.invalidate_assignments();
+        Ok((row, existing.is_none()))
+    }
+
+    pub async fn fic(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        identity: &str,
+        name: &str,
+    ) -> Result<ResourceRow, ArmError> {
+        self.check_subscription(sub)?;
+        let id = self.fic_id(rg, identity, name);
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/read",
+            &id,
+        )
+        .await?;
+        self.existing_identity(sub, rg, identity).await?;
+        self.inner.store.resource(&scope_key(&id)).await?.filter(|r| r.kind == KIND_FIC).ok_or_else(|| ArmError::ResourceNotFound {
+            kind: "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials",
+            name: name.to_string(),
+            rg: rg.to_string(),
+        })
+    }
+
+    pub async fn fics(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        identity: &str,
+    ) -> Result<Vec<ResourceRow>, ArmError> {
+        self.check_subscription(sub)?;
+        let parent_id = self.identity_id(rg, identity);
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/read",
+            &parent_id,
+        )
+        .await?;
+        let parent = self.existing_identity(sub, rg, identity).await?;
+        self.fics_of(&parent.resource_group, &parent.id).await
+    }
+
+    pub async fn delete_fic(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        identity: &str,
+        name: &str,
+    ) -> Result<bool, ArmError> {
+        self.check_subscription(sub)?;
+        let id = self.fic_id(rg, identity, name);
+        self.authorize(
+            caller,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/delete",
+            &id,
+        )
+        .await?;
+        self.existing_identity(sub, rg, identity).await?;
+        let mut tx = self.inner.store.begin().await?;
+        let deleted = Store::delete_resource(&mut tx, &scope_key(&id)).await?;
+        tx.commit().await?;
+        self.invalidate_assignments();
+        Ok(deleted)
+    }
+
+    /// Deletes an identity's FICs inside the identity's deletion.
+    pub(super) async fn delete_fics_of(
+        &self,
+        tx: &mut crate::store::Tx<'_>,
+        identity: &ResourceRow,
+    ) -> Result<(), ArmError> {
+        debug_assert_eq!(identity.kind, KIND_IDENTITY);
+        for fic in self.fics_of(&identity.resource_group, &identity.id).await? {
+            Store::delete_resource(tx, &fic.id_key).await?;
+        }
+        Ok(())
+    }
+}

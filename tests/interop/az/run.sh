@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run the Azure CLI (az) interop scenario against a misim binary.
+#
+#   tests/interop/az/run.sh
+#
+# MISIM_BIN selects the binary (default: target/debug/misim). PYTHON selects
+# the interpreter for the venv (default: python3). The venv lives in
+# tests/interop/az/.venv and is rebuilt whenever requirements.txt or the
+# interpreter changes. AZ_TIMEOUT bounds each az call (default 120 s),
+# AZ_SUITE_TIMEOUT the whole scenario (default 900 s);
+# KEEP_WORKDIR=1 keeps the work dir (az --debug logs) after a passing run.
+#
+# The scenario, and misim with it, runs in a new network namespace that holds
+# only loopback: a request az sends anywhere but misim fails at once instead of
+# leaving the machine. That needs root (or CAP_SYS_ADMIN), `unshare` and `ip`.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
+venv="$here/.venv"
+requirements="$here/requirements.txt"
+python="${PYTHON:-python3}"
+marker="$venv/.requirements.sha256"
+
+export MISIM_BIN="${MISIM_BIN:-$repo/target/debug/misim}"
+if [[ ! -x "$MISIM_BIN" ]]; then
+  echo "az interop: misim binary not found: $MISIM_BIN (build it, or set MISIM_BIN)" >&2
+  exit 1
+fi
+for tool in unshare ip; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "az interop: '$tool' is needed to isolate the network (apt-get install util-linux iproute2)" >&2
+    exit 1
+  fi
+done
+if ! unshare -n -- true 2>/dev/null; then
+  echo "az interop: 'unshare -n' is not permitted here; the scenario must run in a network" \
+       "namespace of its own (run as root, or with CAP_SYS_ADMIN)" >&2
+  exit 1
+fi
+
+want="$(
+  {
+    cat "$requirements"
+    "$python" -c 'import sys; print(sys.version)'
+  } | sha256sum | cut -d' ' -f1
+)"
+
+if [[ ! -x "$venv/bin/az" || ! -f "$marker" || "$(cat "$marker")" != "$want" ]]; then
+  echo "az interop: creating $venv (azure-cli takes a few minutes to install)" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$requirements"
+  echo "$want" > "$marker"
+fi
+
+cd "$repo"
+# AZ_SUITE_TIMEOUT bounds the whole scenario (default 900 s; a passing run takes
+# well under a minute); on expiry the scenario gets SIGTERM and stops misim.
+exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
+  timeout --kill-after=30 "${AZ_SUITE_TIMEOUT:-900}" \
+  env AZ="$venv/bin/az" "$venv/bin/python" "$here/scenario.py"
