@@ -111,6 +111,10 @@ pub struct UpArgs {
     /// key generation.
     #[arg(long, env = "MISIM_KEY_POOL", default_value_t = 48, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub key_pool: u16,
+    /// Also serve IMDS in source-address mode on ADDR:PORT: callers are mapped to VMs by the
+    /// `misim-ip` tag of the VM (e.g. 169.254.169.254:80 inside a test network namespace).
+    #[arg(long, env = "MISIM_IMDS_SOURCE_LISTEN")]
+    pub imds_source_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,9 @@ pub struct Connection {
     pub admin: Admin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demo_vm: Option<DemoVm>,
+    /// The source-address-mode IMDS listener, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_source: Option<String>,
 }
 
 impl Connection {

@@ -86,6 +86,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         app_token_lifetime_secs: args.app_token_lifetime,
         mi_token_lifetime_secs: args.mi_token_lifetime,
         key_pool: args.key_pool,
+        imds_source_listen: args.imds_source_listen,
     };
     let data_dir = config.data_dir.clone();
     let mut simulator = Simulator::start(config).await?;
@@ -94,7 +95,10 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
     println!("  ARM    {}", c.arm);
     println!("  AAD    {}   (Graph: {}/v1.0)", c.aad, c.graph);
     if let Some(imds) = &c.imds {
-        println!("  IMDS   {imds}");
+        println!("  IMDS   {imds}   (demo-vm)");
+    }
+    if let Some(source) = &c.imds_source {
+        println!("  IMDS   {source}   (source-address mode)");
     }
     println!(
         "  tenant {}   subscription {}",

@@ -32,6 +32,9 @@ pub struct SimulatorConfig {
     pub mi_token_lifetime_secs: i64,
     /// RSA keys ARM keeps pre-generated for new identities.
     pub key_pool: u16,
+    /// Source-address mode: one IMDS listener here, mapping callers to VMs by their
+    /// `misim-ip` tag (e.g. 169.254.169.254:80 inside a network namespace or container).
+    pub imds_source_listen: Option<SocketAddr>,
 }
 
 impl SimulatorConfig {
@@ -51,6 +54,7 @@ impl SimulatorConfig {
             app_token_lifetime_secs: 3599,
             mi_token_lifetime_secs: 86_399,
             key_pool: 4,
+            imds_source_listen: None,
         }
     }
 }
@@ -128,6 +132,12 @@ impl Simulator {
             .map(TcpListener::local_addr)
             .transpose()?
             .map_or(0, |a| a.port());
+        let source_listener = match config.imds_source_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for IMDS (source-address mode) on {addr}")
+            })?),
+            None => None,
+        };
         // IMDS's host API: internal, on loopback, never one of the VM-facing listeners.
         let host_api_listener = bind(IpAddr::from([127, 0, 0, 1]), 0, "the IMDS host API").await?;
 
@@ -277,6 +287,23 @@ impl Simulator {
                 )
             }
         });
+        let imds_source = match source_listener {
+            Some(listener) => {
+                let url = format!("http://{}", listener.local_addr()?);
+                let (router, token) = (
+                    misim_imds::source_router(imds.clone()),
+                    shutdown.child_token(),
+                );
+                tasks.spawn(async move {
+                    (
+                        "imds (source-address mode)",
+                        serve(listener, None, router, token).await,
+                    )
+                });
+                Some(url)
+            }
+            None => None,
+        };
         let background = arm.spawn_background(shutdown.child_token());
 
         let demo_vm = if config.no_demo {
@@ -306,6 +333,7 @@ impl Simulator {
                 object_id: admin.object_id.clone(),
             },
             demo_vm: demo_vm.map(|(id, _)| DemoVm { id }),
+            imds_source,
         };
         connection
             .write(data_dir)

@@ -769,3 +769,112 @@ async fn identity_requests_are_throttled_per_vm_unless_lifted() {
         sim.stop().await;
     }
 }
+
+#[tokio::test]
+async fn source_address_mode_maps_callers_to_their_vm() {
+    let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| {
+        c.no_demo = true;
+        c.imds_source_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let source = sim
+        .sim
+        .connection
+        .imds_source
+        .clone()
+        .expect("source-mode listener");
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    arm(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/net"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let mut principals = Vec::new();
+    for (name, ip) in [("vm-two", "127.0.0.2"), ("vm-three", "127.0.0.3")] {
+        let body = json!({"location": "eastus", "tags": {"misim-ip": ip}, "identity": {"type": "SystemAssigned"}});
+        let (status, vm) = arm(
+            &sim,
+            &admin,
+            Method::PUT,
+            &format!("{sub}/resourceGroups/net/providers/Microsoft.Compute/virtualMachines/{name}"),
+            "2024-11-01",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201, "{vm}");
+        principals.push(
+            vm["identity"]["principalId"]
+                .as_str()
+                .expect("principal")
+                .to_string(),
+        );
+    }
+    for (ip, principal) in [("127.0.0.2", &principals[0]), ("127.0.0.3", &principals[1])] {
+        let from = reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+            .no_proxy()
+            .build()
+            .expect("client");
+        let body: Value = from
+            .get(format!("{source}{TOKEN}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        let claims = sim
+            .verify(
+                body["access_token"].as_str().expect("token"),
+                "https://management.azure.com/",
+            )
+            .await;
+        assert_eq!(
+            claims["oid"],
+            principal.as_str(),
+            "the caller at {ip} gets its own VM's identity"
+        );
+    }
+    // An address no VM claims gets IMDS's 404.
+    let (status, body, _) = imds_get(&sim, &source, TOKEN, true).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_extension_endpoint_answers_like_imds() {
+    let sim = TestSim::start().await;
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let (status, get, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/oauth2/token?resource=https%3A%2F%2Fmanagement.azure.com%2F",
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{get}");
+    assert!(get["expires_on"].is_string() && get["access_token"].is_string());
+    let post: Value = sim
+        .http
+        .post(format!("{endpoint}/oauth2/token"))
+        .header("Metadata", "true")
+        .form(&[("resource", "https://vault.azure.net")])
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(post["resource"], "https://vault.azure.net");
+    let (status, _, _) = imds_get(&sim, &endpoint, "/oauth2/token?resource=x", false).await;
+    assert_eq!(status, 400, "Metadata: true is required here too");
+    sim.stop().await;
+}

@@ -36,6 +36,8 @@ pub enum ImdsError {
     LeafNeedsText,
     #[error("The requested path was not found")]
     NotFound,
+    #[error("No VM is hosted at source address '{0}'")]
+    UnknownSource(String),
     #[error(
         "Too many requests. The identity endpoint allows 20 requests per second and 5 at once per VM"
     )]
@@ -88,7 +90,7 @@ impl ImdsError {
                     "invalid_request"
                 },
             ),
-            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NotFound | UnknownSource(_) => (StatusCode::NOT_FOUND, "not_found"),
             TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Upstream { status, error, .. } => (

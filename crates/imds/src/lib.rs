@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ImdsError, SERVER_HEADER};
 pub use host_api::router as host_router;
 pub use store::{MIGRATOR, Store};
-pub use vm_api::APP_SERVICE_PATH;
+pub use vm_api::{APP_SERVICE_PATH, EXTENSION_PATH, SOURCE_IP_TAG, source_router};
 
 /// Opens the per-VM listeners (library code never binds sockets itself).
 #[async_trait]
@@ -56,6 +56,8 @@ struct Inner {
     config: ImdsConfig,
     http: reqwest::Client,
     cache: relay::TokenCache,
+    /// Source addresses of VMs (their `misim-ip` tag), for source-address mode.
+    addresses: std::sync::RwLock<HashMap<std::net::IpAddr, String>>,
     /// Identities per VM, so a cached token costs no SQL; refreshed on every host API write.
     identities: std::sync::RwLock<HashMap<String, Arc<Vec<store::IdentityRow>>>>,
     throttle: throttle::Throttle,
@@ -89,6 +91,7 @@ impl Imds {
                 http,
                 cache: relay::TokenCache::default(),
                 identities: std::sync::RwLock::new(HashMap::new()),
+                addresses: std::sync::RwLock::new(HashMap::new()),
                 throttle: throttle::Throttle::default(),
                 factory,
                 listeners: Mutex::new(HashMap::new()),
@@ -100,7 +103,44 @@ impl Imds {
             let port = vm.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
             imds.listen(&vm.vm_id, port).await?;
         }
+        imds.refresh_addresses().await?;
         Ok(imds)
+    }
+
+    /// The VM whose `misim-ip` tag holds `ip`.
+    pub fn vm_at(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.inner
+            .addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .cloned()
+    }
+
+    /// Rebuilds the address map from the stored VMs.
+    async fn refresh_addresses(&self) -> Result<(), ImdsError> {
+        let mut map = HashMap::new();
+        for vm in self.inner.store.vms().await? {
+            let Ok(hosted) = serde_json::from_str::<HostedVm>(&vm.metadata) else {
+                continue;
+            };
+            for ip in hosted
+                .tags
+                .get(SOURCE_IP_TAG)
+                .map(String::as_str)
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|a| a.trim().parse().ok())
+            {
+                map.insert(ip, vm.vm_id.clone());
+            }
+        }
+        *self
+            .inner
+            .addresses
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
     }
 
     /// The identities installed on a VM (cached).
@@ -233,6 +273,7 @@ impl Imds {
         let port = self
             .listen(vm_id, existing_port.unwrap_or(vm.preferred_port))
             .await?;
+        self.refresh_addresses().await?;
         Ok(self.endpoint(port))
     }
 
@@ -242,6 +283,7 @@ impl Imds {
             self.inner.cache.forget(&identity.principal_id);
         }
         self.inner.store.delete_vm(vm_id).await?;
+        self.refresh_addresses().await?;
         self.forget_identities(vm_id);
         if let Some((_, cancel)) = self
             .inner

@@ -52,6 +52,10 @@ pub const API_VERSIONS: &[&str] = &[
     "2025-04-07",
 ];
 
+/// Path of the deprecated VM-extension endpoint (`http://localhost:50342/oauth2/token` on Azure),
+/// served on each VM's listener.
+pub const EXTENSION_PATH: &str = "/oauth2/token";
+
 /// Path of the App Service-style endpoint (`IDENTITY_ENDPOINT`) on each VM's listener.
 pub const APP_SERVICE_PATH: &str = "/msi/token";
 
@@ -65,6 +69,25 @@ pub fn router(imds: Imds, vm_id: String) -> Router {
     Router::new()
         .fallback(handle)
         .with_state(VmState { imds, vm_id })
+}
+
+/// Tag naming the addresses a VM calls IMDS from (source-address mode; comma-separated).
+pub const SOURCE_IP_TAG: &str = "misim-ip";
+
+/// One listener for many VMs (e.g. 169.254.169.254:80 on a VM network): the caller's source
+/// address names the VM (its `misim-ip` tag).
+pub fn source_router(imds: Imds) -> Router {
+    Router::new().fallback(handle_by_source).with_state(imds)
+}
+
+async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Response {
+    let peer = misim_core::serve::peer_addr(&request).map(|a| a.ip());
+    let vm_id = peer.and_then(|ip| imds.vm_at(ip));
+    match vm_id {
+        Some(vm_id) => handle(State(VmState { imds, vm_id }), request).await,
+        None => ImdsError::UnknownSource(peer.map(|ip| ip.to_string()).unwrap_or_default())
+            .into_response(),
+    }
 }
 
 fn json_ok(body: Value) -> Response {
@@ -87,7 +110,9 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
 
 /// Applies the identity rate limits (when on) to identity requests.
 fn admit(state: &VmState, path: &str) -> Result<Option<crate::throttle::Admission>, ImdsError> {
-    let identity_path = path.starts_with("/metadata/identity") || path == APP_SERVICE_PATH;
+    let identity_path = path.starts_with("/metadata/identity")
+        || path == APP_SERVICE_PATH
+        || path == EXTENSION_PATH;
     if !state.imds.inner.config.throttle || !identity_path {
         return Ok(None);
     }
@@ -119,6 +144,9 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     }
     if path == APP_SERVICE_PATH {
         return app_service(state, request).await;
+    }
+    if path == EXTENSION_PATH {
+        return extension(state, request).await;
     }
     let known = path == "/metadata/identity/oauth2/token"
         || path == "/metadata/identity/info"
@@ -211,6 +239,40 @@ pub fn select<'a>(
             }
         }
     }
+}
+
+/// The legacy VM-extension protocol: `GET ?resource=` or `POST` with a form body, `Metadata:
+/// true`, no api-version; the same answer as IMDS (spec/tokens.md §1.10).
+async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsError> {
+    let metadata = request
+        .headers()
+        .get("metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !metadata {
+        return Err(ImdsError::MissingMetadataHeader);
+    }
+    let _admission = admit(state, EXTENSION_PATH)?;
+    let mut pairs = query_pairs(request.uri().query())?;
+    match *request.method() {
+        Method::GET => {}
+        Method::POST => {
+            let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+                .await
+                .map_err(|_| ImdsError::MissingResource)?;
+            let form: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&body).unwrap_or_default();
+            for (name, value) in form {
+                if pairs.iter().any(|(n, _)| *n == name) {
+                    return Err(ImdsError::DuplicateParameter(name));
+                }
+                pairs.push((name, value));
+            }
+        }
+        _ => return Err(ImdsError::MethodNotAllowed),
+    }
+    let identities = state.imds.vm_identities(&state.vm_id).await?;
+    token(state, &identities, &pairs).await
 }
 
 /// App Service's error shape: `{"statusCode","message","correlationId"}`.
