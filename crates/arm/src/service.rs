@@ -628,6 +628,18 @@ impl Arm {
     }
 
     async fn identity_view(&self, resource: ResourceRow) -> Result<IdentityView, ArmError> {
+        // The ids are kept on the resource row, so a read costs one query.
+        let stored: Value = serde_json::from_str(&resource.properties).unwrap_or_default();
+        if let (Some(principal_id), Some(client_id)) =
+            (stored["principalId"].as_str(), stored["clientId"].as_str())
+        {
+            let (principal_id, client_id) = (principal_id.to_string(), client_id.to_string());
+            return Ok(IdentityView {
+                resource,
+                principal_id,
+                client_id,
+            });
+        }
         let identity = self
             .inner
             .store
@@ -651,17 +663,23 @@ impl Arm {
         rg: &str,
         name: &str,
     ) -> Result<ResourceRow, ArmError> {
-        self.existing_group(sub, rg).await?;
-        self.inner
+        self.check_subscription(sub)?;
+        let found = self
+            .inner
             .store
             .resource(&scope_key(&self.identity_id(rg, name)))
             .await?
-            .filter(|r| r.kind == KIND_IDENTITY)
-            .ok_or_else(|| ArmError::ResourceNotFound {
-                kind: "Microsoft.ManagedIdentity/userAssignedIdentities",
-                name: name.to_string(),
-                rg: rg.to_string(),
-            })
+            .filter(|r| r.kind == KIND_IDENTITY);
+        if let Some(row) = found {
+            // A resource implies its group: no second query on the hot read path.
+            return Ok(row);
+        }
+        self.existing_group(sub, rg).await?;
+        None.ok_or_else(|| ArmError::ResourceNotFound {
+            kind: "Microsoft.ManagedIdentity/userAssignedIdentities",
+            name: name.to_string(),
+            rg: rg.to_string(),
+        })
     }
 
     /// An RSA key (from the pool when possible) and a certificate for a new identity.
@@ -744,6 +762,9 @@ impl Arm {
             self.invalidate_assignments();
             return Ok((self.identity_view(row).await?, false));
         }
+        let minted = self
+            .mint_principal(&scope_key(&id), &id, name, true)
+            .await?;
         let row = ResourceRow {
             id_key: scope_key(&id),
             id: id.clone(),
@@ -752,14 +773,13 @@ impl Arm {
             name: name.to_string(),
             location,
             tags: Value::Object(input.tags).to_string(),
-            properties: "{}".into(),
+            properties: json!({"principalId": minted.identity.principal_id, "clientId": minted.identity.client_id}).to_string(),
             state: "Succeeded".into(),
             created_at: now,
             created_by: caller.object_id.clone(),
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
-        let minted = self.mint_principal(&row.id_key, &id, name, true).await?;
         let (principal_id, client_id) = (
             minted.identity.principal_id.clone(),
             minted.identity.client_id.clone(),
