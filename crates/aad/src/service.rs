@@ -68,6 +68,8 @@ pub struct Bootstrap {
 struct ClientRecord {
     principal: ServicePrincipal,
     keys: Vec<KeyCredential>,
+    /// The keys' certificates, parsed once.
+    certificates: HashMap<String, RsaCertificate>,
     passwords: Vec<PasswordCredential>,
 }
 
@@ -358,7 +360,9 @@ impl Aad {
                 }
                 let audience_ok =
                     |aud: &str| self.assertion_audience_ok(aud, &tenant, tenant_segment);
+                let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id).cloned();
                 let ctx = AssertionContext {
+                    parsed: &parsed,
                     client_id,
                     credentials: &client.keys,
                     sim_now,
@@ -449,8 +453,18 @@ impl Aad {
         if let Some(app) = &app {
             owners.push(app.object_id.as_str());
         }
+        let keys = store.key_credentials(&owners).await?;
+        let certificates = keys
+            .iter()
+            .filter_map(|k| {
+                RsaCertificate::from_der(&k.cert_der)
+                    .ok()
+                    .map(|c| (k.key_id.clone(), c))
+            })
+            .collect();
         let record = Arc::new(ClientRecord {
-            keys: store.key_credentials(&owners).await?,
+            keys,
+            certificates,
             passwords: store.password_credentials(&owners).await?,
             principal,
         });

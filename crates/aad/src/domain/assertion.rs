@@ -55,6 +55,8 @@ pub struct AssertionContext<'a> {
     /// Wall time: assertions are minted in wall time by clients.
     pub wall_now: i64,
     pub audience_ok: &'a dyn Fn(&str) -> bool,
+    /// The parsed certificate of a credential (the service keeps them parsed; `None` parses).
+    pub parsed: &'a dyn Fn(&KeyCredential) -> Option<RsaCertificate>,
 }
 
 pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
@@ -213,6 +215,7 @@ mod tests {
                 sim_now,
                 wall_now,
                 audience_ok: &ok,
+                parsed: &|_| None,
             },
         )
     }
