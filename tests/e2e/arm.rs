@@ -32,23 +32,7 @@ impl Arm<'_> {
         api: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let url = format!("{}{path}?api-version={api}", self.sim.sim.connection.arm);
-        let mut request = self.sim.http.request(method, url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("arm request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        assert!(status < 500, "{path}: {status} {text}");
-        (
-            status,
-            if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).expect("json")
-            },
-        )
+        crate::support::arm_call(self.sim, &self.token, method, path, api, body).await
     }
 }
 

@@ -17,28 +17,7 @@ async fn call(
     api: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = sim
-        .http
-        .request(
-            method,
-            format!("{}{path}?api-version={api}", sim.sim.connection.arm),
-        )
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    assert!(status < 500, "{path}: {status} {text}");
-    (
-        status,
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("json")
-        },
-    )
+    crate::support::arm_call(sim, token, method, path, api, body).await
 }
 
 async fn graph_principal(sim: &TestSim, object_id: &str) -> (u16, Value) {

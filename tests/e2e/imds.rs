@@ -39,27 +39,7 @@ async fn arm(
     api: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = sim
-        .http
-        .request(
-            method,
-            format!("{}{path}?api-version={api}", sim.sim.connection.arm),
-        )
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("arm");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("json")
-        },
-    )
+    crate::support::arm_call(sim, token, method, path, api, body).await
 }
 
 const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";

@@ -138,21 +138,7 @@ impl TestSim {
         body: Option<Value>,
     ) -> (u16, Value) {
         let url = format!("{}/v1.0/{path}", self.sim.connection.graph);
-        let mut request = self.http.request(method, url).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("graph request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).expect("json")
-            },
-        )
+        send_json(self.http.request(method, url).bearer_auth(token), body).await
     }
 }
 
@@ -253,4 +239,39 @@ pub async fn register_app(
 
 pub fn error_code(body: &Value) -> i64 {
     body["error_codes"][0].as_i64().unwrap_or_default()
+}
+
+/// Sends `request` (with a JSON body if given); returns the status and the JSON answer (`Null`
+/// when empty). A 5xx fails the test: misim never answers a client's request with one.
+pub async fn send_json(request: reqwest::RequestBuilder, body: Option<Value>) -> (u16, Value) {
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let url = response.url().clone();
+    let text = response.text().await.expect("body");
+    assert!(status < 500, "{url}: {status} {text}");
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("json")
+        },
+    )
+}
+
+/// An ARM call with a bearer token: `{arm}{path}?api-version={api}`.
+pub async fn arm_call(
+    sim: &TestSim,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    api: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}?api-version={api}", sim.sim.connection.arm);
+    send_json(sim.http.request(method, url).bearer_auth(token), body).await
 }

@@ -138,6 +138,15 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// 201 for a PUT that created, 200 for one that replaced.
+pub fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 pub fn ok_json(status: StatusCode, body: Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(

@@ -872,6 +872,32 @@ impl Arm {
         sub: &str,
         rg: Option<&str>,
     ) -> Result<Vec<IdentityView>, ArmError> {
+        let rows = self
+            .readable(
+                caller,
+                sub,
+                rg,
+                KIND_IDENTITY,
+                "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.identity_view(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// The resources of `kind` in a group or the subscription that the caller may read; when it
+    /// may read none, the answer for the collection's own scope (403, as ARM gives).
+    async fn readable(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: Option<&str>,
+        kind: &str,
+        action: &str,
+    ) -> Result<Vec<ResourceRow>, ArmError> {
         self.check_subscription(sub)?;
         let scope = match rg {
             Some(rg) => {
@@ -880,34 +906,14 @@ impl Arm {
             }
             None => self.subscription_scope(),
         };
-        let rows = self.inner.store.resources(KIND_IDENTITY, rg).await?;
         let mut out = Vec::new();
-        let mut denied = None;
-        for row in rows {
-            match self
-                .authorize(
-                    caller,
-                    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
-                    &row.id,
-                )
-                .await
-            {
-                Ok(()) => out.push(self.identity_view(row).await?),
-                Err(e) => denied = Some(e),
+        for row in self.inner.store.resources(kind, rg).await? {
+            if self.authorize(caller, action, &row.id).await.is_ok() {
+                out.push(row);
             }
         }
         if out.is_empty() {
-            // Nothing readable: answer like ARM does for the collection scope.
-            if let Err(e) = self
-                .authorize(
-                    caller,
-                    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
-                    &scope,
-                )
-                .await
-            {
-                return Err(denied.unwrap_or(e));
-            }
+            self.authorize(caller, action, &scope).await?;
         }
         Ok(out)
     }

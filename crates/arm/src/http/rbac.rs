@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Call, ok_json};
+use super::{Call, ok_json, put_status};
 use crate::domain::path::Target;
 use crate::domain::rbac::{BUILT_IN_ROLES, BuiltInRole, built_in};
 use crate::error::ArmError;
@@ -205,14 +205,7 @@ async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, Ar
                 .arm
                 .put_assignment(&call.caller, scope, name, input)
                 .await?;
-            Ok(ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                assignment_json(call, &row),
-            ))
+            Ok(ok_json(put_status(created), assignment_json(call, &row)))
         }
         Method::DELETE => match call
             .arm

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::{Call, ok_json};
+use super::{Call, ok_json, put_status};
 use crate::domain::path::Target;
 use crate::error::ArmError;
 use crate::service::{Arm, FicInput, IdentityView, TrackedInput, VmInput, VmView};
@@ -263,14 +263,7 @@ async fn group(call: &Call, sub: &str, rg: &str) -> Result<Response, ArmError> {
         Method::PUT => {
             let input = tracked_input(&call.json_object()?)?;
             let (row, created) = arm.put_group(&call.caller, sub, rg, input).await?;
-            Ok(ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                group_json(&row),
-            ))
+            Ok(ok_json(put_status(created), group_json(&row)))
         }
         Method::PATCH => {
             let body = call.json_object()?;
@@ -336,14 +329,7 @@ async fn identity(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Respon
         Method::PUT => {
             let input = tracked_input(&call.json_object()?)?;
             let (view, created) = arm.put_identity(&call.caller, sub, rg, name, input).await?;
-            Ok(ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                identity_json(call, &view),
-            ))
+            Ok(ok_json(put_status(created), identity_json(call, &view)))
         }
         Method::PATCH => {
             let body = call.json_object()?;
@@ -505,14 +491,7 @@ async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, Ar
                 .await?;
             // Work is finished before answering: terminal state, no async headers, so every
             // poller (body, Azure-AsyncOperation, Location) ends at once.
-            Ok(ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                vm_json(call, &view),
-            ))
+            Ok(ok_json(put_status(created), vm_json(call, &view)))
         }
         Method::DELETE => {
             let deleted = arm.delete_vm(&call.caller, sub, rg, name).await?;
@@ -592,14 +571,7 @@ async fn fic(
             let (row, created) = arm
                 .put_fic(&call.caller, sub, rg, identity, name, input)
                 .await?;
-            Ok(ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                fic_json(&row),
-            ))
+            Ok(ok_json(put_status(created), fic_json(&row)))
         }
         Method::DELETE => {
             let deleted = arm

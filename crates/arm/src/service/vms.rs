@@ -225,29 +225,16 @@ impl Arm {
         sub: &str,
         rg: Option<&str>,
     ) -> Result<Vec<VmView>, ArmError> {
-        self.check_subscription(sub)?;
-        let scope = match rg {
-            Some(rg) => {
-                self.existing_group(sub, rg).await?;
-                self.group_id(rg)
-            }
-            None => self.subscription_scope(),
-        };
-        let mut out = Vec::new();
-        for row in self.inner.store.resources(KIND_VM, rg).await? {
-            if self
-                .authorize(caller, "Microsoft.Compute/virtualMachines/read", &row.id)
-                .await
-                .is_ok()
-            {
-                out.push(Self::vm_view(row)?);
-            }
-        }
-        if out.is_empty() {
-            self.authorize(caller, "Microsoft.Compute/virtualMachines/read", &scope)
-                .await?;
-        }
-        Ok(out)
+        let rows = self
+            .readable(
+                caller,
+                sub,
+                rg,
+                KIND_VM,
+                "Microsoft.Compute/virtualMachines/read",
+            )
+            .await?;
+        rows.into_iter().map(Self::vm_view).collect()
     }
 
     /// PUT (`patch == false`, replaces) or PATCH (merges) of a VM.
