@@ -63,6 +63,8 @@ struct Inner {
     wake_worker: Notify,
     /// Role assignments by lower-case principal id; cleared on every assignment change.
     assignments: std::sync::RwLock<std::collections::HashMap<String, Arc<Vec<AssignmentRow>>>>,
+    /// Resource rows by id key (`None`: known absent); cleared with the assignments.
+    resources: std::sync::RwLock<std::collections::HashMap<String, Option<ResourceRow>>>,
     /// Bumped by every invalidation, so a read that raced a write is not cached.
     assignments_generation: std::sync::atomic::AtomicU64,
     wake_key_pool: Notify,
@@ -160,6 +162,7 @@ impl Arm {
                 wake_worker: Notify::new(),
                 assignments: std::sync::RwLock::new(std::collections::HashMap::new()),
                 assignments_generation: std::sync::atomic::AtomicU64::new(0),
+                resources: std::sync::RwLock::new(std::collections::HashMap::new()),
                 wake_key_pool: Notify::new(),
             }),
         };
@@ -221,7 +224,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::insert_assignment(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok(())
     }
 
@@ -313,16 +316,57 @@ impl Arm {
     }
 
     /// Any write may change who holds which role (cascades included): forget them all.
-    fn invalidate_assignments(&self) {
+    fn invalidate_caches(&self) {
         let mut cache = self
             .inner
             .assignments
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut resources = self
+            .inner
+            .resources
             .write()
             .unwrap_or_else(|p| p.into_inner());
         self.inner
             .assignments_generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         cache.clear();
+        resources.clear();
+    }
+
+    /// A resource row by id key, cached until the next write (reads are ARM's hot path).
+    async fn resource_row(&self, id_key: &str) -> Result<Option<ResourceRow>, ArmError> {
+        if let Some(hit) = self
+            .inner
+            .resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id_key)
+        {
+            return Ok(hit.clone());
+        }
+        let generation = self
+            .inner
+            .assignments_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let row = self.inner.store.resource(id_key).await?;
+        let mut cache = self
+            .inner
+            .resources
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if self
+            .inner
+            .assignments_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            == generation
+        {
+            if cache.len() >= 50_000 {
+                cache.clear();
+            }
+            cache.insert(id_key.to_string(), row.clone());
+        }
+        Ok(row)
     }
 
     pub async fn authorize(
@@ -396,9 +440,7 @@ impl Arm {
 
     async fn existing_group(&self, sub: &str, rg: &str) -> Result<ResourceRow, ArmError> {
         self.check_subscription(sub)?;
-        self.inner
-            .store
-            .resource(&scope_key(&self.group_id(rg)))
+        self.resource_row(&scope_key(&self.group_id(rg)))
             .await?
             .ok_or_else(|| ArmError::ResourceGroupNotFound(rg.to_string()))
     }
@@ -425,7 +467,7 @@ impl Arm {
         )
         .await?;
         let location = normalize_location(&input.location);
-        let existing = self.inner.store.resource(&scope_key(&id)).await?;
+        let existing = self.resource_row(&scope_key(&id)).await?;
         if let Some(existing) = &existing {
             if existing.location != location {
                 return Err(ArmError::InvalidResourceGroupLocation {
@@ -460,7 +502,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok((row, existing.is_none()))
     }
 
@@ -532,7 +574,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok(row)
     }
 
@@ -589,7 +631,7 @@ impl Arm {
         Store::delete_assignments_under(&mut tx, &group.id_key).await?;
         Store::delete_resource(&mut tx, &group.id_key).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.deliver().await;
         Ok(())
     }
@@ -611,9 +653,7 @@ impl Arm {
 
     pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {
         Ok(self
-            .inner
-            .store
-            .resource(&scope_key(&self.group_id(rg)))
+            .resource_row(&scope_key(&self.group_id(rg)))
             .await?
             .is_some())
     }
@@ -665,9 +705,7 @@ impl Arm {
     ) -> Result<ResourceRow, ArmError> {
         self.check_subscription(sub)?;
         let found = self
-            .inner
-            .store
-            .resource(&scope_key(&self.identity_id(rg, name)))
+            .resource_row(&scope_key(&self.identity_id(rg, name)))
             .await?
             .filter(|r| r.kind == KIND_IDENTITY);
         if let Some(row) = found {
@@ -740,7 +778,7 @@ impl Arm {
         }
         let location = normalize_location(&input.location);
         let now = self.inner.clock.now_unix();
-        let existing = self.inner.store.resource(&scope_key(&id)).await?;
+        let existing = self.resource_row(&scope_key(&id)).await?;
         if let Some(existing) = existing {
             if existing.location != location {
                 return Err(ArmError::InvalidResourceLocation {
@@ -759,7 +797,7 @@ impl Arm {
             let mut tx = self.inner.store.begin().await?;
             Store::put_resource(&mut tx, &row).await?;
             tx.commit().await?;
-            self.invalidate_assignments();
+            self.invalidate_caches();
             return Ok((self.identity_view(row).await?, false));
         }
         let minted = self
@@ -788,7 +826,7 @@ impl Arm {
         Store::put_resource(&mut tx, &row).await?;
         minted.write(&mut tx).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.deliver().await;
         Ok((
             IdentityView {
@@ -951,7 +989,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.identity_view(row).await
     }
 
@@ -972,9 +1010,7 @@ impl Arm {
         .await?;
         self.existing_group(sub, rg).await?;
         let Some(row) = self
-            .inner
-            .store
-            .resource(&scope_key(&self.identity_id(rg, name)))
+            .resource_row(&scope_key(&self.identity_id(rg, name)))
             .await?
             .filter(|r| r.kind == KIND_IDENTITY)
         else {
@@ -995,7 +1031,7 @@ impl Arm {
         Store::delete_assignments_under(&mut tx, &row.id_key).await?;
         Store::delete_resource(&mut tx, &row.id_key).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.deliver().await;
         Ok(true)
     }
@@ -1161,7 +1197,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::insert_assignment(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok((row, true))
     }
 
@@ -1215,7 +1251,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::delete_assignment(&mut tx, &row.name_key).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok(Some(row))
     }
 

@@ -136,7 +136,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok((row, existing.is_none()))
     }
 
@@ -157,7 +157,7 @@ impl Arm {
         )
         .await?;
         self.existing_identity(sub, rg, identity).await?;
-        self.inner.store.resource(&scope_key(&id)).await?.filter(|r| r.kind == KIND_FIC).ok_or_else(|| ArmError::ResourceNotFound {
+        self.resource_row(&scope_key(&id)).await?.filter(|r| r.kind == KIND_FIC).ok_or_else(|| ArmError::ResourceNotFound {
             kind: "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials",
             name: name.to_string(),
             rg: rg.to_string(),
@@ -203,7 +203,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         let deleted = Store::delete_resource(&mut tx, &scope_key(&id)).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         Ok(deleted)
     }
 

@@ -183,9 +183,7 @@ impl Arm {
         name: &str,
     ) -> Result<Option<VmView>, ArmError> {
         self.existing_group(sub, rg).await?;
-        self.inner
-            .store
-            .resource(&scope_key(&self.vm_id(rg, name)))
+        self.resource_row(&scope_key(&self.vm_id(rg, name)))
             .await?
             .filter(|r| r.kind == KIND_VM)
             .map(Self::vm_view)
@@ -296,9 +294,7 @@ impl Arm {
         let mut resolved = Vec::new();
         for uami in &added {
             let row = self
-                .inner
-                .store
-                .resource(&scope_key(uami))
+                .resource_row(&scope_key(uami))
                 .await?
                 .filter(|r| r.kind == KIND_IDENTITY);
             let Some(row) = row else {
@@ -480,7 +476,7 @@ impl Arm {
             Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;
         }
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.deliver().await;
         Ok((Self::vm_view(row)?, existing.is_none()))
     }
@@ -513,7 +509,7 @@ impl Arm {
         Store::delete_assignments_under(&mut tx, &vm.resource.id_key).await?;
         Store::delete_resource(&mut tx, &vm.resource.id_key).await?;
         tx.commit().await?;
-        self.invalidate_assignments();
+        self.invalidate_caches();
         self.deliver().await;
         Ok(true)
     }
@@ -588,7 +584,7 @@ impl Arm {
             .await?
             .into_iter()
             .find(|i| !i.user_assigned);
-        let row = self.inner.store.resource(&scope_key(scope)).await?;
+        let row = self.resource_row(&scope_key(scope)).await?;
         match (row, identity) {
             (Some(row), Some(identity)) => Ok((row.location, identity)),
             _ => Err(ArmError::InvalidParameter(format!(
