@@ -1332,6 +1332,22 @@ impl Arm {
                 }
             }
         }
+        // Everything reached AAD and IMDS: resources that waited for it are done.
+        if self.inner.store.settle_updating().await.unwrap_or(0) > 0 {
+            self.invalidate_caches();
+        }
+    }
+
+    /// Marks a resource `Updating` when its provisioning work could not be delivered yet; the
+    /// worker flips it to `Succeeded` once the outbox drains.
+    pub(crate) async fn mark_pending(&self, row: &mut ResourceRow) -> Result<(), ArmError> {
+        if self.inner.store.outbox().await?.is_empty() {
+            return Ok(());
+        }
+        self.inner.store.set_state(&row.id_key, "Updating").await?;
+        self.invalidate_caches();
+        row.state = "Updating".into();
+        Ok(())
     }
 
     async fn deliver_one(&self, action: &str, payload: &str) -> Result<(), String> {
@@ -1672,5 +1688,64 @@ mod tests {
             matches!(error, ArmError::AuthorizationFailed { ref action, .. } if action == "Microsoft.Resources/subscriptions/resourceGroups/write")
         );
         assert!(!arm.group_exists("rg").await.expect("exists"));
+    }
+
+    #[tokio::test]
+    async fn a_vm_stays_updating_until_its_provisioning_is_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(Clock::default());
+        let flaky = Arc::new(FlakyDirectory {
+            failures: AtomicUsize::new(1),
+            ..Default::default()
+        });
+        let arm = open(&dir.path().join("arm.db"), flaky.clone(), clock.clone()).await;
+        let admin = Caller {
+            object_id: "admin".into(),
+            app_id: "a".into(),
+        };
+        let sub = arm.subscription_id().to_string();
+        arm.put_group(
+            &admin,
+            &sub,
+            "rg",
+            TrackedInput {
+                location: "eastus".into(),
+                tags: Map::new(),
+            },
+        )
+        .await
+        .expect("group");
+        let input = VmInput {
+            location: Some("eastus".into()),
+            identity: Some(json!({"type": "SystemAssigned"})),
+            ..Default::default()
+        };
+        let (view, _) = arm
+            .put_vm(&admin, &sub, "rg", "vm1", input, false)
+            .await
+            .expect("vm");
+        assert_eq!(
+            view.resource.state, "Updating",
+            "AAD refused once: not Succeeded yet"
+        );
+        assert_eq!(
+            arm.vm(&admin, &sub, "rg", "vm1")
+                .await
+                .expect("get")
+                .resource
+                .state,
+            "Updating"
+        );
+        clock.set_offset(clock.offset_secs() + 60).expect("advance");
+        arm.deliver().await;
+        assert_eq!(arm.pending_work().await.expect("outbox"), 0);
+        assert_eq!(
+            arm.vm(&admin, &sub, "rg", "vm1")
+                .await
+                .expect("get")
+                .resource
+                .state,
+            "Succeeded"
+        );
     }
 }

@@ -156,6 +156,25 @@ impl Store {
             > 0)
     }
 
+    pub async fn set_state(&self, id_key: &str, state: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE arm_resources SET state = ? WHERE id_key = ?")
+            .bind(state)
+            .bind(id_key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `Updating` resources become `Succeeded` (their provisioning was delivered); how many.
+    pub async fn settle_updating(&self) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("UPDATE arm_resources SET state = 'Succeeded' WHERE state = 'Updating'")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     // ---- identities ----
 
     pub async fn insert_identity(tx: &mut Tx<'_>, row: &IdentityRow) -> Result<(), sqlx::Error> {

@@ -478,6 +478,8 @@ impl Arm {
         tx.commit().await?;
         self.invalidate_caches();
         self.deliver().await;
+        let mut row = row;
+        self.mark_pending(&mut row).await?;
         Ok((Self::vm_view(row)?, existing.is_none()))
     }
 
