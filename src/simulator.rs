@@ -254,6 +254,11 @@ impl Simulator {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
+        // Peers may have lost state (deleted databases, split-mode restarts): re-send them what
+        // ARM holds; the worker delivers it once the listeners run.
+        arm.reconcile()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot plan the reconcile pass: {e}"))?;
         let validator =
             misim_arm::TokenValidator::new(to_aad, &aad_url, &aad.tenant().id, clock.clone());
 

@@ -379,14 +379,18 @@ async fn each_vm_sees_only_its_own_identities() {
         None,
     )
     .await;
-    let (status, _, _) = imds_get(
+    let (status, gone, _) = imds_get(
         &sim,
         &b_endpoint,
         &format!("{TOKEN}&client_id={}", ids[2].0),
         true,
     )
     .await;
-    assert_eq!(status, 400);
+    assert_eq!(
+        (status, gone["error_description"].as_str()),
+        (400, Some("Identity not found")),
+        "the deleted identity's credential left the host"
+    );
 
     // Deleting VM A closes its endpoint.
     arm(
@@ -857,4 +861,59 @@ async fn legacy_extension_endpoint_answers_like_imds() {
     let (status, _, _) = imds_get(&sim, &endpoint, "/oauth2/token?resource=x", false).await;
     assert_eq!(status, 400, "Metadata: true is required here too");
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_imds_database_is_rebuilt_from_arm_at_restart() {
+    let first =
+        TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| c.no_demo = true).await;
+    let admin = first
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", first.sim.connection.subscription_id);
+    arm(
+        &first,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/rg"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let (_, vm) = arm(
+        &first,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/keeper"),
+        "2024-11-01",
+        Some(json!({"location": "eastus", "identity": {"type": "SystemAssigned"}})),
+    )
+    .await;
+    let vm_id = vm["properties"]["vmId"].as_str().expect("vmId").to_string();
+    let dir = first.stop().await;
+    for file in ["imds.db", "imds.db-wal", "imds.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    let second = TestSim::start_in(dir, |c| c.no_demo = true).await;
+    second.sim.arm.deliver().await;
+    assert_eq!(
+        second.sim.arm.pending_work().await.expect("outbox"),
+        0,
+        "the reconcile pass was delivered"
+    );
+    let endpoint = second
+        .sim
+        .imds
+        .vm_endpoint(&vm_id)
+        .expect("the VM is hosted again");
+    let (status, body, _) = imds_get(&second, &endpoint, TOKEN, true).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = second
+        .verify(
+            body["access_token"].as_str().expect("token"),
+            "https://management.azure.com/",
+        )
+        .await;
+    assert_eq!(claims["oid"], vm["identity"]["principalId"]);
+    second.stop().await;
 }

@@ -134,3 +134,77 @@ async fn connection_json_has_the_contract_fields() {
     assert!(std::path::Path::new(json["ca_cert"].as_str().expect("ca")).is_absolute());
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn in_memory_mode_runs_the_whole_lifecycle() {
+    // One in-memory connection per service: any read inside a write transaction would stall.
+    let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| {
+        c.in_memory = true
+    })
+    .await;
+    let token = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    let call = |method: reqwest::Method,
+                path: String,
+                api: &'static str,
+                body: Option<serde_json::Value>| {
+        let (sim, token) = (&sim, token.clone());
+        async move {
+            crate::support::arm_call(sim, &token, method, &path, api, body)
+                .await
+                .0
+        }
+    };
+    let identity = format!(
+        "{sub}/resourceGroups/mem/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mem-id"
+    );
+    let vm = format!("{sub}/resourceGroups/mem/providers/Microsoft.Compute/virtualMachines/mem-vm");
+    assert_eq!(
+        call(
+            reqwest::Method::PUT,
+            format!("{sub}/resourcegroups/mem"),
+            "2024-11-01",
+            Some(serde_json::json!({"location": "eastus"}))
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::PUT,
+            identity.clone(),
+            "2024-11-30",
+            Some(serde_json::json!({"location": "eastus"}))
+        )
+        .await,
+        201
+    );
+    assert_eq!(call(reqwest::Method::PUT, format!("{identity}/federatedIdentityCredentials/fic-1"), "2023-01-31", Some(serde_json::json!({"properties": {"issuer": "https://issuer", "subject": "s", "audiences": ["api://AzureADTokenExchange"]}}))).await, 201);
+    let body = serde_json::json!({"location": "eastus", "identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {identity.clone(): {}}}});
+    assert_eq!(
+        call(reqwest::Method::PUT, vm.clone(), "2024-11-01", Some(body)).await,
+        201
+    );
+    assert_eq!(
+        call(reqwest::Method::DELETE, identity, "2024-11-30", None).await,
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::DELETE, vm, "2024-11-01", None).await,
+        200
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::DELETE,
+            format!("{sub}/resourcegroups/mem"),
+            "2024-11-01",
+            None
+        )
+        .await,
+        202
+    );
+    assert_eq!(sim.sim.arm.pending_work().await.expect("outbox"), 0);
+    sim.stop().await;
+}

@@ -229,6 +229,57 @@ impl Arm {
     }
 
     /// Runs the outbox worker and the key-pool filler until `shutdown`.
+    /// Re-sends AAD and IMDS what ARM holds (idempotent puts), so a peer that lost state — a
+    /// deleted `aad.db`/`imds.db`, a restarted split-mode service — matches ARM again.
+    pub async fn reconcile(&self) -> Result<(), ArmError> {
+        // Read first: an in-memory store has a single connection, which the transaction takes.
+        let identities = self.inner.store.identities().await?;
+        let vms = self.inner.store.resources(KIND_VM, None).await?;
+        let mut tx = self.inner.store.begin().await?;
+        for identity in &identities {
+            let principal = ManagedIdentityPrincipal {
+                app_id: identity.client_id.clone(),
+                display_name: identity.display_name.clone(),
+                resource_id: identity.mirid.clone(),
+                user_assigned: identity.user_assigned,
+            };
+            let certificate = ManagedIdentityCertificate {
+                certificate: misim_core::jose::b64std(&identity.cert_der),
+            };
+            Store::enqueue(
+                &mut tx,
+                "aad.put_principal",
+                &json!({"objectId": identity.principal_id, "principal": principal}),
+            )
+            .await?;
+            Store::enqueue(&mut tx, "aad.put_certificate", &json!({"objectId": identity.principal_id, "keyId": identity.cert_key_id, "certificate": certificate})).await?;
+        }
+        for row in vms {
+            let view = Self::vm_view(row)?;
+            let hosted = self.hosted_vm(&view.resource, &view.state, &view.resource.resource_group);
+            Store::enqueue(
+                &mut tx,
+                "imds.put_vm",
+                &json!({"vmId": view.state.vm_id, "vm": hosted}),
+            )
+            .await?;
+            let carried = identities.iter().filter(|i| {
+                (i.owner_key == view.resource.id_key && !i.user_assigned)
+                    || view
+                        .state
+                        .attached
+                        .iter()
+                        .any(|a| a.principal_id == i.principal_id)
+            });
+            for identity in carried {
+                let payload = json!({"vmId": view.state.vm_id, "principalId": identity.principal_id, "identity": self.hosted_identity(identity)});
+                Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub fn spawn_background(
         &self,
         shutdown: CancellationToken,
@@ -1016,8 +1067,20 @@ impl Arm {
         else {
             return Ok(false);
         };
+        // Read before the transaction (an in-memory store has a single connection).
+        let carriers = self.vms_carrying(&row.id).await?;
+        let fics = self.fics_of_identity(&row).await?;
         let mut tx = self.inner.store.begin().await?;
         for principal in Store::delete_identities_of(&mut tx, &row.id_key).await? {
+            // The credential leaves every VM's host; the VMs keep the stale reference (Azure).
+            for vm_id in &carriers {
+                Store::enqueue(
+                    &mut tx,
+                    "imds.delete_identity",
+                    &json!({"vmId": vm_id, "principalId": principal}),
+                )
+                .await?;
+            }
             Store::enqueue(
                 &mut tx,
                 "aad.delete_principal",
@@ -1027,7 +1090,9 @@ impl Arm {
         }
         // Assignments *scoped at* the identity go with it; those naming its principal stay as
         // orphans, as in Azure.
-        self.delete_fics_of(&mut tx, &row).await?;
+        for fic in &fics {
+            Store::delete_resource(&mut tx, &fic.id_key).await?;
+        }
         Store::delete_assignments_under(&mut tx, &row.id_key).await?;
         Store::delete_resource(&mut tx, &row.id_key).await?;
         tx.commit().await?;

@@ -207,16 +207,13 @@ impl Arm {
         Ok(deleted)
     }
 
-    /// Deletes an identity's FICs inside the identity's deletion.
-    pub(super) async fn delete_fics_of(
+    /// The FICs to delete with an identity (read before the deletion's transaction: an
+    /// in-memory store has one connection).
+    pub(super) async fn fics_of_identity(
         &self,
-        tx: &mut crate::store::Tx<'_>,
         identity: &ResourceRow,
-    ) -> Result<(), ArmError> {
+    ) -> Result<Vec<ResourceRow>, ArmError> {
         debug_assert_eq!(identity.kind, KIND_IDENTITY);
-        for fic in self.fics_of(&identity.resource_group, &identity.id).await? {
-            Store::delete_resource(tx, &fic.id_key).await?;
-        }
-        Ok(())
+        self.fics_of(&identity.resource_group, &identity.id).await
     }
 }

@@ -103,7 +103,7 @@ impl Arm {
         Ok(out)
     }
 
-    fn hosted_vm(
+    pub(super) fn hosted_vm(
         &self,
         row: &ResourceRow,
         state: &VmState,
@@ -137,7 +137,7 @@ impl Arm {
         }
     }
 
-    fn hosted_identity(
+    pub(super) fn hosted_identity(
         &self,
         identity: &crate::store::IdentityRow,
     ) -> misim_core::internal::HostedIdentity {
@@ -167,7 +167,7 @@ impl Arm {
         )
     }
 
-    fn vm_view(row: ResourceRow) -> Result<VmView, ArmError> {
+    pub(super) fn vm_view(row: ResourceRow) -> Result<VmView, ArmError> {
         let state: VmState = serde_json::from_str(&row.properties)
             .map_err(|e| ArmError::Internal(format!("stored VM {} is corrupt: {e}", row.id)))?;
         Ok(VmView {
