@@ -455,3 +455,61 @@ async fn attaching_an_identity_needs_assign_action_on_it() {
     assert_eq!(status, 200);
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconcile_pass_removes_what_arm_does_not_hold() {
+    let sim = TestSim::start().await;
+    let secret = sim.internal_secret();
+    // A principal in AAD and a VM on the host that ARM never made (a peer kept stale state).
+    let orphan = uuid::Uuid::new_v4().to_string();
+    let url = format!(
+        "{}/_internal/directory/managed-identities/{orphan}",
+        sim.aad()
+    );
+    let principal = json!({"appId": uuid::Uuid::new_v4().to_string(), "displayName": "ghost", "resourceId": "/subscriptions/x/resourcegroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/ghost", "userAssigned": true});
+    let response = sim
+        .http
+        .put(&url)
+        .header(misim_core::internal::INTERNAL_SECRET_HEADER, &secret)
+        .json(&principal)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 201);
+    let ghost_vm = uuid::Uuid::new_v4().to_string();
+    let hosted = misim_core::internal::HostedVm {
+        resource_id:
+            "/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/ghost"
+                .into(),
+        name: "ghost".into(),
+        resource_group: "y".into(),
+        subscription_id: "x".into(),
+        location: "eastus".into(),
+        vm_size: "Standard_B1s".into(),
+        tags: Default::default(),
+        preferred_port: 0,
+    };
+    sim.sim
+        .imds
+        .put_vm(&ghost_vm, &hosted)
+        .await
+        .expect("host a ghost VM");
+    assert!(sim.sim.imds.vm_endpoint(&ghost_vm).is_some());
+
+    sim.sim.arm.prune().await.expect("prune");
+    assert_eq!(
+        graph_principal(&sim, &orphan).await.0,
+        404,
+        "the stray principal is gone"
+    );
+    assert!(
+        sim.sim.imds.vm_endpoint(&ghost_vm).is_none(),
+        "the stray VM is no longer hosted"
+    );
+    // What ARM holds stays: the demo VM still gets tokens.
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let response = sim.http.get(format!("{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/")).header("Metadata", "true").send().await.expect("token");
+    assert_eq!(response.status(), 200);
+    assert_in_step(&sim).await;
+    sim.stop().await;
+}

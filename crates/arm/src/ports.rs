@@ -22,6 +22,8 @@ pub trait Directory: Send + Sync {
     async fn delete_principal(&self, object_id: &str) -> Result<(), String>;
     /// Whether a service principal with this object id exists (for `PrincipalNotFound`).
     async fn principal_exists(&self, object_id: &str) -> Result<bool, String>;
+    /// Object ids of every managed-identity principal AAD holds.
+    async fn managed_principals(&self) -> Result<Vec<String>, String>;
 }
 
 /// The HTTP implementation, authenticated with the internal secret.
@@ -96,6 +98,27 @@ impl Directory for HttpDirectory {
             .await
             .map(|status| status != 404)
     }
+
+    async fn managed_principals(&self) -> Result<Vec<String>, String> {
+        let url = format!(
+            "{}/_internal/directory/managed-identities",
+            self.aad_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .get(url)
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("AAD unreachable: {e}"))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        Ok(body["objectIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
+    }
 }
 
 /// IMDS's host API: the VMs it hosts and the credentials installed on each.
@@ -115,6 +138,8 @@ pub trait Host: Send + Sync {
         &self,
         vm_id: &str,
     ) -> Result<Option<misim_core::internal::HostedVmStatus>, String>;
+    /// Every VM the host holds, with its installed identities.
+    async fn hosted(&self) -> Result<Vec<misim_core::internal::HostedVmStatus>, String>;
 }
 
 /// The HTTP implementation of [`Host`], authenticated with the internal secret.
@@ -201,5 +226,17 @@ impl Host for HttpHost {
             200 => response.json().await.map(Some).map_err(|e| e.to_string()),
             status => Err(format!("IMDS answered {status}")),
         }
+    }
+
+    async fn hosted(&self) -> Result<Vec<misim_core::internal::HostedVmStatus>, String> {
+        let url = format!("{}/_internal/host/vms", self.host_url.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(url)
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("IMDS unreachable: {e}"))?;
+        response.json().await.map_err(|e| e.to_string())
     }
 }

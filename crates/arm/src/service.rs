@@ -280,6 +280,75 @@ impl Arm {
         Ok(())
     }
 
+    /// The other half of reconciling: removes what AAD and IMDS hold that ARM does not (managed
+    /// identity principals, hosted VMs, installed credentials). Needs the peers serving.
+    pub async fn prune(&self) -> Result<(), ArmError> {
+        // The peers' state first, then ARM's: whatever a peer holds was written in ARM before it
+        // was delivered, so it is in the ARM read that follows.
+        let principals = self
+            .inner
+            .directory
+            .managed_principals()
+            .await
+            .map_err(ArmError::Internal)?;
+        let hosted = self.inner.host.hosted().await.map_err(ArmError::Internal)?;
+        let identities = self.inner.store.identities().await?;
+        let vms: Vec<vms::VmView> = self
+            .inner
+            .store
+            .resources(KIND_VM, None)
+            .await?
+            .into_iter()
+            .map(Self::vm_view)
+            .collect::<Result<_, _>>()?;
+        let mut tx = self.inner.store.begin().await?;
+        for principal in principals.iter().filter(|p| {
+            !identities
+                .iter()
+                .any(|i| i.principal_id.eq_ignore_ascii_case(p))
+        }) {
+            Store::enqueue(
+                &mut tx,
+                "aad.delete_principal",
+                &json!({"objectId": principal}),
+            )
+            .await?;
+        }
+        for host in &hosted {
+            match vms
+                .iter()
+                .find(|v| v.state.vm_id.eq_ignore_ascii_case(&host.vm_id))
+            {
+                None => {
+                    Store::enqueue(&mut tx, "imds.delete_vm", &json!({"vmId": host.vm_id})).await?
+                }
+                Some(vm) => {
+                    for principal in &host.identities {
+                        let carried = vm.state.system_principal_id.as_deref()
+                            == Some(principal.as_str())
+                            || vm
+                                .state
+                                .attached
+                                .iter()
+                                .any(|a| a.principal_id == *principal);
+                        let exists = identities.iter().any(|i| i.principal_id == *principal);
+                        if !carried || !exists {
+                            Store::enqueue(
+                                &mut tx,
+                                "imds.delete_identity",
+                                &json!({"vmId": host.vm_id, "principalId": principal}),
+                            )
+                            .await?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        self.deliver().await;
+        Ok(())
+    }
+
     pub fn spawn_background(
         &self,
         shutdown: CancellationToken,
@@ -288,6 +357,11 @@ impl Arm {
             let arm = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                // Once the peers serve: remove what they hold and ARM does not.
+                arm.deliver().await;
+                if let Err(error) = arm.prune().await {
+                    tracing::warn!(%error, "the reconcile pass could not list AAD's or IMDS's state");
+                }
                 loop {
                     arm.deliver().await;
                     tokio::select! {
@@ -1560,6 +1634,15 @@ mod tests {
                 .remove(object_id);
             Ok(())
         }
+        async fn managed_principals(&self) -> Result<Vec<String>, String> {
+            Ok(self
+                .principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect())
+        }
         async fn principal_exists(&self, object_id: &str) -> Result<bool, String> {
             Ok(self
                 .principals
@@ -1596,6 +1679,9 @@ mod tests {
             _: &str,
         ) -> Result<Option<misim_core::internal::HostedVmStatus>, String> {
             Ok(None)
+        }
+        async fn hosted(&self) -> Result<Vec<misim_core::internal::HostedVmStatus>, String> {
+            Ok(Vec::new())
         }
     }
 

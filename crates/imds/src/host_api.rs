@@ -15,6 +15,7 @@ use misim_core::internal::{HostedIdentity, HostedVm, INTERNAL_SECRET_HEADER};
 
 pub fn router(imds: Imds) -> Router {
     Router::new()
+        .route("/_internal/host/vms", axum::routing::get(list_vms))
         .route(
             "/_internal/host/vms/{vm_id}",
             put(put_vm).get(get_vm).delete(delete_vm),
@@ -45,6 +46,12 @@ async fn body_as<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ImdsEr
         .map_err(|_| ImdsError::HostBadRequest("body too large".into()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ImdsError::HostBadRequest(format!("invalid body: {e}")))
+}
+
+/// Every hosted VM with its installed identities (for ARM's reconcile pass).
+async fn list_vms(State(imds): State<Imds>, headers: HeaderMap) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    Ok(axum::Json(imds.statuses().await?).into_response())
 }
 
 async fn put_vm(

@@ -342,6 +342,17 @@ impl Imds {
         Ok(())
     }
 
+    /// The status of every hosted VM.
+    pub async fn statuses(&self) -> Result<Vec<HostedVmStatus>, ImdsError> {
+        let mut out = Vec::new();
+        for vm in self.inner.store.vms().await? {
+            if let Some(status) = self.status(&vm.vm_id).await? {
+                out.push(status);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn status(&self, vm_id: &str) -> Result<Option<HostedVmStatus>, ImdsError> {
         let Some(vm) = self.inner.store.vm(vm_id).await? else {
             return Ok(None);

@@ -46,6 +46,24 @@ fn principal_body(view: &crate::service::PrincipalView) -> serde_json::Value {
     })
 }
 
+/// The object ids of every managed-identity principal (for ARM's reconcile pass).
+pub async fn list_managed_identities(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let all = aad
+        .service_principals()
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    let ids: Vec<String> = all
+        .into_iter()
+        .filter(|v| v.sp.is_managed_identity())
+        .map(|v| v.sp.object_id)
+        .collect();
+    Ok(axum::Json(json!({"objectIds": ids})).into_response())
+}
+
 pub async fn get_managed_identity(
     State(aad): State<Aad>,
     headers: HeaderMap,
