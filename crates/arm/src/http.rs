@@ -79,8 +79,13 @@ impl Call {
         url
     }
 
-    /// A page of `items` with a `nextLink` on our host when more remain.
-    pub fn page(&self, items: Vec<Value>) -> Result<Response, ArmError> {
+    /// A page of `items`, rendered after slicing (only the page costs JSON), with a `nextLink` on
+    /// our host when more remain.
+    pub fn page<T>(
+        &self,
+        items: Vec<T>,
+        render: impl Fn(&T) -> Value,
+    ) -> Result<Response, ArmError> {
         let skip = match self
             .query
             .get("$skiptoken")
@@ -104,7 +109,7 @@ impl Call {
             None => PAGE_SIZE,
         };
         let total = items.len();
-        let page: Vec<Value> = items.into_iter().skip(skip).take(top).collect();
+        let page: Vec<Value> = items.iter().skip(skip).take(top).map(render).collect();
         let mut body = json!({"value": page});
         if skip + top < total {
             let mut extra = format!("$skiptoken={}", skip + top);

@@ -236,6 +236,7 @@ impl Arm {
         let identities = self.inner.store.identities().await?;
         let vms = self.inner.store.resources(KIND_VM, None).await?;
         let mut tx = self.inner.store.begin().await?;
+        Store::drop_pending_puts(&mut tx).await?;
         for identity in &identities {
             let principal = ManagedIdentityPrincipal {
                 app_id: identity.client_id.clone(),
@@ -1069,8 +1070,13 @@ impl Arm {
             }
             None => self.subscription_scope(),
         };
+        let rows = self.inner.store.resources(kind, rg).await?;
+        // Allowed on the collection's scope: every row is readable, no per-row checks.
+        if self.authorize(caller, action, &scope).await.is_ok() {
+            return Ok(rows);
+        }
         let mut out = Vec::new();
-        for row in self.inner.store.resources(kind, rg).await? {
+        for row in rows {
             if self.authorize(caller, action, &row.id).await.is_ok() {
                 out.push(row);
             }

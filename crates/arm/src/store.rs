@@ -323,6 +323,13 @@ impl Store {
         Ok(())
     }
 
+    /// Drops pending idempotent puts: the reconcile pass re-plans every one of them, and stacking
+    /// a full set per restart would grow the outbox without bound.
+    pub async fn drop_pending_puts(tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM arm_outbox WHERE action IN ('aad.put_principal', 'aad.put_certificate', 'imds.put_vm', 'imds.put_identity')").execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Pending work in order.
     pub async fn outbox(&self) -> Result<Vec<OutboxRow>, sqlx::Error> {
         sqlx::query_as("SELECT seq, action, payload, attempts FROM arm_outbox ORDER BY seq")

@@ -17,7 +17,7 @@ pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
         Target::RoleAssignments { scope } if *m == Method::GET => {
             let filter = assignment_filter(call.query.get("$filter").map(String::as_str))?;
             let rows = call.arm.assignments(&call.caller, &scope, &filter).await?;
-            call.page(rows.iter().map(|r| assignment_json(call, r)).collect())
+            call.page(rows, |r| assignment_json(call, r))
         }
         Target::RoleAssignment { scope, name } => assignment(call, &scope, &name).await,
         Target::RoleDefinitions { scope } if *m == Method::GET => {
@@ -34,12 +34,7 @@ pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
                 Some(RoleFilter::BuiltIn) => BUILT_IN_ROLES.iter().collect(),
                 Some(RoleFilter::Custom) => Vec::new(),
             };
-            call.page(
-                roles
-                    .iter()
-                    .map(|r| definition_json(call, &scope, r))
-                    .collect(),
-            )
+            call.page(roles, |r| definition_json(call, &scope, r))
         }
         Target::RoleDefinition { scope, id } if *m == Method::GET => {
             call.arm

@@ -19,10 +19,12 @@ pub async fn handle(
 ) -> Result<Response, ArmError> {
     let m = &call.method;
     match target {
-        Target::Tenants if *m == Method::GET => call.page(vec![tenant_json(&call.arm)]),
+        Target::Tenants if *m == Method::GET => {
+            call.page(vec![tenant_json(&call.arm)], Value::clone)
+        }
         Target::Subscriptions if *m == Method::GET => {
             let subs = call.arm.visible_subscriptions(&call.caller).await?;
-            call.page(subs.iter().map(|_| subscription_json(&call.arm)).collect())
+            call.page(subs, |_| subscription_json(&call.arm))
         }
         Target::Subscription { sub } if *m == Method::GET => {
             call.arm.subscription(&call.caller, &sub).await?;
@@ -37,12 +39,12 @@ pub async fn handle(
         }
         Target::ResourceGroups { sub } if *m == Method::GET => {
             let groups = call.arm.groups(&call.caller, &sub).await?;
-            call.page(groups.iter().map(group_json).collect())
+            call.page(groups, group_json)
         }
         Target::ResourceGroup { sub, rg } => group(call, &sub, &rg).await,
         Target::GroupResources { sub, rg } if *m == Method::GET => {
             let members = call.arm.group_resources(&call.caller, &sub, &rg).await?;
-            call.page(members.iter().map(generic_json).collect())
+            call.page(members, generic_json)
         }
         Target::OperationResult { sub, token } if *m == Method::GET => {
             operation_result(call, &sub, &token).await
@@ -52,12 +54,12 @@ pub async fn handle(
                 .arm
                 .identities(&call.caller, &sub, rg.as_deref())
                 .await?;
-            call.page(items.iter().map(|i| identity_json(call, i)).collect())
+            call.page(items, |i| identity_json(call, i))
         }
         Target::Identity { sub, rg, name } => identity(call, &sub, &rg, &name).await,
         Target::FederatedCredentials { sub, rg, identity } if *m == Method::GET => {
             let rows = call.arm.fics(&call.caller, &sub, &rg, &identity).await?;
-            call.page(rows.iter().map(fic_json).collect())
+            call.page(rows, fic_json)
         }
         Target::FederatedCredential {
             sub,
@@ -67,7 +69,7 @@ pub async fn handle(
         } => fic(call, &sub, &rg, &identity, &name).await,
         Target::VirtualMachines { sub, rg } if *m == Method::GET => {
             let vms = call.arm.vms(&call.caller, &sub, rg.as_deref()).await?;
-            call.page(vms.iter().map(|v| vm_json(call, v)).collect())
+            call.page(vms, |v| vm_json(call, v))
         }
         Target::VirtualMachine { sub, rg, name } => vm(call, &sub, &rg, &name).await,
         Target::SimVm { key } if *m == Method::GET => {
