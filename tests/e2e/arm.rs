@@ -1050,3 +1050,81 @@ async fn federated_identity_credentials_are_validated_children_of_their_identity
     assert_eq!(page["value"], json!([]));
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_puts_of_one_identity_mint_one_principal() {
+    let sim = TestSim::start().await;
+    let arm = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&sim);
+    arm.call(
+        Method::PUT,
+        &format!("{sub}/resourcegroups/race"),
+        RG_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let path = format!(
+        "{sub}/resourceGroups/race/providers/Microsoft.ManagedIdentity/userAssignedIdentities/contested"
+    );
+    let puts = (0..8).map(|i| {
+        arm.call(
+            Method::PUT,
+            &path,
+            MSI_API,
+            Some(json!({"location": "eastus", "tags": {"writer": i.to_string()}})),
+        )
+    });
+    let answers = futures_join_all(puts).await;
+    let created = answers.iter().filter(|(status, _)| *status == 201).count();
+    assert_eq!(created, 1, "exactly one PUT creates: {answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == 200 || *status == 201)
+    );
+    let principals: std::collections::HashSet<&str> = answers
+        .iter()
+        .filter_map(|(_, body)| body["properties"]["principalId"].as_str())
+        .collect();
+    assert_eq!(principals.len(), 1, "every answer names the same principal");
+    assert_directory_matches(&sim).await;
+    sim.stop().await;
+}
+
+/// Runs futures concurrently on this task (no extra dependency).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let futures: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..futures.len()).map(|_| None).collect();
+    let mut futures: Vec<Option<std::pin::Pin<Box<F>>>> = futures.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}

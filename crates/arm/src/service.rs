@@ -58,6 +58,9 @@ struct Inner {
     subscription_id: String,
     directory: Arc<dyn Directory>,
     host: Arc<dyn Host>,
+    /// Writes run one at a time: two concurrent PUTs of one resource must not both mint a
+    /// principal (SQLite has a single writer anyway; ARM writes are not the hot path).
+    writes: tokio::sync::Mutex<()>,
     /// One delivery pass at a time keeps outbox order.
     delivery: tokio::sync::Mutex<()>,
     wake_worker: Notify,
@@ -158,6 +161,7 @@ impl Arm {
                 subscription_id,
                 directory,
                 host,
+                writes: tokio::sync::Mutex::new(()),
                 delivery: tokio::sync::Mutex::new(()),
                 wake_worker: Notify::new(),
                 assignments: std::sync::RwLock::new(std::collections::HashMap::new()),
@@ -578,6 +582,7 @@ impl Arm {
         rg: &str,
         input: TrackedInput,
     ) -> Result<(ResourceRow, bool), ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         if !valid_resource_group_name(rg) {
             return Err(ArmError::InvalidResourceName {
@@ -684,6 +689,7 @@ impl Arm {
         rg: &str,
         tags: Option<Map<String, Value>>,
     ) -> Result<ResourceRow, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         self.authorize(
             caller,
@@ -707,6 +713,7 @@ impl Arm {
     /// Deletes a group and everything in it (identities and their principals, role assignments
     /// at or below it) in one transaction with the directory work it implies.
     pub async fn delete_group(&self, caller: &Caller, sub: &str, rg: &str) -> Result<(), ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         let id = self.group_id(rg);
         self.authorize(
@@ -882,6 +889,7 @@ impl Arm {
         name: &str,
         input: TrackedInput,
     ) -> Result<(IdentityView, bool), ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         if !valid_identity_name(name) {
             return Err(ArmError::InvalidResourceName {
@@ -1096,6 +1104,7 @@ impl Arm {
         tags: Option<Map<String, Value>>,
         location: Option<String>,
     ) -> Result<IdentityView, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         self.authorize(
             caller,
@@ -1132,6 +1141,7 @@ impl Arm {
         rg: &str,
         name: &str,
     ) -> Result<bool, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         self.authorize(
             caller,
@@ -1230,6 +1240,7 @@ impl Arm {
         name: &str,
         input: AssignmentInput,
     ) -> Result<(AssignmentRow, bool), ArmError> {
+        let _write = self.inner.writes.lock().await;
         if !is_guid(name) {
             return Err(ArmError::InvalidRoleAssignmentId(name.to_string()));
         }
@@ -1383,6 +1394,7 @@ impl Arm {
         scope: &str,
         name: &str,
     ) -> Result<Option<AssignmentRow>, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_scope(scope).await?;
         self.authorize(
             caller,

@@ -79,6 +79,7 @@ impl Arm {
         name: &str,
         input: FicInput,
     ) -> Result<(ResourceRow, bool), ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         if !valid_fic_name(name) {
             return Err(ArmError::InvalidResourceName {
@@ -191,6 +192,7 @@ impl Arm {
         identity: &str,
         name: &str,
     ) -> Result<bool, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         let id = self.fic_id(rg, identity, name);
         self.authorize(

@@ -245,6 +245,7 @@ impl Arm {
         input: VmInput,
         patch: bool,
     ) -> Result<(VmView, bool), ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         if !valid_vm_name(name) {
             return Err(ArmError::InvalidResourceName {
@@ -491,6 +492,7 @@ impl Arm {
         rg: &str,
         name: &str,
     ) -> Result<bool, ArmError> {
+        let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
         let id = self.vm_id(rg, name);
         self.authorize(caller, "Microsoft.Compute/virtualMachines/delete", &id)
