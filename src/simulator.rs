@@ -209,7 +209,6 @@ impl Simulator {
             aad_url: aad_url.clone(),
             internal_secret: secret.clone(),
             public_host: public_host.clone(),
-            bind_host: config.host,
             throttle: config.imds_throttle,
         };
         let imds = misim_imds::Imds::open(

@@ -613,7 +613,6 @@ impl Aad {
         &self,
         drafts: &[KeyCredentialDraft],
         owner_id: &str,
-        now: i64,
     ) -> Result<Vec<KeyCredential>, AadError> {
         drafts
             .iter()
@@ -625,7 +624,6 @@ impl Aad {
                 if end <= start {
                     return Err(AadError::GraphBadRequest("Key credential end date is invalid.".into()));
                 }
-                let _ = now;
                 Ok(KeyCredential {
                     key_id: draft.key_id.clone().filter(|k| is_guid(k)).unwrap_or_else(new_id),
                     owner_id: owner_id.to_string(),
@@ -659,11 +657,8 @@ impl Aad {
             token_version: draft.token_version.unwrap_or(1),
             created_at: now,
         };
-        let keys = self.parse_key_credentials(
-            &draft.key_credentials.unwrap_or_default(),
-            &app.object_id,
-            now,
-        )?;
+        let keys =
+            self.parse_key_credentials(&draft.key_credentials.unwrap_or_default(), &app.object_id)?;
         self.inner
             .store
             .insert_application(&self.inner.tenant.id, &app)
@@ -714,7 +709,6 @@ impl Aad {
         draft: ApplicationDraft,
     ) -> Result<(), AadError> {
         let mut view = self.application(id, false).await?;
-        let now = self.inner.clock.now_unix();
         if let Some(name) = draft.display_name {
             if name.trim().is_empty() {
                 return Err(AadError::GraphBadRequest(
@@ -731,7 +725,7 @@ impl Aad {
         }
         let keys = draft
             .key_credentials
-            .map(|k| self.parse_key_credentials(&k, &view.app.object_id, now))
+            .map(|k| self.parse_key_credentials(&k, &view.app.object_id))
             .transpose()?;
         self.inner.store.update_application(&view.app).await?;
         if let Some(keys) = keys {
@@ -991,8 +985,7 @@ impl Aad {
             key: certificate_b64.to_string(),
             ..Default::default()
         };
-        let mut parsed =
-            self.parse_key_credentials(&[draft], object_id, self.inner.clock.now_unix())?;
+        let mut parsed = self.parse_key_credentials(&[draft], object_id)?;
         let key = parsed.remove(0);
         if let Some(existing) = view
             .keys

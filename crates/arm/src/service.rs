@@ -464,6 +464,15 @@ impl Arm {
         resources.clear();
     }
 
+    /// Writes one resource row on its own (no follow-up work) and forgets cached reads.
+    async fn save_resource(&self, row: &ResourceRow) -> Result<(), ArmError> {
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, row).await?;
+        tx.commit().await?;
+        self.invalidate_caches();
+        Ok(())
+    }
+
     /// A resource row by id key, cached until the next write (reads are ARM's hot path).
     async fn resource_row(&self, id_key: &str) -> Result<Option<ResourceRow>, ArmError> {
         if let Some(hit) = self
@@ -630,10 +639,7 @@ impl Arm {
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
-        let mut tx = self.inner.store.begin().await?;
-        Store::put_resource(&mut tx, &row).await?;
-        tx.commit().await?;
-        self.invalidate_caches();
+        self.save_resource(&row).await?;
         Ok((row, existing.is_none()))
     }
 
@@ -703,10 +709,7 @@ impl Arm {
         }
         row.updated_at = self.inner.clock.now_unix();
         row.updated_by = caller.object_id.clone();
-        let mut tx = self.inner.store.begin().await?;
-        Store::put_resource(&mut tx, &row).await?;
-        tx.commit().await?;
-        self.invalidate_caches();
+        self.save_resource(&row).await?;
         Ok(row)
     }
 
@@ -928,10 +931,7 @@ impl Arm {
                 updated_by: caller.object_id.clone(),
                 ..existing
             };
-            let mut tx = self.inner.store.begin().await?;
-            Store::put_resource(&mut tx, &row).await?;
-            tx.commit().await?;
-            self.invalidate_caches();
+            self.save_resource(&row).await?;
             return Ok((self.identity_view(row).await?, false));
         }
         let minted = self
@@ -1126,10 +1126,7 @@ impl Arm {
         }
         row.updated_at = self.inner.clock.now_unix();
         row.updated_by = caller.object_id.clone();
-        let mut tx = self.inner.store.begin().await?;
-        Store::put_resource(&mut tx, &row).await?;
-        tx.commit().await?;
-        self.invalidate_caches();
+        self.save_resource(&row).await?;
         self.identity_view(row).await
     }
 
@@ -1670,6 +1667,27 @@ mod tests {
         }
     }
 
+    /// The seeded admin (Owner) and a group `rg` in the subscription.
+    async fn admin_with_group(arm: &Arm) -> (Caller, String) {
+        let admin = Caller {
+            object_id: "admin".into(),
+            app_id: "a".into(),
+        };
+        let sub = arm.subscription_id().to_string();
+        arm.put_group(
+            &admin,
+            &sub,
+            "rg",
+            TrackedInput {
+                location: "eastus".into(),
+                tags: Map::new(),
+            },
+        )
+        .await
+        .expect("group");
+        (admin, sub)
+    }
+
     /// A host that accepts everything.
     struct NullHost;
 
@@ -1740,22 +1758,7 @@ mod tests {
             ..Default::default()
         });
         let arm = open(&db, flaky.clone(), clock.clone()).await;
-        let admin = Caller {
-            object_id: "admin".into(),
-            app_id: "a".into(),
-        };
-        let sub = arm.subscription_id().to_string();
-        arm.put_group(
-            &admin,
-            &sub,
-            "rg",
-            TrackedInput {
-                location: "eastus".into(),
-                tags: Map::new(),
-            },
-        )
-        .await
-        .expect("group");
+        let (admin, sub) = admin_with_group(&arm).await;
         let (view, created) = arm
             .put_identity(
                 &admin,
@@ -1868,22 +1871,7 @@ mod tests {
             ..Default::default()
         });
         let arm = open(&dir.path().join("arm.db"), flaky.clone(), clock.clone()).await;
-        let admin = Caller {
-            object_id: "admin".into(),
-            app_id: "a".into(),
-        };
-        let sub = arm.subscription_id().to_string();
-        arm.put_group(
-            &admin,
-            &sub,
-            "rg",
-            TrackedInput {
-                location: "eastus".into(),
-                tags: Map::new(),
-            },
-        )
-        .await
-        .expect("group");
+        let (admin, sub) = admin_with_group(&arm).await;
         let input = VmInput {
             location: Some("eastus".into()),
             identity: Some(json!({"type": "SystemAssigned"})),

@@ -11,7 +11,6 @@ pub mod throttle;
 mod vm_api;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -40,7 +39,6 @@ pub struct ImdsConfig {
     pub internal_secret: String,
     /// Host name used in the endpoints IMDS reports (`http://host:port`).
     pub public_host: String,
-    pub bind_host: IpAddr,
     /// Azure's documented identity rate limits (`--imds-throttle on|off`).
     pub throttle: bool,
 }

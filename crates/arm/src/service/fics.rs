@@ -134,10 +134,7 @@ impl Arm {
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
-        let mut tx = self.inner.store.begin().await?;
-        Store::put_resource(&mut tx, &row).await?;
-        tx.commit().await?;
-        self.invalidate_caches();
+        self.save_resource(&row).await?;
         Ok((row, existing.is_none()))
     }
 
