@@ -32,6 +32,221 @@ pub enum Command {
     /// Point official Azure clients at a simulated VM's identity endpoint.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Split mode: run AAD (token service, Graph subset) alone.
+    Aad(AadArgs),
+    /// Split mode: run ARM alone; it talks to AAD and to IMDS's host API.
+    Arm(ArmArgs),
+    /// Split mode: run IMDS alone (source-address mode and/or per-VM listeners).
+    Imds(ImdsArgs),
+    /// The certificate authority of a split deployment.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Write connection.json for a split deployment (asks AAD for the admin and ARM for the
+    /// subscription), so that every other command finds it.
+    Connect(ConnectArgs),
+    /// Apply a seed file (resource groups, identities, VMs, role assignments) through ARM's API.
+    Seed(SeedArgs),
+    /// Exit 0 when URL answers HTTP at all (container health checks).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create (or keep) the CA, issue a server certificate for the given names and create (or
+    /// keep) the internal secret: `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
+    /// `internal-secret` in DIR.
+    Init(CaInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Directory for the files (created if missing).
+    pub dir: PathBuf,
+    /// Also copy `ca.pem` into this directory: the one to share with app containers, which must
+    /// not see the keys or the internal secret.
+    #[arg(long)]
+    pub public_dir: Option<PathBuf>,
+    /// DNS names or addresses of the server certificate (comma-separated or repeated).
+    #[arg(
+        long = "name",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,aad,arm,imds,imds-control"
+    )]
+    pub names: Vec<String>,
+}
+
+/// The internal credential shared by the services of one deployment.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// File holding the internal secret (e.g. from `misim ca init`).
+    #[arg(long, env = "MISIM_INTERNAL_SECRET_FILE")]
+    pub internal_secret_file: Option<PathBuf>,
+    /// The internal secret itself (prefer the file form: arguments show in `ps`).
+    #[arg(
+        long,
+        env = "MISIM_INTERNAL_SECRET",
+        hide_env_values = true,
+        conflicts_with = "internal_secret_file"
+    )]
+    pub internal_secret: Option<String>,
+}
+
+/// HTTPS of a split-mode service.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// The deployment's CA certificate (trusted for calls to peers).
+    #[arg(long, env = "MISIM_CA_CERT")]
+    pub ca_cert: PathBuf,
+    /// Server certificate (PEM) of this service, issued by the CA.
+    #[arg(long, env = "MISIM_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM, PKCS#8).
+    #[arg(long, env = "MISIM_TLS_KEY")]
+    pub tls_key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AadArgs {
+    /// Address to listen on (HOST:PORT; a name is resolved at start).
+    #[arg(long, env = "MISIM_LISTEN", default_value = "127.0.0.1:8444")]
+    pub listen: String,
+    /// Authority host as clients reach it (issuers, discovery); default https://LISTEN.
+    #[arg(long, env = "MISIM_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Further origins clients may use for the authority (e.g. a published port on the
+    /// docker host), accepted in client-assertion audiences (comma-separated).
+    #[arg(long = "alias-url", env = "MISIM_ALIAS_URLS", value_delimiter = ',')]
+    pub alias_urls: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Keep state in memory.
+    #[arg(long, env = "MISIM_IN_MEMORY")]
+    pub in_memory: bool,
+    /// Lifetime of app tokens in seconds (Entra: 60–90 minutes).
+    #[arg(long, env = "MISIM_APP_TOKEN_LIFETIME", default_value_t = 3599, value_parser = clap::value_parser!(i64).range(60..=86_400))]
+    pub app_token_lifetime: i64,
+    /// Lifetime of managed-identity tokens in seconds (Azure: about 24 hours).
+    #[arg(long, env = "MISIM_MI_TOKEN_LIFETIME", default_value_t = 86_399, value_parser = clap::value_parser!(i64).range(60..=7 * 86_400))]
+    pub mi_token_lifetime: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ArmArgs {
+    /// Address to listen on (HOST:PORT; a name is resolved at start).
+    #[arg(long, env = "MISIM_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// ARM's URL as clients reach it; default https://LISTEN.
+    #[arg(long, env = "MISIM_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// AAD's URL (its public URL: token issuers must match it).
+    #[arg(long, env = "MISIM_AAD_URL")]
+    pub aad_url: String,
+    /// IMDS's host API (where ARM installs VMs and credentials).
+    #[arg(long, env = "MISIM_IMDS_URL")]
+    pub imds_url: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Keep state in memory.
+    #[arg(long, env = "MISIM_IN_MEMORY")]
+    pub in_memory: bool,
+    /// RSA-2048 keys kept generated ahead for new identities.
+    #[arg(long, env = "MISIM_KEY_POOL", default_value_t = 48, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub key_pool: u16,
+    /// How long to wait for AAD at start, in seconds.
+    #[arg(long, env = "MISIM_PEER_WAIT", default_value_t = 120)]
+    pub peer_wait: u64,
+    /// Subscription id of a new data dir (so compose files and apps can name it); random
+    /// when absent. A data dir keeps the one it was created with.
+    #[arg(long, env = "MISIM_SUBSCRIPTION_ID")]
+    pub subscription_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImdsArgs {
+    /// The VM-facing listener in source-address mode (callers are mapped to VMs by the
+    /// `misim-ip` tag), e.g. 169.254.169.254:80 on a docker network.
+    #[arg(long, env = "MISIM_SOURCE_LISTEN")]
+    pub source_listen: Option<String>,
+    /// Also give every VM its own listener on this address (as `misim up` does).
+    #[arg(long, env = "MISIM_VM_HOST")]
+    pub vm_host: Option<IpAddr>,
+    /// Host name in the per-VM endpoints IMDS reports; default the --vm-host address.
+    #[arg(long, env = "MISIM_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// The host API ARM calls (HOST:PORT; a name is resolved at start). Keep it off the VM
+    /// network: bind an address only the control network reaches.
+    #[arg(long, env = "MISIM_HOST_API_LISTEN", default_value = "127.0.0.1:8446")]
+    pub host_api_listen: String,
+    /// AAD's URL (where IMDS redeems client assertions).
+    #[arg(long, env = "MISIM_AAD_URL")]
+    pub aad_url: String,
+    /// The deployment's CA certificate (trusted for calls to AAD).
+    #[arg(long, env = "MISIM_CA_CERT")]
+    pub ca_cert: PathBuf,
+    /// Serve the host API over HTTPS with this certificate (PEM, issued by the CA).
+    #[arg(long, env = "MISIM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "MISIM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Keep state in memory.
+    #[arg(long, env = "MISIM_IN_MEMORY")]
+    pub in_memory: bool,
+    /// Azure's documented IMDS rate limits.
+    #[arg(long, env = "MISIM_IMDS_THROTTLE", value_enum, default_value_t = OnOff::On)]
+    pub imds_throttle: OnOff,
+}
+
+/// Where a deployment's services are, for commands that are not given a connection.json.
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    /// AAD's URL.
+    #[arg(long = "aad", env = "MISIM_AAD_URL")]
+    pub aad: Option<String>,
+    /// ARM's URL.
+    #[arg(long = "arm", env = "MISIM_ARM_URL")]
+    pub arm: Option<String>,
+    /// The IMDS endpoint scripts should use (optional).
+    #[arg(long = "imds", env = "MISIM_IMDS_ENDPOINT")]
+    pub imds: Option<String>,
+    /// The deployment's CA certificate.
+    #[arg(long, env = "MISIM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub peers: PeerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// The seed file (JSON; see docs/docker.md).
+    pub file: PathBuf,
+    /// Use these services instead of the data dir's connection.json.
+    #[command(flatten)]
+    pub peers: PeerArgs,
+    /// How long to wait for ARM and for VMs to finish provisioning, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// URL to probe.
+    #[arg(env = "MISIM_HEALTH_URL")]
+    pub url: String,
+    /// CA certificate for an https URL.
+    #[arg(long, env = "MISIM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

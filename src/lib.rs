@@ -3,7 +3,11 @@
 
 pub mod cli;
 pub mod connection;
+pub mod deploy;
+pub mod seed;
+pub mod services;
 pub mod simulator;
+pub mod split;
 pub mod vm_env;
 
 pub use simulator::{Simulator, SimulatorConfig};

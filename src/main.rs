@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
 
-use misim::cli::{Cli, Command, OnOff, TokenArgs, UpArgs, VmCommand};
+use misim::cli::{CaCommand, Cli, Command, OnOff, TokenArgs, UpArgs, VmCommand};
 use misim::connection::Connection;
 use misim::{Simulator, SimulatorConfig};
 
@@ -41,6 +41,26 @@ fn main() -> ExitCode {
                 for name in vars.unset {
                     println!("unset {name}");
                 }
+                Ok(())
+            }
+            Command::Aad(args) => misim::split::run_aad(cli.data_dir, args).await,
+            Command::Arm(args) => misim::split::run_arm(cli.data_dir, args).await,
+            Command::Imds(args) => misim::split::run_imds(cli.data_dir, args).await,
+            Command::Ca(CaCommand::Init(args)) => misim::deploy::ca_init(&args),
+            Command::Connect(args) => misim::deploy::connect(&cli.data_dir, &args.peers).await,
+            Command::Health(args) => misim::deploy::health(&args).await,
+            Command::Seed(args) => {
+                let text = std::fs::read_to_string(&args.file)
+                    .with_context(|| format!("cannot read {}", args.file.display()))?;
+                let seed = misim::seed::SeedFile::parse(&text)?;
+                let connection = misim::deploy::connection_for(&cli.data_dir, &args.peers).await?;
+                let applied = misim::seed::apply(
+                    &connection,
+                    &seed,
+                    std::time::Duration::from_secs(args.wait),
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&applied)?);
                 Ok(())
             }
             Command::Vm(VmCommand::Exec(args)) => {
@@ -89,7 +109,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         imds_source_listen: args.imds_source_listen,
     };
     let data_dir = config.data_dir.clone();
-    let mut simulator = Simulator::start(config).await?;
+    let simulator = Simulator::start(config).await?;
     let c = &simulator.connection;
     println!("misim is up (data dir {})", data_dir.display());
     println!("  ARM    {}", c.arm);
@@ -110,38 +130,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         Connection::path(&data_dir).display()
     );
 
-    let failure = tokio::select! {
-        () = shutdown_signal() => None,
-        failed = simulator.wait_for_failure() => failed,
-    };
-    simulator.shutdown().await;
-    match failure {
-        Some((service, Err(error))) => Err(anyhow::anyhow!("{service} stopped: {error}")),
-        Some((service, Ok(()))) => Err(anyhow::anyhow!("{service} stopped unexpectedly")),
-        None => Ok(()),
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    simulator.run().await
 }
 
 async fn token(data_dir: std::path::PathBuf, args: TokenArgs) -> anyhow::Result<String> {

@@ -6,13 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use misim_core::Clock;
 use misim_core::tls::CertificateAuthority;
 
 use crate::connection::{Admin, Connection, DemoVm};
+use crate::services::{self, Supervisor};
 
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -68,8 +67,7 @@ pub struct Simulator {
     pub clock: Arc<Clock>,
     data_dir: PathBuf,
     background: Vec<tokio::task::JoinHandle<()>>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<(&'static str, std::io::Result<()>)>,
+    supervisor: Supervisor,
 }
 
 fn url_host(host: &str) -> String {
@@ -176,12 +174,8 @@ impl Simulator {
             .context("cannot issue the HTTPS certificate")?;
         let clock = Arc::new(Clock::default());
         let db_path = |name: &str| (!config.in_memory).then(|| data_dir.join(name));
-        let shutdown = CancellationToken::new();
+        let mut supervisor = Supervisor::default();
 
-        // AAD.
-        let aad_pool = misim_core::db::open(db_path("aad.db").as_deref(), &misim_aad::MIGRATOR)
-            .await
-            .context("cannot open aad.db")?;
         let mut aad_config = misim_aad::AadConfig::new(&aad_url, &secret);
         aad_config.alias_origins = names
             .iter()
@@ -189,19 +183,15 @@ impl Simulator {
             .collect();
         aad_config.app_token_lifetime_secs = config.app_token_lifetime_secs;
         aad_config.mi_token_lifetime_secs = config.mi_token_lifetime_secs;
-        let aad = misim_aad::Aad::open(misim_aad::Store::new(aad_pool), clock.clone(), aad_config)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open AAD: {e}"))?;
+        let aad =
+            services::open_aad(db_path("aad.db").as_deref(), clock.clone(), aad_config).await?;
 
         // Every edge between services is HTTP, as in split mode (ARCHITECTURE.md §2).
-        let to_aad =
+        let to_peers =
             misim_core::tls::http_client(&ca.cert_pem, std::time::Duration::from_secs(10))?;
 
         // IMDS: per-VM listeners on the bind host; the demo VM's port is the one claimed above.
-        let imds_pool = misim_core::db::open(db_path("imds.db").as_deref(), &misim_imds::MIGRATOR)
-            .await
-            .context("cannot open imds.db")?;
-        let factory = Arc::new(VmListeners {
+        let factory = Arc::new(services::VmListeners {
             host: config.host,
             reserved: std::sync::Mutex::new(demo_listener),
         });
@@ -211,31 +201,16 @@ impl Simulator {
             public_host: public_host.clone(),
             throttle: config.imds_throttle,
         };
-        let imds = misim_imds::Imds::open(
-            misim_imds::Store::new(imds_pool),
+        let imds = services::open_imds(
+            db_path("imds.db").as_deref(),
             clock.clone(),
             imds_config,
-            to_aad.clone(),
-            factory,
-            shutdown.child_token(),
+            to_peers.clone(),
+            Some(factory),
+            supervisor.token(),
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open IMDS: {e}"))?;
+        .await?;
 
-        // ARM.
-        let arm_pool = misim_core::db::open(db_path("arm.db").as_deref(), &misim_arm::MIGRATOR)
-            .await
-            .context("cannot open arm.db")?;
-        let directory = misim_arm::ports::HttpDirectory {
-            http: to_aad.clone(),
-            aad_url: aad_url.clone(),
-            secret: secret.clone(),
-        };
-        let host = misim_arm::ports::HttpHost {
-            http: to_aad.clone(),
-            host_url: host_api_url,
-            secret: secret.clone(),
-        };
         let arm_config = misim_arm::ArmConfig {
             public_url: arm_url.clone(),
             aad_url: aad_url.clone(),
@@ -243,72 +218,54 @@ impl Simulator {
             tenant_id: aad.tenant().id.clone(),
             admin_object_id: aad.bootstrap().object_id.clone(),
             key_pool_size: i64::from(config.key_pool),
+            subscription_id: None,
         };
-        let arm = misim_arm::Arm::open(
-            misim_arm::Store::new(arm_pool),
+        let peers = services::ArmPeers {
+            http: to_peers,
+            aad_url: aad_url.clone(),
+            host_url: host_api_url,
+            internal_secret: secret.clone(),
+        };
+        let (arm, validator) = services::open_arm(
+            db_path("arm.db").as_deref(),
             clock.clone(),
             arm_config,
-            Arc::new(directory),
-            Arc::new(host),
+            peers,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
-        // Peers may have lost state (deleted databases, split-mode restarts): re-send them what
-        // ARM holds; the worker delivers it once the listeners run.
-        arm.reconcile()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot plan the reconcile pass: {e}"))?;
-        let validator =
-            misim_arm::TokenValidator::new(to_aad, &aad_url, &aad.tenant().id, clock.clone());
+        .await?;
 
-        let mut tasks = JoinSet::new();
-        let serve = misim_core::serve::serve;
-        tasks.spawn({
-            let (router, tls, token) = (
-                misim_aad::router(aad.clone()),
-                tls.clone(),
-                shutdown.child_token(),
-            );
-            async move { ("aad", serve(aad_listener, Some(tls), router, token).await) }
-        });
-        tasks.spawn({
-            let (router, tls, token) = (
-                misim_arm::router(arm.clone(), validator),
-                tls.clone(),
-                shutdown.child_token(),
-            );
-            async move { ("arm", serve(arm_listener, Some(tls), router, token).await) }
-        });
-        tasks.spawn({
-            let (router, token) = (
-                misim_imds::host_router(imds.clone()),
-                shutdown.child_token(),
-            );
-            async move {
-                (
-                    "imds host API",
-                    serve(host_api_listener, None, router, token).await,
-                )
-            }
-        });
+        supervisor.serve(
+            "aad",
+            aad_listener,
+            Some(tls.clone()),
+            misim_aad::router(aad.clone()),
+        );
+        supervisor.serve(
+            "arm",
+            arm_listener,
+            Some(tls),
+            misim_arm::router(arm.clone(), validator),
+        );
+        supervisor.serve(
+            "imds host API",
+            host_api_listener,
+            None,
+            misim_imds::host_router(imds.clone()),
+        );
         let imds_source = match source_listener {
             Some(listener) => {
                 let url = format!("http://{}", listener.local_addr()?);
-                let (router, token) = (
+                supervisor.serve(
+                    "imds (source-address mode)",
+                    listener,
+                    None,
                     misim_imds::source_router(imds.clone()),
-                    shutdown.child_token(),
                 );
-                tasks.spawn(async move {
-                    (
-                        "imds (source-address mode)",
-                        serve(listener, None, router, token).await,
-                    )
-                });
                 Some(url)
             }
             None => None,
         };
-        let background = arm.spawn_background(shutdown.child_token());
+        let background = arm.spawn_background(supervisor.token());
 
         let demo_vm = if config.no_demo {
             None
@@ -350,49 +307,25 @@ impl Simulator {
             background,
             clock,
             data_dir: data_dir.clone(),
-            shutdown,
-            tasks,
+            supervisor,
         })
     }
 
-    /// Resolves when any service stops on its own (an error), with its name.
-    pub async fn wait_for_failure(&mut self) -> Option<(&'static str, std::io::Result<()>)> {
-        self.tasks.join_next().await.and_then(Result::ok)
+    /// Runs until Ctrl-C, SIGTERM or a listener failure, then shuts down.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let failure = services::wait_for_stop(&mut self.supervisor).await;
+        self.shutdown().await;
+        services::outcome(failure)
     }
 
     /// Stops every listener, lets in-flight requests finish, and removes `connection.json`.
     pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        self.supervisor.stop().await;
         for task in self.background.drain(..) {
             let _ = task.await;
         }
         self.imds.join().await;
         let _ = std::fs::remove_file(Connection::path(&self.data_dir));
-    }
-}
-
-/// Opens per-VM IMDS listeners on the bind host; hands out the pre-claimed demo port once.
-struct VmListeners {
-    host: IpAddr,
-    reserved: std::sync::Mutex<Option<TcpListener>>,
-}
-
-#[async_trait::async_trait]
-impl misim_imds::ListenerFactory for VmListeners {
-    async fn bind(&self, preferred: u16) -> std::io::Result<TcpListener> {
-        let reserved = {
-            let mut slot = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-            let matches = slot
-                .as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .is_some_and(|a| a.port() == preferred);
-            if matches { slot.take() } else { None }
-        };
-        match reserved {
-            Some(listener) => Ok(listener),
-            None => TcpListener::bind(SocketAddr::new(self.host, preferred)).await,
-        }
     }
 }
 

@@ -8,4 +8,5 @@ mod arm;
 mod arm_vms;
 mod imds;
 mod lifecycle;
+mod split;
 mod support;

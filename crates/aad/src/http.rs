@@ -71,6 +71,10 @@ pub fn router(aad: Aad) -> Router {
         .route("/v1.0/directoryObjects/getByIds", post(graph::get_by_ids))
         .route("/v1.0/{entity}", get(graph::get_by_alternate_key))
         .route(
+            misim_core::internal::BOOTSTRAP_PATH,
+            get(internal::bootstrap),
+        )
+        .route(
             "/_internal/directory/managed-identities",
             get(internal::list_managed_identities),
         )

@@ -44,6 +44,8 @@ pub struct ArmConfig {
     pub admin_object_id: String,
     /// RSA keys kept pre-generated (and persisted) for new identities.
     pub key_pool_size: i64,
+    /// The subscription id for a new data dir (docker deployments pin it); random when `None`.
+    pub subscription_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -142,10 +144,28 @@ impl Arm {
         directory: Arc<dyn Directory>,
         host: Arc<dyn Host>,
     ) -> Result<Self, ArmError> {
+        let wanted = config
+            .subscription_id
+            .as_deref()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|_| {
+                    ArmError::Internal(format!("the subscription id '{id}' is not a GUID"))
+                })
+            })
+            .transpose()?;
         let subscription_id = match store.setting("subscription_id").await? {
-            Some(id) => id,
+            Some(id) => {
+                if let Some(wanted) = wanted
+                    && !id.eq_ignore_ascii_case(&wanted.to_string())
+                {
+                    return Err(ArmError::Internal(format!(
+                        "this data dir holds subscription {id}, not the {wanted} asked for"
+                    )));
+                }
+                id
+            }
             None => {
-                let id = Uuid::new_v4().to_string();
+                let id = wanted.unwrap_or_else(Uuid::new_v4).to_string();
                 let mut tx = store.begin().await?;
                 Store::set_setting(&mut tx, "subscription_id", &id).await?;
                 Store::set_setting(&mut tx, "tenant_id", &config.tenant_id).await?;
@@ -1736,6 +1756,7 @@ mod tests {
             tenant_id: "t".into(),
             admin_object_id: "admin".into(),
             key_pool_size: 0,
+            subscription_id: None,
         };
         Arm::open(
             Store::new(pool),

@@ -82,3 +82,16 @@ pub struct HostedVmStatus {
     pub identity_header: String,
     pub identities: Vec<String>,
 }
+
+/// GET `/_internal/bootstrap` on AAD: the tenant and the bootstrap admin, so that ARM (its
+/// Owner assignment) and `misim connect` (connection.json) learn them in split mode.
+pub const BOOTSTRAP_PATH: &str = "/_internal/bootstrap";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapInfo {
+    pub tenant_id: String,
+    pub admin_client_id: String,
+    pub admin_client_secret: String,
+    pub admin_object_id: String,
+}

@@ -59,7 +59,8 @@ struct Inner {
     /// Identities per VM, so a cached token costs no SQL; refreshed on every host API write.
     identities: std::sync::RwLock<HashMap<String, Arc<Vec<store::IdentityRow>>>>,
     throttle: throttle::Throttle,
-    factory: Arc<dyn ListenerFactory>,
+    /// `None`: no per-VM listeners (split mode serving source-address mode only).
+    factory: Option<Arc<dyn ListenerFactory>>,
     listeners: Mutex<HashMap<String, (u16, CancellationToken)>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -78,7 +79,7 @@ impl Imds {
         clock: Arc<Clock>,
         config: ImdsConfig,
         http: reqwest::Client,
-        factory: Arc<dyn ListenerFactory>,
+        factory: Option<Arc<dyn ListenerFactory>>,
         shutdown: CancellationToken,
     ) -> Result<Self, ImdsError> {
         let imds = Self {
@@ -202,7 +203,11 @@ impl Imds {
     }
 
     /// Starts the VM's listener unless it runs; a taken preferred port falls back to any port.
-    async fn listen(&self, vm_id: &str, preferred: u16) -> Result<u16, ImdsError> {
+    /// `None` when this IMDS opens no per-VM listeners.
+    async fn listen(&self, vm_id: &str, preferred: u16) -> Result<Option<u16>, ImdsError> {
+        let Some(factory) = &self.inner.factory else {
+            return Ok(None);
+        };
         if let Some((port, _)) = self
             .inner
             .listeners
@@ -210,13 +215,11 @@ impl Imds {
             .unwrap_or_else(|p| p.into_inner())
             .get(vm_id)
         {
-            return Ok(*port);
+            return Ok(Some(*port));
         }
-        let listener = match self.inner.factory.bind(preferred).await {
+        let listener = match factory.bind(preferred).await {
             Ok(listener) => listener,
-            Err(_) if preferred != 0 => self
-                .inner
-                .factory
+            Err(_) if preferred != 0 => factory
                 .bind(0)
                 .await
                 .map_err(|e| ImdsError::Internal(format!("cannot open a listener: {e}")))?,
@@ -243,11 +246,11 @@ impl Imds {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm_id.to_string(), (port, cancel));
-        Ok(port)
+        Ok(Some(port))
     }
 
-    /// Hosts (or updates) a VM; returns its IMDS endpoint.
-    pub async fn put_vm(&self, vm_id: &str, vm: &HostedVm) -> Result<String, ImdsError> {
+    /// Hosts (or updates) a VM; returns its own IMDS endpoint when it has one.
+    pub async fn put_vm(&self, vm_id: &str, vm: &HostedVm) -> Result<Option<String>, ImdsError> {
         if uuid::Uuid::parse_str(vm_id).is_err() {
             return Err(ImdsError::HostBadRequest("vmId must be a GUID".into()));
         }
@@ -272,7 +275,7 @@ impl Imds {
             .listen(vm_id, existing_port.unwrap_or(vm.preferred_port))
             .await?;
         self.refresh_addresses().await?;
-        Ok(self.endpoint(port))
+        Ok(port.map(|p| self.endpoint(p)))
     }
 
     /// Stops hosting a VM: its listener closes and its credentials are gone.

@@ -46,6 +46,19 @@ fn principal_body(view: &crate::service::PrincipalView) -> serde_json::Value {
     })
 }
 
+/// The tenant and the bootstrap admin (split mode: ARM and `misim connect` learn them here).
+pub async fn bootstrap(State(aad): State<Aad>, headers: HeaderMap) -> Result<Response> {
+    authorize(&aad, &headers)?;
+    let admin = aad.bootstrap();
+    Ok(axum::Json(misim_core::internal::BootstrapInfo {
+        tenant_id: admin.tenant_id.clone(),
+        admin_client_id: admin.client_id.clone(),
+        admin_client_secret: admin.client_secret.clone(),
+        admin_object_id: admin.object_id.clone(),
+    })
+    .into_response())
+}
+
 /// The object ids of every managed-identity principal (for ARM's reconcile pass).
 pub async fn list_managed_identities(
     State(aad): State<Aad>,
