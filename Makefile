@@ -5,7 +5,7 @@ MISIM_BIN ?= $(CURDIR)/target/debug/misim
 
 .PHONY: test fmt-check clippy rust-test interop build bench docker-e2e
 
-test: fmt-check clippy rust-test interop
+test: fmt-check clippy rust-test interop docker-e2e
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -24,6 +24,11 @@ build:
 interop: build
 	MISIM_BIN=$(MISIM_BIN) tests/interop/run.sh
 	MISIM_BIN=$(MISIM_BIN) tests/interop/az/run.sh
+
+# The docker compose environment (docker/compose.yaml): images built offline from this
+# checkout's binary, two example apps as VMs, failure cases; skipped loudly without Docker.
+docker-e2e: build
+	MISIM_BIN=$(MISIM_BIN) tests/docker/run.sh
 
 # Throughput and start-up benchmarks (see docs/performance.md).
 bench:

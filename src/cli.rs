@@ -234,7 +234,7 @@ pub struct SeedArgs {
     /// Use these services instead of the data dir's connection.json.
     #[command(flatten)]
     pub peers: PeerArgs,
-    /// How long to wait for ARM and for VMs to finish provisioning, in seconds.
+    /// How long to wait for VMs to finish provisioning, in seconds.
     #[arg(long, default_value_t = 120)]
     pub wait: u64,
 }
