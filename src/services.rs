@@ -78,6 +78,12 @@ pub async fn open_arm(
     };
     let host = misim_arm::ports::HttpHost {
         http: peers.http.clone(),
+        host_url: peers.host_url.clone(),
+        secret: peers.internal_secret.clone(),
+    };
+    let sim_peers = misim_arm::ports::SimPeers {
+        http: peers.http.clone(),
+        aad_url: peers.aad_url.clone(),
         host_url: peers.host_url,
         secret: peers.internal_secret,
     };
@@ -91,6 +97,7 @@ pub async fn open_arm(
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot open ARM: {e}"))?;
+    arm.set_sim_peers(sim_peers);
     arm.reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("cannot plan the reconcile pass: {e}"))?;

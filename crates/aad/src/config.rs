@@ -18,7 +18,12 @@ pub struct AadConfig {
     pub mi_token_lifetime_secs: i64,
     /// Default domain of the seeded tenant.
     pub tenant_domain: String,
+    /// Simulated time between two rolls of the token-signing key (0: never).
+    pub signing_key_roll_secs: i64,
 }
+
+/// Entra rolls its signing keys every few weeks without a published period; six weeks here.
+pub const DEFAULT_SIGNING_KEY_ROLL_SECS: i64 = 42 * 86_400;
 
 impl AadConfig {
     pub fn new(public_url: impl Into<String>, internal_secret: impl Into<String>) -> Self {
@@ -31,6 +36,7 @@ impl AadConfig {
             app_token_lifetime_secs: 3599,
             mi_token_lifetime_secs: 86_399,
             tenant_domain: "misim.onmicrosoft.com".into(),
+            signing_key_roll_secs: DEFAULT_SIGNING_KEY_ROLL_SECS,
         }
     }
 }

@@ -67,6 +67,10 @@ pub enum AadError {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A fault plan refused the token request.
+    #[error("fault plan {id} injected status {status}")]
+    FaultInjected { status: u16, id: String },
 }
 
 impl From<StoreError> for AadError {
@@ -77,6 +81,12 @@ impl From<StoreError> for AadError {
             }
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<sqlx::Error> for AadError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(format!("database error: {error}"))
     }
 }
 

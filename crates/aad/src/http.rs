@@ -74,6 +74,21 @@ pub fn router(aad: Aad) -> Router {
             misim_core::internal::BOOTSTRAP_PATH,
             get(internal::bootstrap),
         )
+        .route(misim_core::internal::EVENTS_PATH, get(internal::events))
+        .route(
+            misim_core::internal::FAULTS_PATH,
+            get(internal::list_faults)
+                .post(internal::add_fault)
+                .delete(internal::clear_faults),
+        )
+        .route(
+            "/_internal/faults/{id}",
+            axum::routing::delete(internal::remove_fault),
+        )
+        .route(
+            misim_core::internal::CLOCK_PATH,
+            get(internal::clock).put(internal::set_clock),
+        )
         .route(
             "/_internal/directory/managed-identities",
             get(internal::list_managed_identities),
@@ -90,6 +105,7 @@ pub fn router(aad: Aad) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(aad)
 }
 

@@ -16,12 +16,15 @@ const SIGNING_CERT_SUBJECT: &str = "accounts.accesscontrol.windows.net";
 /// Validity of a signing certificate (simulated time).
 const SIGNING_CERT_DAYS: i64 = 5 * 365;
 const CURRENT_KID_SETTING: &str = "current_signing_kid";
+const NEXT_KID_SETTING: &str = "next_signing_kid";
+const CURRENT_SINCE_SETTING: &str = "current_signing_since";
 
 #[derive(Clone)]
 pub struct SigningKey {
     pub kid: String,
     pub key: RsaKey,
     pub cert: RsaCertificate,
+    pub created_at: i64,
 }
 
 #[derive(Clone, Default)]
@@ -29,10 +32,23 @@ pub struct SigningKeys {
     inner: Arc<RwLock<KeySet>>,
 }
 
+/// Published keys: the previous one (so its tokens still verify), the current one (signs) and
+/// the next one (published ahead, as Entra does).
 #[derive(Default)]
 struct KeySet {
     keys: Vec<SigningKey>,
-    current: usize,
+    current: String,
+    next: String,
+    /// Simulated time the current key started signing.
+    current_since: i64,
+}
+
+/// A roll: which key stopped signing and which took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roll {
+    pub previous: String,
+    pub current: String,
+    pub at: i64,
 }
 
 impl SigningKeys {
@@ -48,7 +64,7 @@ impl SigningKeys {
                 store.insert_signing_key(row).await?;
             }
             store.set_setting(CURRENT_KID_SETTING, &made[0].kid).await?;
-            // Re-read so the order is the store's on every start.
+            store.set_setting(NEXT_KID_SETTING, &made[1].kid).await?;
             rows = store.signing_keys().await?;
         }
         let keys = rows
@@ -58,23 +74,103 @@ impl SigningKeys {
                     kid: row.kid.clone(),
                     key: RsaKey::from_pkcs8(&row.private_pkcs8)?,
                     cert: RsaCertificate::from_der(&row.cert_der)?,
+                    created_at: row.created_at,
                 })
             })
             .collect::<Result<Vec<_>, AadError>>()?;
-        let current_kid = store.setting(CURRENT_KID_SETTING).await?;
-        let current = keys
-            .iter()
-            .position(|k| Some(&k.kid) == current_kid.as_ref())
-            .unwrap_or(0);
+        let setting_kid =
+            |value: Option<String>| value.filter(|kid| keys.iter().any(|k| &k.kid == kid));
+        let current = setting_kid(store.setting(CURRENT_KID_SETTING).await?)
+            .unwrap_or_else(|| keys[0].kid.clone());
+        // Data dirs from before rolls existed name no next key: the newest other one.
+        let next = setting_kid(store.setting(NEXT_KID_SETTING).await?).unwrap_or_else(|| {
+            keys.iter()
+                .rev()
+                .find(|k| k.kid != current)
+                .map_or_else(|| current.clone(), |k| k.kid.clone())
+        });
+        let current_since = match store.setting(CURRENT_SINCE_SETTING).await? {
+            Some(since) => since.parse().unwrap_or(0),
+            None => keys
+                .iter()
+                .find(|k| k.kid == current)
+                .map_or(0, |k| k.created_at),
+        };
         Ok(Self {
-            inner: Arc::new(RwLock::new(KeySet { keys, current })),
+            inner: Arc::new(RwLock::new(KeySet {
+                keys,
+                current,
+                next,
+                current_since,
+            })),
         })
     }
 
     /// The key tokens are signed with now.
     pub fn current(&self) -> SigningKey {
         let set = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        set.keys[set.current].clone()
+        set.keys
+            .iter()
+            .find(|k| k.kid == set.current)
+            .unwrap_or(&set.keys[0])
+            .clone()
+    }
+
+    /// Rolls as often as `period_secs` of simulated time have passed since the current key
+    /// started signing: next becomes current, current stays published as previous, a new key
+    /// is published as next, and older keys are retired.
+    pub async fn roll_if_due(
+        &self,
+        store: &Store,
+        now: OffsetDateTime,
+        period_secs: i64,
+    ) -> Result<Vec<Roll>, AadError> {
+        let mut rolls = Vec::new();
+        loop {
+            let since = self
+                .inner
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .current_since;
+            let at = since + period_secs;
+            if period_secs <= 0 || now.unix_timestamp() < at {
+                return Ok(rolls);
+            }
+            let made_at = OffsetDateTime::from_unix_timestamp(at).unwrap_or(now);
+            let row = blocking(move || generate_row(made_at)).await??;
+            store.insert_signing_key(&row).await?;
+            let new_key = SigningKey {
+                kid: row.kid.clone(),
+                key: RsaKey::from_pkcs8(&row.private_pkcs8)?,
+                cert: RsaCertificate::from_der(&row.cert_der)?,
+                created_at: row.created_at,
+            };
+            let (roll, keep) = {
+                let mut set = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                let next = set.next.clone();
+                let previous = std::mem::replace(&mut set.current, next);
+                set.next = new_key.kid.clone();
+                set.current_since = at;
+                let keep = [previous.clone(), set.current.clone(), set.next.clone()];
+                set.keys.push(new_key);
+                set.keys.retain(|k| keep.contains(&k.kid));
+                (
+                    Roll {
+                        previous,
+                        current: set.current.clone(),
+                        at,
+                    },
+                    keep,
+                )
+            };
+            store.set_setting(CURRENT_KID_SETTING, &keep[1]).await?;
+            store.set_setting(NEXT_KID_SETTING, &keep[2]).await?;
+            store
+                .set_setting(CURRENT_SINCE_SETTING, &at.to_string())
+                .await?;
+            store.retain_signing_keys(&keep).await?;
+            rolls.push(roll);
+        }
     }
 
     pub fn find(&self, kid: &str) -> Option<SigningKey> {
@@ -109,14 +205,17 @@ impl SigningKeys {
     }
 
     /// Signs a token with the current key on a blocking thread.
-    pub async fn sign(&self, version_1: bool, claims: Value) -> Result<String, AadError> {
+    /// Signs with the current key; returns the token and the key's id.
+    pub async fn sign(&self, version_1: bool, claims: Value) -> Result<(String, String), AadError> {
         let key = self.current();
+        let kid = key.kid.clone();
         let header = if version_1 {
             json!({"typ": "JWT", "alg": "RS256", "x5t": key.kid, "kid": key.kid})
         } else {
             json!({"typ": "JWT", "alg": "RS256", "kid": key.kid})
         };
-        Ok(blocking(move || key.key.sign_jws(JwsAlg::Rs256, &header, &claims)).await??)
+        let token = blocking(move || key.key.sign_jws(JwsAlg::Rs256, &header, &claims)).await??;
+        Ok((token, kid))
     }
 }
 

@@ -6,8 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use misim_core::Clock;
 use misim_core::crypto::{JwsAlg, RsaCertificate, random_bytes, sha1, sha256};
+use misim_core::events::{DEFAULT_RETENTION, Draft, EventLog};
 use misim_core::jose::split_compact;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::AadConfig;
@@ -53,6 +54,8 @@ struct Inner {
     admin: Bootstrap,
     /// Client records by lower-case app id; cleared on every directory write.
     clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    events: EventLog,
+    faults: misim_core::faults::FaultPlans,
 }
 
 /// The bootstrap admin of CONTRACT.md (Seeded state).
@@ -185,7 +188,14 @@ impl Aad {
         };
         let admin = seed_admin(&store, &tenant, now.unix_timestamp()).await?;
         let keys = SigningKeys::load_or_create(&store, now).await?;
-        Ok(Self {
+        let events = EventLog::open(
+            store.pool().clone(),
+            "aad",
+            clock.clone(),
+            DEFAULT_RETENTION,
+        )
+        .await?;
+        let aad = Self {
             inner: Arc::new(Inner {
                 store,
                 clock,
@@ -194,8 +204,13 @@ impl Aad {
                 tenant,
                 admin,
                 clients: RwLock::new(HashMap::new()),
+                events,
+                faults: Default::default(),
             }),
-        })
+        };
+        // Time may have passed while AAD was down (split mode).
+        aad.roll_signing_keys().await?;
+        Ok(aad)
     }
 
     pub fn bootstrap(&self) -> &Bootstrap {
@@ -212,6 +227,56 @@ impl Aad {
 
     pub fn clock(&self) -> &Arc<Clock> {
         &self.inner.clock
+    }
+
+    /// The simulated clock as the internal API reports it.
+    pub fn clock_state(&self) -> misim_core::internal::ClockState {
+        misim_core::internal::ClockState {
+            offset_secs: self.inner.clock.offset_secs(),
+            now: self
+                .inner
+                .clock
+                .now()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Moves the clock forward to `offset_secs`, persists it and does what became due (the
+    /// signing-key roll); returns once done.
+    pub async fn advance_clock(&self, offset_secs: i64) -> Result<(), AadError> {
+        self.inner
+            .clock
+            .set_offset(offset_secs)
+            .map_err(|e| AadError::GraphBadRequest(e.to_string()))?;
+        self.save_clock().await?;
+        self.roll_signing_keys().await
+    }
+
+    /// Rolls the signing key as often as its period passed, each roll an event.
+    pub async fn roll_signing_keys(&self) -> Result<(), AadError> {
+        let rolls = self
+            .inner
+            .keys
+            .roll_if_due(
+                &self.inner.store,
+                self.inner.clock.now(),
+                self.inner.config.signing_key_roll_secs,
+            )
+            .await?;
+        for roll in rolls {
+            self.inner.events.record(
+                Draft::new(
+                    "aad.signing_key.rolled",
+                    format!(
+                        "rolled the token-signing key: {} signs now; {} stays in JWKS until the next roll",
+                        roll.current, roll.previous
+                    ),
+                )
+                .details(json!({"current": roll.current, "previous": roll.previous})),
+            );
+        }
+        Ok(())
     }
 
     /// Persists the clock offset (called after the clock moved).
@@ -281,7 +346,46 @@ impl Aad {
     // ------------------------------------------------------------------ token endpoint
 
     /// The client-credentials grant on the v1 or v2 token endpoint.
+    /// Fault plans on the token endpoints.
+    pub fn faults(&self) -> &misim_core::faults::FaultPlans {
+        &self.inner.faults
+    }
+
+    /// AAD's event log (the timeline's `aad` part).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    /// The token endpoint's use case; every answer, granted or refused, is an event.
     pub async fn issue_token(
+        &self,
+        endpoint: Endpoint,
+        tenant_segment: &str,
+        form: &[(String, String)],
+        basic: Option<(String, String)>,
+    ) -> Result<TokenGrant, AadError> {
+        let result = self
+            .grant_token(endpoint, tenant_segment, form, basic.clone())
+            .await;
+        if let Err(error) = &result {
+            let client_id = form
+                .iter()
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v.clone())
+                .or(basic.map(|(id, _)| id))
+                .unwrap_or_default();
+            self.inner.events.record(
+                Draft::new(
+                    "aad.token.refused",
+                    format!("refused a token to client {client_id}: {error}"),
+                )
+                .details(json!({"clientId": client_id, "error": error.to_string()})),
+            );
+        }
+        result
+    }
+
+    async fn grant_token(
         &self,
         endpoint: Endpoint,
         tenant_segment: &str,
@@ -370,6 +474,19 @@ impl Aad {
                     audience_ok: &audience_ok,
                 };
                 assertion::validate(token, &ctx).map_err(AadError::InvalidAssertion)?;
+                let mut draft = Draft::new(
+                    "aad.assertion.validated",
+                    format!(
+                        "validated the client assertion of {} against its registered certificate",
+                        client.principal.display_name
+                    ),
+                )
+                .principal(&client.principal.object_id)
+                .details(json!({"clientId": client_id}));
+                if let PrincipalKind::ManagedIdentity { resource_id, .. } = &client.principal.kind {
+                    draft = draft.resource(resource_id);
+                }
+                self.inner.events.record(draft);
                 ClientAuth::Certificate
             }
         };
@@ -401,11 +518,24 @@ impl Aad {
             unique_token_id: random_bytes::<16>(),
         });
         let (not_before, expires_on) = claims::lifetime(sim_now, lifetime);
-        let access_token = self
+        let (access_token, kid) = self
             .inner
             .keys
             .sign(version == TokenVersion::V1, claims)
             .await?;
+        let mut draft = Draft::new(
+            "aad.token.issued",
+            format!(
+                "issued a token for {audience} to {}",
+                client.principal.display_name
+            ),
+        )
+        .principal(&client.principal.object_id)
+        .details(json!({"clientId": client.principal.app_id, "audience": audience, "kid": kid, "expiresOn": expires_on}));
+        if let Some(resource_id) = mi_resource_id {
+            draft = draft.resource(resource_id);
+        }
+        self.inner.events.record(draft);
         Ok(TokenGrant {
             access_token,
             expires_in: lifetime,
@@ -941,6 +1071,20 @@ impl Aad {
             .insert_service_principal(&self.inner.tenant.id, &sp)
             .await?;
         self.invalidate_clients();
+        if let PrincipalKind::ManagedIdentity { resource_id, .. } = &sp.kind {
+            self.inner.events.record(
+                Draft::new(
+                    "aad.service_principal.created",
+                    format!(
+                        "created the service principal {} ({})",
+                        sp.display_name, sp.app_id
+                    ),
+                )
+                .principal(&sp.object_id)
+                .resource(resource_id)
+                .details(json!({"appId": sp.app_id})),
+            );
+        }
         Ok((
             PrincipalView {
                 sp,
@@ -961,6 +1105,15 @@ impl Aad {
         }
         let deleted = self.inner.store.delete_service_principal(object_id).await?;
         self.invalidate_clients();
+        if deleted {
+            self.inner.events.record(
+                Draft::new(
+                    "aad.service_principal.deleted",
+                    format!("deleted the service principal {object_id} and its certificates"),
+                )
+                .principal(object_id),
+            );
+        }
         Ok(deleted)
     }
 
@@ -1001,6 +1154,18 @@ impl Aad {
         }
         self.inner.store.insert_key_credential(&key).await?;
         self.invalidate_clients();
+        self.inner.events.record(
+            Draft::new(
+                "aad.credential.registered",
+                format!(
+                    "registered certificate {} on {}",
+                    misim_core::crypto::hex_upper(&key.sha1),
+                    view.sp.display_name
+                ),
+            )
+            .principal(object_id)
+            .details(json!({"keyId": key.key_id, "thumbprint": misim_core::crypto::hex_upper(&key.sha1), "notAfter": key.end_at})),
+        );
         Ok(key)
     }
 
@@ -1015,6 +1180,16 @@ impl Aad {
             .delete_key_credential(object_id, key_id)
             .await?;
         self.invalidate_clients();
+        if deleted {
+            self.inner.events.record(
+                Draft::new(
+                    "aad.credential.removed",
+                    format!("removed certificate {key_id} from {object_id}"),
+                )
+                .principal(object_id)
+                .details(json!({"keyId": key_id})),
+            );
+        }
         Ok(deleted)
     }
 

@@ -280,7 +280,7 @@ impl Store {
 
     /// Deletes an application and its credentials in one transaction.
     pub async fn delete_application(&self, object_id: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let deleted = sqlx::query("DELETE FROM aad_applications WHERE object_id = ?")
             .bind(object_id)
             .execute(&mut *tx)
@@ -367,7 +367,7 @@ impl Store {
 
     /// Deletes a service principal and its own credentials in one transaction.
     pub async fn delete_service_principal(&self, object_id: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let deleted = sqlx::query("DELETE FROM aad_service_principals WHERE object_id = ?")
             .bind(object_id)
             .execute(&mut *tx)
@@ -410,7 +410,7 @@ impl Store {
         owner_id: &str,
         keys: &[KeyCredential],
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM aad_key_credentials WHERE owner_id = ?")
             .bind(owner_id)
             .execute(&mut *tx)
@@ -514,6 +514,22 @@ impl Store {
         Ok(sqlx::query_as("SELECT kid, private_pkcs8, cert_der, created_at, not_after FROM aad_signing_keys ORDER BY created_at, kid")
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Deletes every signing key but `keep` (retired keys).
+    pub async fn retain_signing_keys(&self, keep: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let kids: Vec<String> = sqlx::query_scalar("SELECT kid FROM aad_signing_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        for kid in kids.iter().filter(|k| !keep.contains(k)) {
+            sqlx::query("DELETE FROM aad_signing_keys WHERE kid = ?")
+                .bind(kid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn insert_signing_key(&self, key: &SigningKeyRow) -> StoreResult<()> {

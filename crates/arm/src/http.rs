@@ -4,6 +4,7 @@
 mod error;
 mod rbac;
 mod resources;
+mod sim;
 
 use axum::Router;
 use axum::body::Body;
@@ -186,7 +187,9 @@ async fn dispatch(State(state): State<ArmState>, request: Request) -> Response {
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     let method = request.method().clone();
     let authority = format!("{}/", state.arm.aad_url());
-    let mut response = match handle(state, request).await {
+    let handled =
+        misim_core::events::with_correlation(correlation.clone(), handle(state, request)).await;
+    let mut response = match handled {
         Ok(response) => response,
         Err(error) => Failure { error, authority }.into_response(),
     };
@@ -209,7 +212,10 @@ async fn handle(state: ArmState, request: Request) -> Result<Response, ArmError>
         ));
     }
     // Simulator APIs (`/_sim/`) are versionless.
-    let is_sim = matches!(target, Target::SimVm { .. });
+    let is_sim = matches!(target, Target::SimVm { .. })
+        || path
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("/_sim/"));
     let api_version = match query.get("api-version").cloned() {
         Some(version) => version,
         None if is_sim => String::new(),
@@ -239,6 +245,9 @@ async fn handle(state: ArmState, request: Request) -> Result<Response, ArmError>
         body,
         path,
     };
+    if is_sim && !matches!(target, Target::SimVm { .. }) {
+        return sim::handle(&call, &state.validator).await;
+    }
     match target {
         Target::RoleAssignments { .. }
         | Target::RoleAssignment { .. }

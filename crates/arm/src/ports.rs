@@ -24,6 +24,11 @@ pub trait Directory: Send + Sync {
     async fn principal_exists(&self, object_id: &str) -> Result<bool, String>;
     /// Object ids of every managed-identity principal AAD holds.
     async fn managed_principals(&self) -> Result<Vec<String>, String>;
+    /// Removes the principal's certificates other than `keep` (after a credential roll).
+    async fn retain_certificates(&self, object_id: &str, keep: &[String]) -> Result<(), String> {
+        let _ = (object_id, keep);
+        Ok(())
+    }
 }
 
 /// The HTTP implementation, authenticated with the internal secret.
@@ -43,6 +48,10 @@ impl HttpDirectory {
 
     async fn send(&self, request: reqwest::RequestBuilder, ok_404: bool) -> Result<u16, String> {
         let response = request
+            .header(
+                misim_core::events::CORRELATION_HEADER,
+                misim_core::events::current_correlation().unwrap_or_default(),
+            )
             .header(INTERNAL_SECRET_HEADER, &self.secret)
             .send()
             .await
@@ -99,6 +108,37 @@ impl Directory for HttpDirectory {
             .map(|status| status != 404)
     }
 
+    async fn retain_certificates(&self, object_id: &str, keep: &[String]) -> Result<(), String> {
+        let response = self
+            .http
+            .get(self.url(object_id))
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("AAD unreachable: {e}"))?;
+        if response.status().as_u16() == 404 {
+            return Ok(());
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        let stale: Vec<String> = body["keyIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .filter(|k| !keep.iter().any(|kept| kept.eq_ignore_ascii_case(k)))
+            .map(str::to_string)
+            .collect();
+        for key_id in stale {
+            self.send(
+                self.http
+                    .delete(self.url(&format!("{object_id}/certificates/{key_id}"))),
+                true,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn managed_principals(&self) -> Result<Vec<String>, String> {
         let url = format!(
             "{}/_internal/directory/managed-identities",
@@ -107,6 +147,10 @@ impl Directory for HttpDirectory {
         let response = self
             .http
             .get(url)
+            .header(
+                misim_core::events::CORRELATION_HEADER,
+                misim_core::events::current_correlation().unwrap_or_default(),
+            )
             .header(INTERNAL_SECRET_HEADER, &self.secret)
             .send()
             .await
@@ -153,6 +197,10 @@ pub struct HttpHost {
 impl HttpHost {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), String> {
         let response = request
+            .header(
+                misim_core::events::CORRELATION_HEADER,
+                misim_core::events::current_correlation().unwrap_or_default(),
+            )
             .header(INTERNAL_SECRET_HEADER, &self.secret)
             .send()
             .await
@@ -217,6 +265,10 @@ impl Host for HttpHost {
         let response = self
             .http
             .get(self.url(vm_id))
+            .header(
+                misim_core::events::CORRELATION_HEADER,
+                misim_core::events::current_correlation().unwrap_or_default(),
+            )
             .header(INTERNAL_SECRET_HEADER, &self.secret)
             .send()
             .await
@@ -233,10 +285,81 @@ impl Host for HttpHost {
         let response = self
             .http
             .get(url)
+            .header(
+                misim_core::events::CORRELATION_HEADER,
+                misim_core::events::current_correlation().unwrap_or_default(),
+            )
             .header(INTERNAL_SECRET_HEADER, &self.secret)
             .send()
             .await
             .map_err(|e| format!("IMDS unreachable: {e}"))?;
         response.json().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Which peer a simulator call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Aad,
+    Imds,
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Aad => "aad",
+            Peer::Imds => "imds",
+        }
+    }
+}
+
+/// AAD's and IMDS's simulator APIs (events, clock, faults), which `/_sim/` on ARM fronts.
+pub struct SimPeers {
+    pub http: reqwest::Client,
+    pub aad_url: String,
+    pub host_url: String,
+    pub secret: String,
+}
+
+impl SimPeers {
+    /// One call; the answer's JSON on success, the peer's message otherwise.
+    pub async fn call(
+        &self,
+        peer: Peer,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let base = match peer {
+            Peer::Aad => &self.aad_url,
+            Peer::Imds => &self.host_url,
+        };
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut request = misim_core::events::propagate(self.http.request(method, &url))
+            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{} is unreachable: {e}", peer.name()))?;
+        let status = response.status();
+        if status.as_u16() == 204 {
+            return Ok(serde_json::Value::Null);
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let message = body["error"]["message"]
+                .as_str()
+                .or(body["error_description"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
+            Err(format!("{} answered {status}: {message}", peer.name()))
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use misim_core::Clock;
 use misim_core::crypto::{RsaKey, blocking};
+use misim_core::events::{DEFAULT_RETENTION, Draft, EventLog};
 use misim_core::internal::{ManagedIdentityCertificate, ManagedIdentityPrincipal};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -21,16 +22,18 @@ use crate::ports::{Directory, Host};
 use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
 
 mod fics;
+mod sim;
 mod vms;
 
 pub use fics::{FicInput, KIND_FIC, MAX_FICS_PER_IDENTITY};
+pub use sim::{CREDENTIAL_ROLL_DAYS, Cursor, parse_duration};
 
 pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView};
 
 pub const KIND_GROUP: &str = "resourceGroup";
 pub const KIND_IDENTITY: &str = "userAssignedIdentity";
 /// Validity of an identity certificate (simulated time); Azure rolls it at 45 days.
-const IDENTITY_CERT_DAYS: i64 = 90;
+pub const IDENTITY_CERT_DAYS: i64 = 90;
 
 #[derive(Debug, Clone)]
 pub struct ArmConfig {
@@ -73,7 +76,12 @@ struct Inner {
     /// Bumped by every invalidation, so a read that raced a write is not cached.
     assignments_generation: std::sync::atomic::AtomicU64,
     wake_key_pool: Notify,
+    events: EventLog,
+    /// AAD's and IMDS's simulator APIs (events, clock, faults); set by the binary.
+    sim_peers: std::sync::OnceLock<crate::ports::SimPeers>,
 }
+
+const CLOCK_SETTING: &str = "clock_offset_secs";
 
 /// Location and tags of a tracked resource PUT.
 #[derive(Debug, Clone)]
@@ -173,6 +181,17 @@ impl Arm {
                 id
             }
         };
+        if let Some(offset) = store
+            .setting(CLOCK_SETTING)
+            .await?
+            .and_then(|v| v.parse::<i64>().ok())
+            && offset > clock.offset_secs()
+        {
+            clock
+                .set_offset(offset)
+                .map_err(|e| ArmError::Internal(e.to_string()))?;
+        }
+        let events = EventLog::open(store.pool(), "arm", clock.clone(), DEFAULT_RETENTION).await?;
         let arm = Self {
             inner: Arc::new(Inner {
                 store,
@@ -188,10 +207,22 @@ impl Arm {
                 assignments_generation: std::sync::atomic::AtomicU64::new(0),
                 resources: std::sync::RwLock::new(std::collections::HashMap::new()),
                 wake_key_pool: Notify::new(),
+                events,
+                sim_peers: std::sync::OnceLock::new(),
             }),
         };
         arm.seed_admin_owner().await?;
         Ok(arm)
+    }
+
+    /// ARM's event log (the timeline's `arm` part).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    /// Gives ARM its peers' simulator APIs (events, clock, faults).
+    pub fn set_sim_peers(&self, peers: crate::ports::SimPeers) {
+        let _ = self.inner.sim_peers.set(peers);
     }
 
     pub fn subscription_id(&self) -> &str {
@@ -528,26 +559,74 @@ impl Arm {
         Ok(row)
     }
 
+    /// The assignment that grants `action` on `scope` to the caller, if any (no event).
+    async fn granting(
+        &self,
+        caller: &Caller,
+        action: &str,
+        scope: &str,
+    ) -> Result<Option<AssignmentRow>, ArmError> {
+        let assignments = self.assignments_of(&caller.object_id).await?;
+        Ok(assignments
+            .iter()
+            .find(|a| {
+                scope_contains(&a.scope, scope)
+                    && rbac::built_in(&a.role_guid)
+                        .is_some_and(|role| rbac::permission_allows(&role.permission, action))
+            })
+            .cloned())
+    }
+
+    /// Whether the caller may do `action` on `scope` (no event: per-row list filtering).
+    pub async fn permits(
+        &self,
+        caller: &Caller,
+        action: &str,
+        scope: &str,
+    ) -> Result<bool, ArmError> {
+        Ok(self.granting(caller, action, scope).await?.is_some())
+    }
+
+    /// The RBAC decision of a request; allowed or denied, it is an event that says why.
     pub async fn authorize(
         &self,
         caller: &Caller,
         action: &str,
         scope: &str,
     ) -> Result<(), ArmError> {
-        let assignments = self.assignments_of(&caller.object_id).await?;
-        let allowed = assignments.iter().any(|a| {
-            scope_contains(&a.scope, scope)
-                && rbac::built_in(&a.role_guid)
-                    .is_some_and(|role| rbac::permission_allows(&role.permission, action))
-        });
-        if allowed {
-            Ok(())
-        } else {
-            Err(ArmError::AuthorizationFailed {
-                oid: caller.object_id.clone(),
-                action: action.to_string(),
-                scope: display_scope(scope),
-            })
+        match self.granting(caller, action, scope).await? {
+            Some(grant) => {
+                let role = rbac::built_in(&grant.role_guid).map_or("a role", |r| r.name);
+                self.inner.events.record(
+                    Draft::new(
+                        "arm.request.authorized",
+                        format!("{} may {action} on {scope}: {role} at {}", caller.object_id, grant.scope),
+                    )
+                    .principal(&caller.object_id)
+                    .resource(scope)
+                    .details(json!({"action": action, "scope": scope, "role": role, "assignmentScope": grant.scope, "assignment": grant.name, "appId": caller.app_id})),
+                );
+                Ok(())
+            }
+            None => {
+                self.inner.events.record(
+                    Draft::new(
+                        "arm.request.denied",
+                        format!(
+                            "{} may not {action} on {scope}: no role assignment grants it",
+                            caller.object_id
+                        ),
+                    )
+                    .principal(&caller.object_id)
+                    .resource(scope)
+                    .details(json!({"action": action, "scope": scope, "appId": caller.app_id})),
+                );
+                Err(ArmError::AuthorizationFailed {
+                    oid: caller.object_id.clone(),
+                    action: action.to_string(),
+                    scope: display_scope(scope),
+                })
+            }
         }
     }
 
@@ -1013,6 +1092,32 @@ impl Arm {
         let certificate = ManagedIdentityCertificate {
             certificate: misim_core::jose::b64std(&cert_der),
         };
+        let kind = if user_assigned {
+            "user-assigned"
+        } else {
+            "system-assigned"
+        };
+        self.inner.events.record(
+            Draft::new(
+                "arm.identity.created",
+                format!("created the {kind} identity of {mirid}: principal {principal_id}, client {client_id}"),
+            )
+            .principal(&principal_id)
+            .resource(mirid)
+            .details(json!({"clientId": client_id, "userAssigned": user_assigned})),
+        );
+        self.inner.events.record(
+            Draft::new(
+                "arm.credential.generated",
+                format!(
+                    "generated its certificate {} (RSA-2048, valid {IDENTITY_CERT_DAYS} days, rolled at {CREDENTIAL_ROLL_DAYS})",
+                    misim_core::crypto::hex_upper(&misim_core::crypto::sha1(&cert_der))
+                ),
+            )
+            .principal(&principal_id)
+            .resource(mirid)
+            .details(json!({"keyId": key_id, "notAfter": not_after})),
+        );
         Ok(MintedPrincipal {
             outbox: vec![
                 (
@@ -1100,12 +1205,13 @@ impl Arm {
         };
         let rows = self.inner.store.resources(kind, rg).await?;
         // Allowed on the collection's scope: every row is readable, no per-row checks.
-        if self.authorize(caller, action, &scope).await.is_ok() {
+        if self.permits(caller, action, &scope).await? {
+            self.authorize(caller, action, &scope).await?;
             return Ok(rows);
         }
         let mut out = Vec::new();
         for row in rows {
-            if self.authorize(caller, action, &row.id).await.is_ok() {
+            if self.permits(caller, action, &row.id).await? {
                 out.push(row);
             }
         }
@@ -1490,7 +1596,16 @@ impl Arm {
             return;
         }
         for row in rows {
-            match self.deliver_one(&row.action, &row.payload).await {
+            let correlation = row
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().to_string());
+            let delivered = misim_core::events::with_correlation(
+                correlation,
+                self.deliver_one(&row.action, &row.payload),
+            )
+            .await;
+            match delivered {
                 Ok(()) => {
                     let _ = self.inner.store.outbox_done(row.seq).await;
                 }
@@ -1552,7 +1667,22 @@ impl Arm {
                     )
                     .await
             }
-            "aad.delete_principal" => directory.delete_principal(object_id).await,
+            "aad.delete_principal" => {
+                directory.delete_principal(object_id).await?;
+                self.inner.events.record(
+                    Draft::new(
+                        "arm.identity.deleted",
+                        format!("identity principal {object_id} deleted: AAD removed it and its certificates"),
+                    )
+                    .principal(object_id),
+                );
+                Ok(())
+            }
+            "aad.retain_certificates" => {
+                let keep: Vec<String> =
+                    serde_json::from_value(payload["keep"].clone()).map_err(|e| e.to_string())?;
+                directory.retain_certificates(object_id, &keep).await
+            }
             "imds.put_vm" => {
                 let vm: misim_core::internal::HostedVm =
                     serde_json::from_value(payload["vm"].clone()).map_err(|e| e.to_string())?;
@@ -1575,15 +1705,22 @@ impl Arm {
                     .await
             }
             "imds.delete_identity" => {
+                let principal = payload["principalId"]
+                    .as_str()
+                    .ok_or("payload without principalId")?;
                 self.inner
                     .host
-                    .delete_identity(
-                        object_id,
-                        payload["principalId"]
-                            .as_str()
-                            .ok_or("payload without principalId")?,
+                    .delete_identity(object_id, principal)
+                    .await?;
+                self.inner.events.record(
+                    Draft::new(
+                        "arm.identity.unassigned",
+                        format!("identity {principal} is no longer on VM {object_id}: its host dropped the credential"),
                     )
-                    .await
+                    .vm(object_id)
+                    .principal(principal),
+                );
+                Ok(())
             }
             other => Err(format!("unknown outbox action '{other}'")),
         }

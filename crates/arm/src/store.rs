@@ -61,6 +61,8 @@ pub struct OutboxRow {
     pub action: String,
     pub payload: String,
     pub attempts: i64,
+    /// The request chain that caused the work (AAD and IMDS record their steps under it).
+    pub correlation_id: Option<String>,
 }
 
 const RESOURCE_COLUMNS: &str = "id_key, id, kind, resource_group, name, location, tags, properties, state, created_at, created_by, updated_at, updated_by";
@@ -77,8 +79,15 @@ impl Store {
         Self { pool }
     }
 
+    /// The pool, for the event log that shares this database.
+    pub fn pool(&self) -> SqlitePool {
+        self.pool.clone()
+    }
+
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
-        self.pool.begin().await
+        // IMMEDIATE: a deferred transaction that read before another writer (the event log)
+        // committed cannot upgrade to a write and fails with SQLITE_BUSY at once.
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
@@ -190,6 +199,26 @@ impl Store {
             .bind(&row.private_pkcs8)
             .bind(row.cert_not_after)
             .bind(row.created_at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces an identity's credential (a roll).
+    pub async fn update_identity_credential(
+        tx: &mut Tx<'_>,
+        principal_id: &str,
+        key_id: &str,
+        cert_der: &[u8],
+        private_pkcs8: &[u8],
+        not_after: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE arm_identities SET cert_key_id = ?, cert_der = ?, private_pkcs8 = ?, cert_not_after = ? WHERE principal_id = ?")
+            .bind(key_id)
+            .bind(cert_der)
+            .bind(private_pkcs8)
+            .bind(not_after)
+            .bind(principal_id)
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -315,9 +344,10 @@ impl Store {
         action: &str,
         payload: &serde_json::Value,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO arm_outbox (action, payload) VALUES (?, ?)")
+        sqlx::query("INSERT INTO arm_outbox (action, payload, correlation_id) VALUES (?, ?, ?)")
             .bind(action)
             .bind(payload.to_string())
+            .bind(misim_core::events::current_correlation())
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -332,9 +362,11 @@ impl Store {
 
     /// Pending work in order.
     pub async fn outbox(&self) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        sqlx::query_as("SELECT seq, action, payload, attempts FROM arm_outbox ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as(
+            "SELECT seq, action, payload, attempts, correlation_id FROM arm_outbox ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     pub async fn outbox_next_attempt(&self) -> Result<Option<i64>, sqlx::Error> {

@@ -95,3 +95,24 @@ pub struct BootstrapInfo {
     pub admin_client_secret: String,
     pub admin_object_id: String,
 }
+
+/// GET: a service's events (query as `events::EventFilter::from_query`), answered as
+/// `{"events": [...]}`; on AAD's URL and on IMDS's host API.
+pub const EVENTS_PATH: &str = "/_internal/events";
+
+/// GET: the service's clock; PUT `{"offsetSecs": N}`: move it forward (and run what became
+/// due). On AAD's URL and on IMDS's host API.
+pub const CLOCK_PATH: &str = "/_internal/clock";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockState {
+    pub offset_secs: i64,
+    /// Simulated time, RFC 3339.
+    #[serde(default)]
+    pub now: String,
+}
+
+/// GET (list), POST (add a `faults::FaultRequest`), DELETE (clear) fault plans; DELETE
+/// `{FAULTS_PATH}/{id}` removes one. On AAD's URL and on IMDS's host API.
+pub const FAULTS_PATH: &str = "/_internal/faults";

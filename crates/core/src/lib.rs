@@ -5,6 +5,8 @@
 pub mod clock;
 pub mod crypto;
 pub mod db;
+pub mod events;
+pub mod faults;
 pub mod internal;
 pub mod jose;
 pub mod serve;

@@ -51,6 +51,13 @@ pub enum ImdsError {
         error: String,
         description: String,
     },
+    /// A fault plan answered instead of IMDS.
+    #[error("misim fault plan {id}: injected status {status}")]
+    Fault {
+        status: u16,
+        retry_after: Option<u32>,
+        id: String,
+    },
     /// AAD unreachable or failing: a retryable 500, never a hang.
     #[error("Failed to retrieve token from the Active directory. {0}")]
     AadUnavailable(String),
@@ -97,6 +104,16 @@ impl ImdsError {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                 error.as_str(),
             ),
+            Fault { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                match status {
+                    404 => "not_found",
+                    410 => "gone",
+                    429 => "too_many_requests",
+                    400..=499 => "invalid_request",
+                    _ => "server_error",
+                },
+            ),
             AadUnavailable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unknown"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
             HostUnauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -127,6 +144,13 @@ impl IntoResponse for ImdsError {
             ImdsError::AadUnavailable(_) | ImdsError::TooManyRequests
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ImdsError::Fault {
+            retry_after: Some(seconds),
+            ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
         response
     }

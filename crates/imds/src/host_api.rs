@@ -24,8 +24,27 @@ pub fn router(imds: Imds) -> Router {
             "/_internal/host/vms/{vm_id}/identities/{principal_id}",
             put(put_identity).delete(delete_identity),
         )
+        .route(
+            misim_core::internal::EVENTS_PATH,
+            axum::routing::get(events),
+        )
+        .route(
+            misim_core::internal::CLOCK_PATH,
+            axum::routing::get(clock).put(set_clock),
+        )
+        .route(
+            misim_core::internal::FAULTS_PATH,
+            axum::routing::get(list_faults)
+                .post(add_fault)
+                .delete(clear_faults),
+        )
+        .route(
+            "/_internal/faults/{id}",
+            axum::routing::delete(remove_fault),
+        )
         .fallback(|| async { ImdsError::NotFound })
         .method_not_allowed_fallback(|| async { ImdsError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(imds)
 }
 
@@ -108,4 +127,72 @@ async fn delete_identity(
     authorize(&imds, &headers)?;
     imds.delete_identity(&vm_id, &principal_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+type Query = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+/// IMDS's part of the timeline (ARM merges it into `/_sim/events`).
+async fn events(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    axum::extract::Query(query): Query,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let filter =
+        misim_core::events::EventFilter::from_query(&query).map_err(ImdsError::HostBadRequest)?;
+    let events = imds.events().list(&filter).await?;
+    Ok(axum::Json(json!({ "events": events })).into_response())
+}
+
+async fn clock(State(imds): State<Imds>, headers: HeaderMap) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    Ok(axum::Json(imds.clock_state()).into_response())
+}
+
+async fn set_clock(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let wanted: misim_core::internal::ClockState = body_as(body).await?;
+    imds.advance_clock(wanted.offset_secs).await?;
+    Ok(axum::Json(imds.clock_state()).into_response())
+}
+
+async fn list_faults(State(imds): State<Imds>, headers: HeaderMap) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    Ok(axum::Json(json!({ "faults": imds.faults().list() })).into_response())
+}
+
+async fn add_fault(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let request: misim_core::faults::FaultRequest = body_as(body).await?;
+    let fault = imds
+        .faults()
+        .add(request)
+        .map_err(ImdsError::HostBadRequest)?;
+    Ok((StatusCode::CREATED, axum::Json(fault)).into_response())
+}
+
+async fn clear_faults(State(imds): State<Imds>, headers: HeaderMap) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    let removed = imds.faults().remove(None);
+    Ok(axum::Json(json!({ "removed": removed })).into_response())
+}
+
+async fn remove_fault(
+    State(imds): State<Imds>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ImdsError> {
+    authorize(&imds, &headers)?;
+    match imds.faults().remove(Some(&id)) {
+        0 => Err(ImdsError::NotFound),
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
 }

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use misim_core::Clock;
+use misim_core::events::{DEFAULT_RETENTION, Draft, EventLog};
+use misim_core::faults::FaultPlans;
 use misim_core::internal::{HostedIdentity, HostedVm, HostedVmStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,11 @@ struct Inner {
     listeners: Mutex<HashMap<String, (u16, CancellationToken)>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    events: EventLog,
+    faults: FaultPlans,
 }
+
+const CLOCK_SETTING: &str = "clock_offset_secs";
 
 fn b64(text: &str) -> Result<Vec<u8>, ImdsError> {
     misim_core::jose::b64_lenient(text).ok_or_else(|| {
@@ -82,6 +88,17 @@ impl Imds {
         factory: Option<Arc<dyn ListenerFactory>>,
         shutdown: CancellationToken,
     ) -> Result<Self, ImdsError> {
+        if let Some(offset) = store
+            .setting(CLOCK_SETTING)
+            .await?
+            .and_then(|v| v.parse::<i64>().ok())
+            && offset > clock.offset_secs()
+        {
+            clock
+                .set_offset(offset)
+                .map_err(|e| ImdsError::Internal(e.to_string()))?;
+        }
+        let events = EventLog::open(store.pool(), "imds", clock.clone(), DEFAULT_RETENTION).await?;
         let imds = Self {
             inner: Arc::new(Inner {
                 store,
@@ -96,6 +113,8 @@ impl Imds {
                 listeners: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
+                events,
+                faults: FaultPlans::default(),
             }),
         };
         for vm in imds.inner.store.vms().await? {
@@ -104,6 +123,41 @@ impl Imds {
         }
         imds.refresh_addresses().await?;
         Ok(imds)
+    }
+
+    /// IMDS's event log (the timeline's `imds` part).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    /// The fault plans in force on the VM-facing endpoints.
+    pub fn faults(&self) -> &FaultPlans {
+        &self.inner.faults
+    }
+
+    pub fn clock_state(&self) -> misim_core::internal::ClockState {
+        misim_core::internal::ClockState {
+            offset_secs: self.inner.clock.offset_secs(),
+            now: self
+                .inner
+                .clock
+                .now()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Moves the clock forward and persists it; cached tokens then expire by simulated time.
+    pub async fn advance_clock(&self, offset_secs: i64) -> Result<(), ImdsError> {
+        self.inner
+            .clock
+            .set_offset(offset_secs)
+            .map_err(|e| ImdsError::HostBadRequest(e.to_string()))?;
+        self.inner
+            .store
+            .set_setting(CLOCK_SETTING, &offset_secs.to_string())
+            .await?;
+        Ok(())
     }
 
     /// The VM whose `misim-ip` tag holds `ip`.
@@ -255,11 +309,9 @@ impl Imds {
             return Err(ImdsError::HostBadRequest("vmId must be a GUID".into()));
         }
         let metadata = serde_json::to_string(vm).map_err(|e| ImdsError::Internal(e.to_string()))?;
-        let existing_port = self
-            .inner
-            .store
-            .vm(vm_id)
-            .await?
+        let existing = self.inner.store.vm(vm_id).await?;
+        let existing_port = existing
+            .as_ref()
             .and_then(|v| v.port)
             .and_then(|p| u16::try_from(p).ok());
         self.inner
@@ -275,6 +327,16 @@ impl Imds {
             .listen(vm_id, existing_port.unwrap_or(vm.preferred_port))
             .await?;
         self.refresh_addresses().await?;
+        if existing.is_none() {
+            self.inner.events.record(
+                Draft::new(
+                    "imds.vm.hosted",
+                    format!("hosting VM {} (its IMDS endpoint is ready)", vm.name),
+                )
+                .vm(vm_id)
+                .resource(&vm.resource_id),
+            );
+        }
         Ok(port.map(|p| self.endpoint(p)))
     }
 
@@ -283,9 +345,20 @@ impl Imds {
         for identity in self.inner.store.identities(vm_id).await? {
             self.inner.cache.forget(&identity.principal_id);
         }
+        let removed = self.inner.store.vm(vm_id).await?;
         self.inner.store.delete_vm(vm_id).await?;
         self.refresh_addresses().await?;
         self.forget_identities(vm_id);
+        if let Some(vm) = removed {
+            self.inner.events.record(
+                Draft::new(
+                    "imds.vm.removed",
+                    format!("stopped hosting VM {}", vm.resource_id),
+                )
+                .vm(vm_id)
+                .resource(vm.resource_id),
+            );
+        }
         if let Some((_, cancel)) = self
             .inner
             .listeners
@@ -330,16 +403,45 @@ impl Imds {
         };
         self.inner.store.put_identity(&row).await?;
         self.forget_identities(vm_id);
+        let thumbprint = misim_core::crypto::hex_upper(&misim_core::crypto::sha1(&row.cert_der));
+        self.inner.events.record(
+            Draft::new(
+                "imds.credential.installed",
+                format!(
+                    "installed the certificate {thumbprint} of identity {} on the VM's host",
+                    row.client_id
+                ),
+            )
+            .vm(vm_id)
+            .principal(principal_id)
+            .resource(&row.resource_id)
+            .details(serde_json::json!({"keyId": row.key_id, "thumbprint": thumbprint, "clientId": row.client_id})),
+        );
         Ok(())
     }
 
     pub async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), ImdsError> {
         self.inner.cache.forget(principal_id);
+        let held = self
+            .vm_identities(vm_id)
+            .await?
+            .iter()
+            .any(|i| i.principal_id.eq_ignore_ascii_case(principal_id));
         self.inner
             .store
             .delete_identity(vm_id, principal_id)
             .await?;
         self.forget_identities(vm_id);
+        if held {
+            self.inner.events.record(
+                Draft::new(
+                    "imds.credential.removed",
+                    format!("removed the credential of identity {principal_id} from the VM's host"),
+                )
+                .vm(vm_id)
+                .principal(principal_id),
+            );
+        }
         Ok(())
     }
 

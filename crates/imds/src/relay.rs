@@ -95,8 +95,7 @@ pub async fn fetch(
         ),
         ("client_assertion", assertion.as_str()),
     ];
-    let response = http
-        .post(&endpoint)
+    let response = misim_core::events::propagate(http.post(&endpoint))
         .form(&form)
         .send()
         .await

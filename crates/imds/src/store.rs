@@ -39,6 +39,27 @@ impl Store {
         Self { pool }
     }
 
+    /// The pool, for the event log that shares this database.
+    pub fn pool(&self) -> SqlitePool {
+        self.pool.clone()
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM imds_settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO imds_settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn vms(&self) -> Result<Vec<VmRow>, sqlx::Error> {
         sqlx::query_as(
             "SELECT vm_id, resource_id, metadata, port, updated_at FROM imds_vms ORDER BY vm_id",

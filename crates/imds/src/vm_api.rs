@@ -12,6 +12,7 @@ use crate::Imds;
 use crate::error::{ImdsError, SERVER_HEADER};
 use crate::relay;
 use crate::store::IdentityRow;
+use misim_core::faults::FaultAction;
 
 /// Versions IMDS documents; the identity category exists from 2018-02-01.
 pub const API_VERSIONS: &[&str] = &[
@@ -68,6 +69,7 @@ struct VmState {
 pub fn router(imds: Imds, vm_id: String) -> Router {
     Router::new()
         .fallback(handle)
+        .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(VmState { imds, vm_id })
 }
 
@@ -77,7 +79,10 @@ pub const SOURCE_IP_TAG: &str = "misim-ip";
 /// One listener for many VMs (e.g. 169.254.169.254:80 on a VM network): the caller's source
 /// address names the VM (its `misim-ip` tag).
 pub fn source_router(imds: Imds) -> Router {
-    Router::new().fallback(handle_by_source).with_state(imds)
+    Router::new()
+        .fallback(handle_by_source)
+        .layer(axum::middleware::from_fn(misim_core::events::correlate))
+        .with_state(imds)
 }
 
 async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Response {
@@ -101,7 +106,40 @@ fn json_ok(body: Value) -> Response {
     response
 }
 
+fn is_identity_path(path: &str) -> bool {
+    path.starts_with("/metadata/identity") || path == APP_SERVICE_PATH || path == EXTENSION_PATH
+}
+
 async fn handle(State(state): State<VmState>, request: Request) -> Response {
+    if is_identity_path(request.uri().path().trim_end_matches('/'))
+        && let Some(fault) = state.imds.inner.faults.hit(Some(&state.vm_id))
+    {
+        state.imds.inner.events.record(
+            misim_core::events::Draft::new(
+                "imds.fault.injected",
+                format!("fault plan {} hit {}", fault.id, request.uri().path()),
+            )
+            .vm(&state.vm_id)
+            .details(json!({"faultId": fault.id, "plan": fault.request})),
+        );
+        match fault.request.action() {
+            FaultAction::Status {
+                status,
+                retry_after,
+            } => {
+                return ImdsError::Fault {
+                    status,
+                    retry_after,
+                    id: fault.id,
+                }
+                .into_response();
+            }
+            FaultAction::Latency { latency_ms } => {
+                tokio::time::sleep(std::time::Duration::from_millis(latency_ms)).await;
+            }
+            FaultAction::Drop => return misim_core::faults::dropped_connection(),
+        }
+    }
     match route(&state, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -110,10 +148,7 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
 
 /// Applies the identity rate limits (when on) to identity requests.
 fn admit(state: &VmState, path: &str) -> Result<Option<crate::throttle::Admission>, ImdsError> {
-    let identity_path = path.starts_with("/metadata/identity")
-        || path == APP_SERVICE_PATH
-        || path == EXTENSION_PATH;
-    if !state.imds.inner.config.throttle || !identity_path {
+    if !state.imds.inner.config.throttle || !is_identity_path(path) {
         return Ok(None);
     }
     state
@@ -367,17 +402,49 @@ async fn token(
     } else {
         imds.cache.get(&identity.principal_id, resource, now)
     };
+    let cache = match (&cached, bypass) {
+        (Some(_), _) => "hit",
+        (None, true) => "bypass",
+        (None, false) => "miss",
+    };
+    imds.events.record(
+        misim_core::events::Draft::new(
+            "imds.token.requested",
+            format!(
+                "the VM asked for a token for {resource} as identity {} (cache {cache})",
+                identity.client_id
+            ),
+        )
+        .vm(&state.vm_id)
+        .principal(&identity.principal_id)
+        .resource(&identity.resource_id)
+        .details(json!({"resource": resource, "clientId": identity.client_id, "cache": cache})),
+    );
     let token = match cached {
         Some(token) => token,
         None => {
-            let token = relay::fetch(
+            let fetched = relay::fetch(
                 &imds.http,
                 &imds.config.aad_url,
                 identity,
                 resource,
                 misim_core::Clock::wall_now().unix_timestamp(),
             )
-            .await?;
+            .await;
+            let token = match fetched {
+                Ok(token) => token,
+                Err(error) => {
+                    imds.events.record(
+                        misim_core::events::Draft::new(
+                            "imds.token.failed",
+                            format!("AAD gave no token: {error}"),
+                        )
+                        .vm(&state.vm_id)
+                        .principal(&identity.principal_id),
+                    );
+                    return Err(error);
+                }
+            };
             imds.cache
                 .put(&identity.principal_id, resource, token.clone());
             token

@@ -47,6 +47,12 @@ pub fn sts_parts(error: &AadError) -> (StatusCode, &'static str, u32, String) {
         UnknownEndpoint => (StatusCode::NOT_FOUND, "invalid_request", 90000, "The request path is not an endpoint of this token service.".into()),
         BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", 90000, "The request body is too large.".into()),
         Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", 90033, "A transient error has occurred. Please try again.".into()),
+        FaultInjected { status, id } => (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            if *status >= 500 || *status == 429 { "temporarily_unavailable" } else { "invalid_request" },
+            90033,
+            format!("A transient error has occurred. Please try again. (misim fault plan {id})"),
+        ),
         // Graph-dialect errors are rendered by `graph_parts`; this arm only keeps the match total.
         _ => (bad, "invalid_request", 90000, error.to_string()),
     }

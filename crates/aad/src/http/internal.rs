@@ -59,6 +59,73 @@ pub async fn bootstrap(State(aad): State<Aad>, headers: HeaderMap) -> Result<Res
     .into_response())
 }
 
+/// AAD's part of the timeline (ARM merges it into `/_sim/events`).
+pub async fn events(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let filter = misim_core::events::EventFilter::from_query(&query)
+        .map_err(|e| ctx.fail(AadError::GraphBadRequest(e)).graph())?;
+    let events = aad
+        .events()
+        .list(&filter)
+        .await
+        .map_err(|e| ctx.fail(AadError::from(e)).graph())?;
+    Ok(axum::Json(json!({ "events": events })).into_response())
+}
+
+pub async fn list_faults(State(aad): State<Aad>, headers: HeaderMap) -> Result<Response> {
+    authorize(&aad, &headers)?;
+    Ok(axum::Json(json!({ "faults": aad.faults().list() })).into_response())
+}
+
+pub async fn add_fault(State(aad): State<Aad>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let request: misim_core::faults::FaultRequest = body_as(body, &ctx).await?;
+    let fault = aad
+        .faults()
+        .add(request)
+        .map_err(|e| ctx.fail(AadError::GraphBadRequest(e)).graph())?;
+    Ok((StatusCode::CREATED, axum::Json(fault)).into_response())
+}
+
+pub async fn clear_faults(State(aad): State<Aad>, headers: HeaderMap) -> Result<Response> {
+    authorize(&aad, &headers)?;
+    Ok(axum::Json(json!({ "removed": aad.faults().remove(None) })).into_response())
+}
+
+pub async fn remove_fault(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    match aad.faults().remove(Some(&id)) {
+        0 => Err(ctx
+            .fail(AadError::GraphNotFound(format!("No fault plan '{id}'.")))
+            .graph()),
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// AAD's simulated clock.
+pub async fn clock(State(aad): State<Aad>, headers: HeaderMap) -> Result<Response> {
+    authorize(&aad, &headers)?;
+    Ok(axum::Json(aad.clock_state()).into_response())
+}
+
+/// Moves AAD's clock forward (never back) and rolls the signing key when it is due.
+pub async fn set_clock(State(aad): State<Aad>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let wanted: misim_core::internal::ClockState = body_as(body, &ctx).await?;
+    aad.advance_clock(wanted.offset_secs)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(axum::Json(aad.clock_state()).into_response())
+}
+
 /// The object ids of every managed-identity principal (for ARM's reconcile pass).
 pub async fn list_managed_identities(
     State(aad): State<Aad>,

@@ -11,6 +11,7 @@ use super::error::{Failure, sts_headers};
 use super::{RequestContext, read_body};
 use crate::error::AadError;
 use crate::service::{Aad, Endpoint, TokenGrant};
+use misim_core::faults::FaultAction;
 
 pub async fn v1(
     State(aad): State<Aad>,
@@ -42,6 +43,38 @@ async fn token(
     body: Body,
 ) -> Result<Response, Failure> {
     let ctx = RequestContext::from_headers(&headers);
+    if let Some(fault) = aad.faults().hit(None) {
+        aad.events().record(
+            misim_core::events::Draft::new(
+                "aad.fault.injected",
+                format!("fault plan {} hit the token endpoint", fault.id),
+            )
+            .details(json!({"faultId": fault.id, "plan": fault.request})),
+        );
+        match fault.request.action() {
+            FaultAction::Status {
+                status,
+                retry_after,
+            } => {
+                let mut response = ctx
+                    .fail(AadError::FaultInjected {
+                        status,
+                        id: fault.id,
+                    })
+                    .into_response();
+                if let Some(seconds) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, seconds.into());
+                }
+                return Ok(response);
+            }
+            FaultAction::Latency { latency_ms } => {
+                tokio::time::sleep(std::time::Duration::from_millis(latency_ms)).await;
+            }
+            FaultAction::Drop => return Ok(misim_core::faults::dropped_connection()),
+        }
+    }
     let bytes = read_body(body, &ctx).await?;
     let form = parse_form(&headers, &bytes);
     let grant = aad

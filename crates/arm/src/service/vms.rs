@@ -525,16 +525,20 @@ impl Arm {
         caller: &Caller,
         name_or_id: &str,
     ) -> Result<(VmView, Option<misim_core::internal::HostedVmStatus>), ArmError> {
-        if !caller
-            .object_id
-            .eq_ignore_ascii_case(&self.inner.config.admin_object_id)
-        {
-            return Err(ArmError::AuthorizationFailed {
-                oid: caller.object_id.clone(),
-                action: "misim/simulator/read".into(),
-                scope: "/_sim".into(),
-            });
-        }
+        self.require_admin(caller)?;
+        let row = self.find_vm(name_or_id).await?;
+        let view = Self::vm_view(row)?;
+        let status = self
+            .inner
+            .host
+            .status(&view.state.vm_id)
+            .await
+            .map_err(ArmError::Internal)?;
+        Ok((view, status))
+    }
+
+    /// A VM by name (when unique) or resource id, for the simulator APIs.
+    pub(crate) async fn find_vm(&self, name_or_id: &str) -> Result<ResourceRow, ArmError> {
         let all = self.inner.store.resources(KIND_VM, None).await?;
         let matching: Vec<ResourceRow> = all
             .into_iter()
@@ -562,14 +566,12 @@ impl Arm {
                 )));
             }
         };
-        let view = Self::vm_view(row)?;
-        let status = self
-            .inner
-            .host
-            .status(&view.state.vm_id)
-            .await
-            .map_err(ArmError::Internal)?;
-        Ok((view, status))
+        Ok(row)
+    }
+
+    /// A VM's view by name or id (simulator APIs).
+    pub(crate) async fn find_vm_view(&self, name_or_id: &str) -> Result<VmView, ArmError> {
+        Self::vm_view(self.find_vm(name_or_id).await?)
     }
 
     /// `{scope}/providers/Microsoft.ManagedIdentity/identities/default`: the system-assigned

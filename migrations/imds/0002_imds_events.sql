@@ -1,0 +1,21 @@
+-- The lifecycle timeline of this service (CONTRACT.md, Events); pruned to a bounded size.
+CREATE TABLE events (
+    seq            INTEGER PRIMARY KEY NOT NULL,
+    time           TEXT NOT NULL,               -- simulated time, RFC 3339
+    kind           TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    vm_id          TEXT,
+    resource_id    TEXT,
+    principal_id   TEXT,
+    summary        TEXT NOT NULL,
+    details        TEXT NOT NULL DEFAULT 'null'
+);
+CREATE INDEX events_vm ON events (vm_id);
+CREATE INDEX events_principal ON events (principal_id);
+CREATE INDEX events_correlation ON events (correlation_id);
+
+-- IMDS's own settings: the simulated clock's offset.
+CREATE TABLE imds_settings (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
