@@ -48,6 +48,97 @@ pub enum Command {
     Seed(SeedArgs),
     /// Exit 0 when URL answers HTTP at all (container health checks).
     Health(HealthArgs),
+    /// The lifecycle timeline of all three services (`--follow` streams it live).
+    Events(EventsArgs),
+    /// Show the simulated clock, or move every service's clock forward.
+    Clock {
+        #[command(subcommand)]
+        command: Option<ClockCommand>,
+    },
+    /// Fault plans for IMDS and AAD: answer errors, add latency or drop connections.
+    #[command(subcommand)]
+    Fault(FaultCommand),
+    /// Decode and verify a token, and say what it stands for and whether ARM accepts it now.
+    Explain {
+        /// The access token (a `Bearer ` prefix is ignored).
+        token: String,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events (Ctrl-C stops).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only what concerns this VM (name when unique, or resource id): its host, its identities.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// One JSON object per line (`time`, `service`, `kind`, `correlation_id`, ...).
+    #[arg(long)]
+    pub json: bool,
+    /// Only this kind, or a prefix ending in `.` (`imds.`, `arm.request.`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only one request chain.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// At most this many past events.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClockCommand {
+    /// Move simulated time forward (`90s`, `2h`, `46d`, `1w`, `1d12h`); returns once the rolls
+    /// and expiries that became due are done. Never backwards.
+    Advance { duration: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FaultCommand {
+    /// Add a plan: exactly one of --status, --latency, --drop.
+    Add(FaultAddArgs),
+    /// The plans in force.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one plan (by id) or all.
+    Clear { id: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct FaultAddArgs {
+    /// Which service misbehaves.
+    #[arg(long, value_parser = ["imds", "aad"], default_value = "imds")]
+    pub target: String,
+    /// IMDS only: one VM (name or resource id); default every VM.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Answer this HTTP status (400-599), e.g. 404, 410, 429, 500, 503.
+    #[arg(long)]
+    pub status: Option<u16>,
+    /// With --status: send `Retry-After` with this many seconds.
+    #[arg(long, requires = "status")]
+    pub retry_after: Option<u32>,
+    /// Answer normally, this many milliseconds later.
+    #[arg(long = "latency")]
+    pub latency_ms: Option<u64>,
+    /// Close the connection without an answer.
+    #[arg(long)]
+    pub drop: bool,
+    /// Only the next N requests.
+    #[arg(long)]
+    pub count: Option<u32>,
+    /// Only for this long (wall time: `30s`, `5m`).
+    #[arg(long = "for")]
+    pub for_duration: Option<String>,
+    /// Only this share of requests (0 < P <= 1).
+    #[arg(long)]
+    pub probability: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod deploy;
 pub mod seed;
 pub mod services;
+pub mod sim_cli;
 pub mod simulator;
 pub mod split;
 pub mod vm_env;

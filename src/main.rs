@@ -49,6 +49,14 @@ fn main() -> ExitCode {
             Command::Ca(CaCommand::Init(args)) => misim::deploy::ca_init(&args),
             Command::Connect(args) => misim::deploy::connect(&cli.data_dir, &args.peers).await,
             Command::Health(args) => misim::deploy::health(&args).await,
+            Command::Events(args) => misim::sim_cli::events(&cli.data_dir, &args).await,
+            Command::Clock { command } => {
+                misim::sim_cli::clock(&cli.data_dir, command.as_ref()).await
+            }
+            Command::Fault(command) => misim::sim_cli::fault(&cli.data_dir, &command).await,
+            Command::Explain { token, json } => {
+                misim::sim_cli::explain(&cli.data_dir, &token, json).await
+            }
             Command::Seed(args) => {
                 let text = std::fs::read_to_string(&args.file)
                     .with_context(|| format!("cannot read {}", args.file.display()))?;

@@ -270,7 +270,12 @@ impl Simulator {
         let demo_vm = if config.no_demo {
             None
         } else {
-            Some(seed_demo(&arm, &aad, demo_port).await?)
+            // One correlation id for the whole seeding chain, as for a request.
+            let correlation = uuid::Uuid::new_v4().to_string();
+            Some(
+                misim_core::events::with_correlation(correlation, seed_demo(&arm, &aad, demo_port))
+                    .await?,
+            )
         };
         let imds_url = match &demo_vm {
             Some((_, vm_id)) => Some(

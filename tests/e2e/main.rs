@@ -8,5 +8,6 @@ mod arm;
 mod arm_vms;
 mod imds;
 mod lifecycle;
+mod sim;
 mod split;
 mod support;

@@ -302,6 +302,29 @@ async fn three_processes_seed_serve_and_survive_restarts() {
     assert_eq!(deployment.arm_status(&token, &apps).await, 200);
     assert_eq!(deployment.arm_status(&token, &other).await, 403);
 
+    // The clock moves all three processes; the certificate rolls across them; the timeline
+    // merges all three services.
+    let moved = deployment.run(&["clock", "advance", "46d"]);
+    assert!(moved.contains("rolled the certificate"), "{moved}");
+    let token = deployment.token_eventually().await;
+    assert_eq!(claims(&token)["oid"], principal);
+    assert_eq!(deployment.arm_status(&token, &apps).await, 200);
+    let timeline = deployment.run(&["events", "--json", "--vm", "vm1"]);
+    let services: std::collections::BTreeSet<String> = timeline
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json line")["service"]
+                .as_str()
+                .expect("service")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        vec!["aad", "arm", "imds"]
+    );
+    assert!(timeline.contains("arm.credential.rolled"));
+
     // AAD down: IMDS answers at once with a retryable 5xx, and recovers when AAD is back.
     aad.stop();
     let (status, body) = deployment.imds_token(true).await;

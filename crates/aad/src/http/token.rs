@@ -43,7 +43,16 @@ async fn token(
     body: Body,
 ) -> Result<Response, Failure> {
     let ctx = RequestContext::from_headers(&headers);
-    if let Some(fault) = aad.faults().hit(None) {
+    let bytes = read_body(body, &ctx).await?;
+    let form = parse_form(&headers, &bytes);
+    // The bootstrap admin is the simulator's own control plane (the CLI fetches its tokens to
+    // manage faults): plans never hit it, so a plan can always be removed.
+    let admin = &aad.bootstrap().client_id;
+    let from_admin = form
+        .iter()
+        .any(|(k, v)| k == "client_id" && v.eq_ignore_ascii_case(admin))
+        || basic_credentials(&headers).is_some_and(|(id, _)| id.eq_ignore_ascii_case(admin));
+    if !from_admin && let Some(fault) = aad.faults().hit(None) {
         aad.events().record(
             misim_core::events::Draft::new(
                 "aad.fault.injected",
@@ -75,8 +84,7 @@ async fn token(
             FaultAction::Drop => return Ok(misim_core::faults::dropped_connection()),
         }
     }
-    let bytes = read_body(body, &ctx).await?;
-    let form = parse_form(&headers, &bytes);
+
     let grant = aad
         .issue_token(endpoint, &tenant, &form, basic_credentials(&headers))
         .await

@@ -1,0 +1,635 @@
+//! The simulator APIs on ARM's URL: the event timeline (with one correlation id per request
+//! chain), the clock that moves every service (identity certificates and AAD's signing key
+//! roll, old tokens expire, new ones verify), fault plans at IMDS and AAD, and explain.
+
+use crate::support::{TestSim, send_json};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+
+async fn sim_call(
+    sim: &TestSim,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", sim.sim.connection.arm);
+    send_json(sim.http.request(method, url).bearer_auth(token), body).await
+}
+
+async fn imds_token(sim: &TestSim, query: &str) -> (u16, Value) {
+    let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
+    let response = sim
+        .http
+        .get(format!("{endpoint}{TOKEN}{query}"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("imds");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn key_credentials(sim: &TestSim, graph_token: &str, principal: &str) -> Value {
+    let (status, body) = sim
+        .graph(
+            Method::GET,
+            &format!("servicePrincipals/{principal}"),
+            graph_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["keyCredentials"].clone()
+}
+
+fn kinds(events: &Value) -> Vec<String> {
+    events["value"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_string())
+        .collect()
+}
+
+fn position(kinds: &[String], kind: &str) -> usize {
+    kinds
+        .iter()
+        .position(|k| k == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+}
+
+#[tokio::test]
+async fn lifecycle_events_appear_in_order_with_one_correlation_per_chain() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+
+    // A user-assigned identity created through ARM: ARM mints, AAD registers.
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let url = format!(
+        "{}{sub}/resourceGroups/demo-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/watched?api-version=2023-01-31",
+        sim.sim.connection.arm
+    );
+    let (status, identity) = send_json(
+        sim.http
+            .put(url)
+            .bearer_auth(&admin)
+            .header("x-ms-correlation-request-id", &correlation),
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{identity}");
+    let principal = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_string();
+    let (_, chain) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        &format!("/_sim/events?correlation_id={correlation}"),
+        None,
+    )
+    .await;
+    let chain_kinds = kinds(&chain);
+    let created = position(&chain_kinds, "arm.identity.created");
+    assert!(created < position(&chain_kinds, "arm.credential.generated"));
+    assert!(
+        position(&chain_kinds, "arm.credential.generated")
+            < position(&chain_kinds, "aad.service_principal.created")
+    );
+    assert!(
+        position(&chain_kinds, "aad.service_principal.created")
+            < position(&chain_kinds, "aad.credential.registered")
+    );
+    assert!(position(&chain_kinds, "arm.request.authorized") < created);
+
+    // The demo VM asks IMDS for a token: IMDS, then AAD, under the client's correlation id.
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let chain_id = uuid::Uuid::new_v4().to_string();
+    let response = sim
+        .http
+        .get(format!("{endpoint}{TOKEN}"))
+        .header("Metadata", "true")
+        .header("x-ms-client-request-id", &chain_id)
+        .send()
+        .await
+        .expect("imds");
+    assert_eq!(response.status(), 200);
+    let token = response.json::<Value>().await.expect("json")["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let (_, chain) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        &format!("/_sim/events?correlation_id={chain_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        kinds(&chain),
+        vec![
+            "imds.token.requested",
+            "aad.assertion.validated",
+            "aad.token.issued"
+        ],
+        "{chain}"
+    );
+    assert!(
+        chain["value"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|e| e["correlation_id"] == chain_id.as_str())
+    );
+
+    // The token used at ARM: denied (no role), with the reason.
+    let (status, _) = crate::support::arm_call(
+        &sim,
+        &token,
+        Method::GET,
+        &format!("{sub}/resourcegroups/demo-rg"),
+        "2021-04-01",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, denied) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=arm.request.denied",
+        None,
+    )
+    .await;
+    let last = denied["value"]
+        .as_array()
+        .and_then(|v| v.last())
+        .cloned()
+        .expect("a denial");
+    assert!(
+        last["summary"]
+            .as_str()
+            .expect("summary")
+            .contains("no role assignment")
+    );
+
+    // The demo VM's own view: only its events, from all three services.
+    let (_, vm_events) = sim_call(&sim, &admin, Method::GET, "/_sim/events?vm=demo-vm", None).await;
+    let services: std::collections::BTreeSet<&str> = vm_events["value"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["service"].as_str().expect("service"))
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        vec!["aad", "arm", "imds"]
+    );
+    assert!(
+        !vm_events["value"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["principal_id"] == principal.as_str())
+    );
+
+    // The cursor pages forward: nothing new after the last page.
+    let cursor = vm_events["cursor"].as_str().expect("cursor");
+    let (_, rest) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        &format!("/_sim/events?vm=demo-vm&after={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(rest["value"], json!([]));
+
+    // Deleting the identity: ARM, then AAD.
+    let (status, _) = crate::support::arm_call(&sim, &admin, Method::DELETE, &format!("{sub}/resourceGroups/demo-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/watched"), "2023-01-31", None).await;
+    assert_eq!(status, 200);
+    let (_, gone) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=aad.service_principal.deleted",
+        None,
+    )
+    .await;
+    assert!(
+        gone["value"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["principal_id"] == principal.as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_live_stream_shows_a_step_as_it_happens() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, page) = sim_call(&sim, &admin, Method::GET, "/_sim/events?vm=demo-vm", None).await;
+    let cursor = page["cursor"].as_str().expect("cursor").to_string();
+    let mut stream = sim
+        .http
+        .get(format!(
+            "{}/_sim/events/stream?vm=demo-vm&after={cursor}",
+            sim.sim.connection.arm
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let (status, _) = imds_token(&sim, "&bypass_cache=true").await;
+    assert_eq!(status, 200);
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains("aad.token.issued") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the event arrives")
+            .expect("stream")
+            .expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: misim\ndata: {"), "{seen}");
+    assert!(seen.find("imds.token.requested") < seen.find("aad.token.issued"));
+}
+
+#[tokio::test]
+async fn advancing_the_clock_rolls_certificates_and_keys_and_expires_tokens() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let demo = sim.sim.connection.demo_vm.clone().expect("demo").id;
+    let (_, before) = imds_token(&sim, "").await;
+    let old_token = before["access_token"].as_str().expect("token").to_string();
+    let old_kid = sim
+        .verify(&old_token, "https://management.azure.com/")
+        .await;
+    drop(old_kid);
+    let (_, vm) =
+        crate::support::arm_call(&sim, &admin, Method::GET, &demo, "2024-07-01", None).await;
+    let principal = vm["identity"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_string();
+    let graph_admin = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let keys_before = key_credentials(&sim, &graph_admin, &principal).await;
+    assert_eq!(keys_before.as_array().map(Vec::len), Some(1));
+    let kids_before: Vec<Value> = sim.jwks().await["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].clone())
+        .collect();
+
+    // Backwards, zero and absurd moves are refused; so is anyone but the admin.
+    for bad in [
+        json!({"by": "-1d"}),
+        json!({"by": "0s"}),
+        json!({"by": "20000d"}),
+        json!({"by": "soon"}),
+        json!({}),
+    ] {
+        let (status, body) = sim_call(
+            &sim,
+            &admin,
+            Method::POST,
+            "/_sim/clock/advance",
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "InvalidParameter");
+    }
+    let (status, _) = sim_call(
+        &sim,
+        &old_token,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": "1d"})),
+    )
+    .await;
+    assert_eq!(status, 403, "a VM's identity cannot move the clock");
+
+    let (status, moved) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": "46d"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["offsetSecs"], 46 * 86_400);
+    assert_eq!(moved["pendingWork"], 0);
+    let rolled = moved["rolledCredentials"].as_array().expect("rolled");
+    assert!(
+        rolled
+            .iter()
+            .any(|r| r["principalId"] == principal.as_str()),
+        "{moved}"
+    );
+
+    // AAD holds the new certificate beside the old one (valid until day 90), the host uses it.
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let graph_admin = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let keys_after = key_credentials(&sim, &graph_admin, &principal).await;
+    assert_eq!(keys_after.as_array().map(Vec::len), Some(2), "{keys_after}");
+    let (_, hosted) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=imds.credential.installed&vm=demo-vm",
+        None,
+    )
+    .await;
+    assert_eq!(
+        hosted["value"].as_array().map(Vec::len),
+        Some(2),
+        "installed at creation and at the roll"
+    );
+
+    // The old token expired at simulated time; the cached one is not served, a new one works.
+    let (status, _) =
+        crate::support::arm_call(&sim, &old_token, Method::GET, &demo, "2024-07-01", None).await;
+    assert_eq!(status, 401);
+    let (status, after) = imds_token(&sim, "").await;
+    assert_eq!(status, 200);
+    let new_token = after["access_token"].as_str().expect("token").to_string();
+    assert_ne!(new_token, old_token);
+    let claims = sim
+        .verify(&new_token, "https://management.azure.com/")
+        .await;
+    assert_eq!(claims["oid"], principal.as_str());
+    let (status, body) =
+        crate::support::arm_call(&sim, &new_token, Method::GET, &demo, "2024-07-01", None).await;
+    assert_eq!(status, 403, "authenticated, not authorized: {body}");
+
+    // AAD rolled its signing key: a new kid signs, the previous one is still published.
+    let kids_after: Vec<Value> = sim.jwks().await["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].clone())
+        .collect();
+    let header: Value = serde_json::from_slice(
+        &misim_core::jose::b64_lenient(new_token.split('.').next().expect("header")).expect("b64"),
+    )
+    .expect("json");
+    let old_header: Value = serde_json::from_slice(
+        &misim_core::jose::b64_lenient(old_token.split('.').next().expect("header")).expect("b64"),
+    )
+    .expect("json");
+    assert_ne!(header["kid"], old_header["kid"]);
+    assert!(
+        kids_after.contains(&old_header["kid"]),
+        "the previous key stays in JWKS"
+    );
+    assert!(kids_after.contains(&header["kid"]));
+    assert_ne!(kids_after, kids_before);
+
+    // The clock shows the offset in every service.
+    let (_, clock) = sim_call(&sim, &admin, Method::GET, "/_sim/clock", None).await;
+    for service in ["aad", "imds"] {
+        assert_eq!(
+            clock["services"][service]["offsetSecs"],
+            46 * 86_400,
+            "{clock}"
+        );
+    }
+    let (_, rolls) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=aad.signing_key.rolled",
+        None,
+    )
+    .await;
+    assert_eq!(rolls["value"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn fault_plans_make_imds_and_aad_fail_as_asked() {
+    let sim = TestSim::start_in(tempfile::tempdir().expect("dir"), |c| {
+        c.imds_throttle = false
+    })
+    .await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let add = |plan: Value| {
+        let (sim, admin) = (&sim, admin.clone());
+        async move { sim_call(sim, &admin, Method::POST, "/_sim/faults", Some(plan)).await }
+    };
+
+    // A status for the next two requests of the demo VM, with Retry-After; then normal again.
+    let (status, fault) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 410, "retryAfter": 3, "count": 2})).await;
+    assert_eq!(status, 201, "{fault}");
+    for _ in 0..2 {
+        let endpoint = sim.sim.connection.imds.clone().expect("imds");
+        let response = sim
+            .http
+            .get(format!("{endpoint}{TOKEN}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .expect("imds");
+        assert_eq!(response.status(), 410);
+        assert_eq!(response.headers()["retry-after"], "3");
+    }
+    assert_eq!(imds_token(&sim, "").await.0, 200);
+
+    // Dropped connections.
+    add(json!({"target": "imds", "kind": "drop", "count": 1})).await;
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    assert!(
+        sim.http
+            .get(format!("{endpoint}{TOKEN}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .is_err()
+    );
+
+    // AAD refusing: IMDS passes a retryable 5xx on; the admin (the control plane) is never hit.
+    add(json!({"target": "aad", "kind": "status", "status": 503})).await;
+    let (status, body) = imds_token(&sim, "&bypass_cache=true").await;
+    assert!((500..600).contains(&status), "{status} {body}");
+    let admin_again = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, listed) = sim_call(&sim, &admin_again, Method::GET, "/_sim/faults", None).await;
+    assert_eq!(
+        listed["value"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let id = listed["value"][0]["id"].as_str().expect("id").to_string();
+    let (status, _) = sim_call(
+        &sim,
+        &admin,
+        Method::DELETE,
+        &format!("/_sim/faults/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(imds_token(&sim, "&bypass_cache=true").await.0, 200);
+
+    // Latency.
+    add(json!({"target": "imds", "kind": "latency", "latencyMs": 300, "count": 1})).await;
+    let started = std::time::Instant::now();
+    assert_eq!(imds_token(&sim, "").await.0, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    // Bad plans and unknown targets.
+    for (plan, status) in [
+        (
+            json!({"target": "imds", "kind": "status", "status": 200}),
+            400,
+        ),
+        (json!({"target": "imds", "kind": "explode"}), 400),
+        (json!({"target": "imds", "kind": "drop", "count": 0}), 400),
+        (
+            json!({"target": "imds", "kind": "drop", "probability": 2}),
+            400,
+        ),
+        (
+            json!({"target": "imds", "vm": "no-such-vm", "kind": "drop"}),
+            404,
+        ),
+        (json!("not an object"), 400),
+    ] {
+        let (got, body) = add(plan.clone()).await;
+        assert_eq!(got, status, "{plan}: {body}");
+    }
+    let (status, _) = sim_call(
+        &sim,
+        &admin,
+        Method::DELETE,
+        "/_sim/faults/00000000-0000-0000-0000-000000000000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, cleared) = sim_call(&sim, &admin, Method::DELETE, "/_sim/faults", None).await;
+    assert_eq!(status, 200, "{cleared}");
+    let (_, injected) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=imds.fault.injected",
+        None,
+    )
+    .await;
+    assert_eq!(
+        injected["value"].as_array().map(Vec::len),
+        Some(4),
+        "2 statuses, 1 drop, 1 latency"
+    );
+
+    // Nobody but the admin.
+    let (_, token) = imds_token(&sim, "").await;
+    let token = token["access_token"].as_str().expect("token");
+    let (status, _) = sim_call(
+        &sim,
+        token,
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"target": "imds", "kind": "drop"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = sim_call(&sim, token, Method::GET, "/_sim/events", None).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn explain_says_what_a_token_stands_for() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let demo = sim.sim.connection.demo_vm.clone().expect("demo").id;
+    let (_, token) = imds_token(&sim, "").await;
+    let token = token["access_token"].as_str().expect("token");
+    let (status, explained) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/explain",
+        Some(json!({"token": token})),
+    )
+    .await;
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(explained["acceptedByArm"], true);
+    assert_eq!(
+        explained["principal"]["kind"],
+        "system-assigned managed identity"
+    );
+    assert_eq!(explained["principal"]["vms"][0]["id"], demo.as_str());
+    assert_eq!(explained["principal"]["roleAssignments"], json!([]));
+    let (_, admin_explained) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/explain",
+        Some(json!({"token": admin})),
+    )
+    .await;
+    assert_eq!(
+        admin_explained["principal"]["roleAssignments"][0]["role"],
+        "Owner"
+    );
+
+    let forged = format!("{}x", &token[..token.len() - 2]);
+    let (_, refused) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/explain",
+        Some(json!({"token": forged})),
+    )
+    .await;
+    assert_eq!(refused["acceptedByArm"], false, "{refused}");
+    for bad in [
+        json!({"token": "not-a-jwt"}),
+        json!({}),
+        json!({"token": "a.b.c"}),
+    ] {
+        let (status, body) = sim_call(
+            &sim,
+            &admin,
+            Method::POST,
+            "/_sim/explain",
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = sim_call(&sim, &admin, Method::GET, "/_sim/nothing-here", None).await;
+    assert_eq!(status, 400);
+    let (status, _) = sim_call(&sim, &admin, Method::PUT, "/_sim/clock", None).await;
+    assert_eq!(status, 405);
+}
