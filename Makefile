@@ -20,10 +20,12 @@ build:
 	$(CARGO) build --locked --bin misim
 
 # Official clients (MSAL, azure-identity, azure-mgmt-*) against a real `misim up`, from a pinned
-# venv; then the az CLI (its own pinned venv) inside a network namespace holding only loopback.
+# venv; then the az CLI (its own pinned venv) and the Rust azure_identity crate (its own lock
+# file), each inside a network namespace holding only loopback.
 interop: build
 	MISIM_BIN=$(MISIM_BIN) tests/interop/run.sh
 	MISIM_BIN=$(MISIM_BIN) tests/interop/az/run.sh
+	MISIM_BIN=$(MISIM_BIN) tests/interop/rust/run.sh
 
 # The docker compose environment (docker/compose.yaml): images built offline from this
 # checkout's binary, two example apps as VMs, failure cases; skipped loudly without Docker.

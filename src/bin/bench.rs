@@ -315,6 +315,22 @@ async fn arm_benchmarks(args: &Args, cores: usize) {
         "IMDS /metadata/versions: {versions_rate:.0}/s; cached token: {cached_rate:.0}/s (ratio {:.2})",
         cached_rate / versions_rate
     );
+    // What recording events costs the cached path: the same run with recording off.
+    sim.imds.events().set_recording(false);
+    let (cached_quiet, _, _) = get_latency(
+        &http,
+        &token_url,
+        &metadata,
+        8,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    sim.imds.events().set_recording(true);
+    println!(
+        "IMDS cached token without recording events: {cached_quiet:.0}/s; with: {cached_rate:.0}/s (ratio {:.3}; target >= 0.95)",
+        cached_rate / cached_quiet
+    );
+    follow_latency(&sim, &http, &token_url).await;
     let (rate32, p50, p99) = get_latency(
         &http,
         &token_url,
@@ -340,6 +356,64 @@ async fn arm_benchmarks(args: &Args, cores: usize) {
         "IMDS uncached token (assertion signed at IMDS, verified and signed at AAD): {uncached:.0}/s"
     );
     sim.shutdown().await;
+}
+
+/// How long after a step its event reaches a `/_sim/events/stream` reader (what
+/// `misim events --follow` shows): 20 token requests, each timed from the answer to the event.
+async fn follow_latency(sim: &misim::Simulator, http: &reqwest::Client, token_url: &str) {
+    let c = &sim.connection;
+    let admin = misim::vm_env::admin_token(c, "https://management.azure.com/")
+        .await
+        .expect("admin token");
+    let cursor = http
+        .get(format!("{}/_sim/events?kind=imds.token.requested", c.arm))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("events")
+        .json::<Value>()
+        .await
+        .expect("json")["cursor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut stream = http
+        .get(format!(
+            "{}/_sim/events/stream?kind=imds.token.requested&after={cursor}",
+            c.arm
+        ))
+        .bearer_auth(&admin)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("stream");
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let _ = http
+            .get(format!("{token_url}&bypass_cache=true"))
+            .header("metadata", "true")
+            .send()
+            .await;
+        let answered = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await {
+                Ok(Ok(Some(chunk))) if String::from_utf8_lossy(&chunk).contains("data:") => break,
+                Ok(Ok(Some(_))) => continue,
+                _ => {
+                    println!("events --follow latency: the stream stalled");
+                    return;
+                }
+            }
+        }
+        delays.push(answered.elapsed());
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    delays.sort();
+    println!(
+        "events --follow latency (step answered -> event streamed): p50 {:.1} ms, max {:.1} ms (target < 100 ms)",
+        delays[delays.len() / 2].as_secs_f64() * 1e3,
+        delays[delays.len() - 1].as_secs_f64() * 1e3
+    );
 }
 
 async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
