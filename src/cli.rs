@@ -221,6 +221,9 @@ pub struct AadArgs {
     /// Lifetime of managed-identity tokens in seconds (Azure: about 24 hours).
     #[arg(long, env = "MISIM_MI_TOKEN_LIFETIME", default_value_t = 86_399, value_parser = clap::value_parser!(i64).range(60..=7 * 86_400))]
     pub mi_token_lifetime: i64,
+    /// AAD rolls its token-signing key this often (simulated days; Entra publishes no period).
+    #[arg(long, env = "MISIM_SIGNING_KEY_ROLL_DAYS", default_value_t = 42, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub signing_key_roll_days: i64,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +257,8 @@ pub struct ArmArgs {
     /// when absent. A data dir keeps the one it was created with.
     #[arg(long, env = "MISIM_SUBSCRIPTION_ID")]
     pub subscription_id: Option<String>,
+    #[command(flatten)]
+    pub periods: IdentityPeriods,
 }
 
 #[derive(Debug, Args)]
@@ -421,6 +426,36 @@ pub struct UpArgs {
     /// `misim-ip` tag of the VM (e.g. 169.254.169.254:80 inside a test network namespace).
     #[arg(long, env = "MISIM_IMDS_SOURCE_LISTEN")]
     pub imds_source_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub periods: IdentityPeriods,
+    /// AAD rolls its token-signing key this often (simulated days; Entra publishes no period).
+    #[arg(long, env = "MISIM_SIGNING_KEY_ROLL_DAYS", default_value_t = 42, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub signing_key_roll_days: i64,
+}
+
+/// Certificate periods of managed identities (simulated days).
+#[derive(Debug, Clone, Args)]
+pub struct IdentityPeriods {
+    /// Validity of an identity's certificate (Azure: 90 days).
+    #[arg(long, env = "MISIM_IDENTITY_CERT_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(2..=3650))]
+    pub identity_cert_days: i64,
+    /// Age at which it rolls (Azure: 45 days); less than the validity.
+    #[arg(long, env = "MISIM_IDENTITY_CERT_ROLL_DAYS", default_value_t = 45, value_parser = clap::value_parser!(i64).range(1..=3649))]
+    pub identity_cert_roll_days: i64,
+}
+
+impl IdentityPeriods {
+    /// The roll age, checked against the validity.
+    pub fn identity_cert_roll_days(&self) -> anyhow::Result<i64> {
+        if self.identity_cert_roll_days >= self.identity_cert_days {
+            anyhow::bail!(
+                "--identity-cert-roll-days ({}) must be less than --identity-cert-days ({}): the new certificate must arrive before the old one expires",
+                self.identity_cert_roll_days,
+                self.identity_cert_days
+            );
+        }
+        Ok(self.identity_cert_roll_days)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -257,8 +257,15 @@ fn render_fault(fault: &Value) -> String {
     if let Some(n) = fault["remaining"].as_u64() {
         limits.push(format!("{n} left"));
     }
-    if let Some(end) = fault["expiresAt"].as_i64() {
-        limits.push(format!("until unix {end}"));
+    if let Some(end) = fault["expiresAt"]
+        .as_i64()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+    {
+        limits.push(format!(
+            "until {} (wall time)",
+            end.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ));
     }
     if let Some(p) = fault["probability"].as_f64() {
         limits.push(format!("p={p}"));
@@ -353,6 +360,16 @@ pub async fn explain(data_dir: &Path, token: &str, json_out: bool) -> anyhow::Re
             .or(claims["azp"].as_str())
             .unwrap_or("")
     );
+    if let Some(exp) = claims["exp"]
+        .as_i64()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+    {
+        println!(
+            "expires   {} (simulated time)",
+            exp.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
+    }
     if let Some(mirid) = claims["xms_mirid"].as_str() {
         println!("identity  {mirid}");
     }

@@ -34,6 +34,11 @@ pub struct SimulatorConfig {
     /// Source-address mode: one IMDS listener here, mapping callers to VMs by their
     /// `misim-ip` tag (e.g. 169.254.169.254:80 inside a network namespace or container).
     pub imds_source_listen: Option<SocketAddr>,
+    /// Identity certificates: valid this many simulated days, rolled at this age.
+    pub identity_cert_days: i64,
+    pub identity_cert_roll_days: i64,
+    /// AAD rolls its token-signing key this often (simulated days).
+    pub signing_key_roll_days: i64,
 }
 
 impl SimulatorConfig {
@@ -54,6 +59,9 @@ impl SimulatorConfig {
             mi_token_lifetime_secs: 86_399,
             key_pool: 4,
             imds_source_listen: None,
+            identity_cert_days: misim_arm::ArmConfig::DEFAULT_CERT_DAYS,
+            identity_cert_roll_days: misim_arm::ArmConfig::DEFAULT_ROLL_DAYS,
+            signing_key_roll_days: misim_aad::DEFAULT_SIGNING_KEY_ROLL_SECS / 86_400,
         }
     }
 }
@@ -183,6 +191,7 @@ impl Simulator {
             .collect();
         aad_config.app_token_lifetime_secs = config.app_token_lifetime_secs;
         aad_config.mi_token_lifetime_secs = config.mi_token_lifetime_secs;
+        aad_config.signing_key_roll_secs = config.signing_key_roll_days * 86_400;
         let aad =
             services::open_aad(db_path("aad.db").as_deref(), clock.clone(), aad_config).await?;
 
@@ -219,6 +228,8 @@ impl Simulator {
             admin_object_id: aad.bootstrap().object_id.clone(),
             key_pool_size: i64::from(config.key_pool),
             subscription_id: None,
+            identity_cert_days: config.identity_cert_days,
+            identity_cert_roll_days: config.identity_cert_roll_days,
         };
         let peers = services::ArmPeers {
             http: to_peers,

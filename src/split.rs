@@ -115,6 +115,7 @@ pub async fn run_aad(data_dir: PathBuf, args: AadArgs) -> anyhow::Result<()> {
         .collect();
     config.app_token_lifetime_secs = args.app_token_lifetime;
     config.mi_token_lifetime_secs = args.mi_token_lifetime;
+    config.signing_key_roll_secs = args.signing_key_roll_days * 86_400;
     let clock = Arc::new(Clock::default());
     let aad = services::open_aad(
         db(&data_dir, args.in_memory, "aad.db").as_deref(),
@@ -205,6 +206,8 @@ pub async fn run_arm(data_dir: PathBuf, args: ArmArgs) -> anyhow::Result<()> {
         admin_object_id: bootstrap.admin_object_id.clone(),
         key_pool_size: i64::from(args.key_pool),
         subscription_id: args.subscription_id.clone(),
+        identity_cert_days: args.periods.identity_cert_days,
+        identity_cert_roll_days: args.periods.identity_cert_roll_days()?,
     };
     let peers = services::ArmPeers {
         http,

@@ -427,6 +427,23 @@ async fn advancing_the_clock_rolls_certificates_and_keys_and_expires_tokens() {
     )
     .await;
     assert_eq!(rolls["value"].as_array().map(Vec::len), Some(1));
+
+    // A second move rolls AAD's key again, to one ARM has never seen: tokens signed with it
+    // are accepted at once (the advance lets ARM refetch JWKS).
+    let (status, _) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": "46d"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let fresh_admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (status, body) = sim_call(&sim, &fresh_admin, Method::GET, "/_sim/clock", None).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -628,8 +645,81 @@ async fn explain_says_what_a_token_stands_for() {
         .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+    for bad in [
+        "/_sim/events?vm=no-such-vm",
+        "/_sim/events?limit=0x",
+        "/_sim/events?after=bogus",
+    ] {
+        let (status, body) = sim_call(&sim, &admin, Method::GET, bad, None).await;
+        assert!(status == 404 || status == 400, "{bad}: {status} {body}");
+    }
     let (status, _) = sim_call(&sim, &admin, Method::GET, "/_sim/nothing-here", None).await;
     assert_eq!(status, 400);
     let (status, _) = sim_call(&sim, &admin, Method::PUT, "/_sim/clock", None).await;
     assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn a_deleted_vm_keeps_its_timeline() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let demo = sim.sim.connection.demo_vm.clone().expect("demo").id;
+    let (_, vm) =
+        crate::support::arm_call(&sim, &admin, Method::GET, &demo, "2024-07-01", None).await;
+    let vm_id = vm["properties"]["vmId"].as_str().expect("vmId").to_string();
+    assert_eq!(imds_token(&sim, "").await.0, 200);
+    let (status, _) =
+        crate::support::arm_call(&sim, &admin, Method::DELETE, &demo, "2024-07-01", None).await;
+    assert!(status == 200 || status == 202 || status == 204, "{status}");
+    for vm in ["demo-vm", vm_id.as_str(), demo.as_str()] {
+        let (status, events) = sim_call(
+            &sim,
+            &admin,
+            Method::GET,
+            &format!("/_sim/events?vm={vm}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{vm}: {events}");
+        let kinds = kinds(&events);
+        assert!(
+            kinds.iter().any(|k| k == "imds.vm.removed") || vm == demo.as_str(),
+            "{vm}: {kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|k| k == "imds.credential.removed"),
+            "{vm}: {kinds:?}"
+        );
+        // By vmId only IMDS's events carry it; by name or resource id, the principals too.
+        if vm != vm_id.as_str() {
+            assert!(
+                kinds.iter().any(|k| k == "aad.service_principal.deleted"),
+                "{vm}: {kinds:?}"
+            );
+        }
+    }
+    let (status, _) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?vm=never-existed",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // An expired or forged token at ARM is an event too.
+    let (status, _) =
+        crate::support::arm_call(&sim, "not-a-token", Method::GET, &demo, "2024-07-01", None).await;
+    assert_eq!(status, 401);
+    let (_, refused) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=arm.request.unauthenticated",
+        None,
+    )
+    .await;
+    assert_eq!(refused["value"].as_array().map(Vec::len), Some(1));
 }

@@ -132,6 +132,7 @@ impl RequestContext {
         Self {
             correlation_id: client_request_id
                 .clone()
+                .or_else(misim_core::events::current_correlation)
                 .unwrap_or_else(|| Uuid::new_v4().to_string()),
             return_client_request_id: header("return-client-request-id")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),

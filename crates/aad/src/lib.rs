@@ -11,7 +11,7 @@ pub mod keys;
 pub mod service;
 pub mod store;
 
-pub use config::AadConfig;
+pub use config::{AadConfig, DEFAULT_SIGNING_KEY_ROLL_SECS};
 pub use error::AadError;
 pub use http::router;
 pub use service::{Aad, Bootstrap};

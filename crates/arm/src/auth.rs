@@ -81,6 +81,16 @@ impl TokenValidator {
         (cache.keys.get(kid).cloned(), may_refresh)
     }
 
+    /// Lets the next unknown key id refetch JWKS at once (after the clock moved: AAD may sign
+    /// with a key rolled in since the last fetch).
+    pub fn allow_refresh(&self) {
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fetched_at = None;
+    }
+
     async fn refresh(&self) -> Result<(), ArmError> {
         let jwks: Value = self
             .inner

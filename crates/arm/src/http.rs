@@ -224,7 +224,7 @@ async fn handle(state: ArmState, request: Request) -> Result<Response, ArmError>
     if !is_sim {
         check_api_version(&target, &api_version)?;
     }
-    let caller = state
+    let validated = state
         .validator
         .validate(
             parts
@@ -232,7 +232,20 @@ async fn handle(state: ArmState, request: Request) -> Result<Response, ArmError>
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
         )
-        .await?;
+        .await;
+    let caller = match validated {
+        Ok(caller) => caller,
+        Err(error) => {
+            state.arm.events().record(
+                misim_core::events::Draft::new(
+                    "arm.request.unauthenticated",
+                    format!("refused {} {path}: {error}", parts.method),
+                )
+                .resource(&path),
+            );
+            return Err(error);
+        }
+    };
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ArmError::RequestTooLarge)?;

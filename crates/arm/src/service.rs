@@ -49,6 +49,15 @@ pub struct ArmConfig {
     pub key_pool_size: i64,
     /// The subscription id for a new data dir (docker deployments pin it); random when `None`.
     pub subscription_id: Option<String>,
+    /// Validity of an identity certificate and the age at which it rolls (simulated days).
+    pub identity_cert_days: i64,
+    pub identity_cert_roll_days: i64,
+}
+
+impl ArmConfig {
+    /// Azure's periods: certificates valid 90 days, rolled at 45.
+    pub const DEFAULT_CERT_DAYS: i64 = IDENTITY_CERT_DAYS;
+    pub const DEFAULT_ROLL_DAYS: i64 = CREDENTIAL_ROLL_DAYS;
 }
 
 #[derive(Clone)]
@@ -960,6 +969,7 @@ impl Arm {
         &self,
         client_id: &str,
     ) -> Result<(String, Vec<u8>, Vec<u8>, i64), ArmError> {
+        let cert_days = self.inner.config.identity_cert_days;
         let pooled = self.inner.store.take_pooled_key().await?;
         self.inner.wake_key_pool.notify_one();
         let now = self.inner.clock.now();
@@ -972,12 +982,12 @@ impl Arm {
             let der = key.self_signed_certificate(
                 &cn,
                 now - time::Duration::hours(1),
-                now + time::Duration::days(IDENTITY_CERT_DAYS),
+                now + time::Duration::days(cert_days),
             )?;
             Ok((der, key.pkcs8_der().to_vec()))
         })
         .await??;
-        let not_after = (now + time::Duration::days(IDENTITY_CERT_DAYS)).unix_timestamp();
+        let not_after = (now + time::Duration::days(cert_days)).unix_timestamp();
         Ok((Uuid::new_v4().to_string(), der, pkcs8, not_after))
     }
 
@@ -1110,8 +1120,10 @@ impl Arm {
             Draft::new(
                 "arm.credential.generated",
                 format!(
-                    "generated its certificate {} (RSA-2048, valid {IDENTITY_CERT_DAYS} days, rolled at {CREDENTIAL_ROLL_DAYS})",
-                    misim_core::crypto::hex_upper(&misim_core::crypto::sha1(&cert_der))
+                    "generated its certificate {} (RSA-2048, valid {} days, rolled at {})",
+                    misim_core::crypto::hex_upper(&misim_core::crypto::sha1(&cert_der)),
+                    self.inner.config.identity_cert_days,
+                    self.inner.config.identity_cert_roll_days
                 ),
             )
             .principal(&principal_id)
@@ -1894,6 +1906,8 @@ mod tests {
             admin_object_id: "admin".into(),
             key_pool_size: 0,
             subscription_id: None,
+            identity_cert_days: ArmConfig::DEFAULT_CERT_DAYS,
+            identity_cert_roll_days: ArmConfig::DEFAULT_ROLL_DAYS,
         };
         Arm::open(
             Store::new(pool),

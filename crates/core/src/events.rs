@@ -355,7 +355,12 @@ impl EventLog {
             vm_id: draft.vm_id,
             resource_id: draft.resource_id,
             principal_id: draft.principal_id,
-            summary: draft.summary,
+            // One line each: upstream messages (AADSTS) carry CR/LF.
+            summary: draft
+                .summary
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
             details: draft.details,
         };
         let _ = self.inner.live.send(event.clone());
@@ -594,6 +599,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(log.list(&after).await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retention_is_bounded() {
+        let log = log().await;
+        for i in 0..1200 {
+            log.record(Draft::new("imds.token.requested", format!("#{i}")));
+        }
+        log.flush().await;
+        let kept = log
+            .list(&EventFilter {
+                limit: MAX_LIMIT,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        // Pruned at the 1000th insert down to the newest 100, then 200 more arrived.
+        assert_eq!(
+            kept.len(),
+            300,
+            "oldest kept: {:?}",
+            kept.first().map(|e| e.seq)
+        );
+        assert_eq!(kept.last().map(|e| e.seq), Some(1200));
     }
 
     #[test]

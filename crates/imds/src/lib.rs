@@ -342,13 +342,27 @@ impl Imds {
 
     /// Stops hosting a VM: its listener closes and its credentials are gone.
     pub async fn delete_vm(&self, vm_id: &str) -> Result<(), ImdsError> {
-        for identity in self.inner.store.identities(vm_id).await? {
+        let held = self.inner.store.identities(vm_id).await?;
+        for identity in &held {
             self.inner.cache.forget(&identity.principal_id);
         }
         let removed = self.inner.store.vm(vm_id).await?;
         self.inner.store.delete_vm(vm_id).await?;
         self.refresh_addresses().await?;
         self.forget_identities(vm_id);
+        for identity in &held {
+            self.inner.events.record(
+                Draft::new(
+                    "imds.credential.removed",
+                    format!(
+                        "removed the credential of identity {} with the VM",
+                        identity.client_id
+                    ),
+                )
+                .vm(vm_id)
+                .principal(&identity.principal_id),
+            );
+        }
         if let Some(vm) = removed {
             self.inner.events.record(
                 Draft::new(
@@ -426,17 +440,18 @@ impl Imds {
             .vm_identities(vm_id)
             .await?
             .iter()
-            .any(|i| i.principal_id.eq_ignore_ascii_case(principal_id));
+            .find(|i| i.principal_id.eq_ignore_ascii_case(principal_id))
+            .map(|i| i.client_id.clone());
         self.inner
             .store
             .delete_identity(vm_id, principal_id)
             .await?;
         self.forget_identities(vm_id);
-        if held {
+        if let Some(client_id) = held {
             self.inner.events.record(
                 Draft::new(
                     "imds.credential.removed",
-                    format!("removed the credential of identity {principal_id} from the VM's host"),
+                    format!("removed the credential of identity {client_id} from the VM's host"),
                 )
                 .vm(vm_id)
                 .principal(principal_id),

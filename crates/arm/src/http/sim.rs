@@ -26,7 +26,7 @@ pub async fn handle(call: &Call, validator: &TokenValidator) -> Result<Response,
             StatusCode::OK,
             call.arm.clock_status(&call.caller).await?,
         )),
-        "/_sim/clock/advance" if *m == Method::POST => advance(call).await,
+        "/_sim/clock/advance" if *m == Method::POST => advance(call, validator).await,
         "/_sim/faults" if *m == Method::GET => Ok(ok_json(
             StatusCode::OK,
             call.arm.list_faults(&call.caller).await?,
@@ -121,7 +121,7 @@ async fn stream(call: &Call) -> Result<Response, ArmError> {
     Ok(response)
 }
 
-async fn advance(call: &Call) -> Result<Response, ArmError> {
+async fn advance(call: &Call, validator: &TokenValidator) -> Result<Response, ArmError> {
     let body: Value = if call.body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -139,10 +139,9 @@ async fn advance(call: &Call) -> Result<Response, ArmError> {
             )
         })?;
     let secs = parse_duration(&by).map_err(ArmError::InvalidParameter)?;
-    Ok(ok_json(
-        StatusCode::OK,
-        call.arm.advance_clock(&call.caller, secs).await?,
-    ))
+    let moved = call.arm.advance_clock(&call.caller, secs).await?;
+    validator.allow_refresh();
+    Ok(ok_json(StatusCode::OK, moved))
 }
 
 /// Decodes a token, verifies it as ARM would, and says what it stands for.
@@ -173,10 +172,13 @@ async fn explain(call: &Call, validator: &TokenValidator) -> Result<Response, Ar
     }
     let (header_part, claims) = (part(0)?, part(1)?);
     let verdict = validator.validate(Some(&format!("Bearer {token}"))).await;
-    let principal = match claims["oid"].as_str() {
+    let mut principal = match claims["oid"].as_str() {
         Some(oid) => call.arm.describe_principal(oid).await?,
         None => Value::Null,
     };
+    if principal["identity"].is_null() && claims["xms_mirid"].is_string() {
+        principal["kind"] = json!("a managed identity that no longer exists");
+    }
     let now = misim_core::Clock::wall_now().unix_timestamp();
     Ok(ok_json(
         StatusCode::OK,

@@ -9,7 +9,7 @@ use misim_core::faults::FaultRequest;
 use misim_core::internal::{CLOCK_PATH, EVENTS_PATH, FAULTS_PATH, ManagedIdentityCertificate};
 use serde_json::{Value, json};
 
-use super::{Arm, CLOCK_SETTING, IDENTITY_CERT_DAYS, KIND_VM};
+use super::{Arm, CLOCK_SETTING, KIND_VM};
 use crate::auth::Caller;
 use crate::error::ArmError;
 use crate::ports::{Peer, SimPeers};
@@ -170,18 +170,92 @@ impl Arm {
         let cursor = Cursor::parse(own.remove("after").as_deref().unwrap_or(""))?;
         let mut filter = EventFilter::from_query(&own).map_err(ArmError::InvalidParameter)?;
         if let Some(vm) = vm {
-            let view = self.find_vm_view(&vm).await?;
-            filter.vm_id = Some(view.state.vm_id.clone());
-            filter.resource_id = Some(view.resource.id.clone());
-            filter.principals = view
-                .state
-                .system_principal_id
-                .iter()
-                .cloned()
-                .chain(view.state.attached.iter().map(|a| a.principal_id.clone()))
-                .collect();
+            match self.find_vm_view(&vm).await {
+                Ok(view) => {
+                    filter.vm_id = Some(view.state.vm_id.clone());
+                    filter.resource_id = Some(view.resource.id.clone());
+                    filter.principals = view
+                        .state
+                        .system_principal_id
+                        .iter()
+                        .cloned()
+                        .chain(view.state.attached.iter().map(|a| a.principal_id.clone()))
+                        .collect();
+                }
+                // A deleted VM: what the timeline remembers of it.
+                Err(ArmError::ResourceNotFound { .. }) => {
+                    self.remembered_vm(&vm, &mut filter).await?
+                }
+                Err(other) => return Err(other),
+            }
+            // Identities the VM had before (removed since) belong to its history too.
+            if let Some(resource_id) = filter.resource_id.clone() {
+                for principal in self.principals_created_for(&resource_id).await? {
+                    if !filter
+                        .principals
+                        .iter()
+                        .any(|p| p.eq_ignore_ascii_case(&principal))
+                    {
+                        filter.principals.push(principal);
+                    }
+                }
+            }
         }
         Ok((filter, cursor))
+    }
+
+    /// Principals ARM ever created for `resource_id` (from its own events).
+    async fn principals_created_for(&self, resource_id: &str) -> Result<Vec<String>, ArmError> {
+        let created = self
+            .inner
+            .events
+            .list(&EventFilter {
+                kind: Some("arm.identity.created".into()),
+                resource_id: Some(resource_id.to_string()),
+                limit: misim_core::events::MAX_LIMIT,
+                ..EventFilter::default()
+            })
+            .await?;
+        Ok(created.into_iter().filter_map(|e| e.principal_id).collect())
+    }
+
+    /// The filter for a VM that no longer exists, by vmId, resource id or name.
+    async fn remembered_vm(&self, vm: &str, filter: &mut EventFilter) -> Result<(), ArmError> {
+        if uuid::Uuid::parse_str(vm).is_ok() {
+            filter.vm_id = Some(vm.to_string());
+            return Ok(());
+        }
+        if vm.starts_with('/') {
+            filter.resource_id = Some(vm.to_string());
+            return Ok(());
+        }
+        let suffix = format!("/virtualmachines/{}", vm.to_ascii_lowercase());
+        let remembered = self
+            .inner
+            .events
+            .list(&EventFilter {
+                kind: Some("arm.identity.created".into()),
+                limit: misim_core::events::MAX_LIMIT,
+                ..EventFilter::default()
+            })
+            .await?
+            .into_iter()
+            .rev()
+            .find_map(|e| {
+                e.resource_id
+                    .filter(|r| r.to_ascii_lowercase().ends_with(&suffix))
+            });
+        match remembered {
+            Some(resource_id) => {
+                filter.resource_id = Some(resource_id);
+                Ok(())
+            }
+            None => Err(ArmError::ResourceNotFound {
+                kind: "Microsoft.Compute/virtualMachines",
+                name: vm.to_string(),
+                rg: "*".into(),
+            }),
+        }
     }
 
     /// Events of all three services after `cursor`, merged by simulated time.
@@ -329,7 +403,8 @@ impl Arm {
     pub async fn roll_credentials(&self) -> Result<Vec<Value>, ArmError> {
         let _turn = self.inner.writes.lock().await;
         let now = self.inner.clock.now_unix();
-        let keep_for = (IDENTITY_CERT_DAYS - CREDENTIAL_ROLL_DAYS) * 86_400;
+        let config = &self.inner.config;
+        let keep_for = (config.identity_cert_days - config.identity_cert_roll_days) * 86_400;
         let due: Vec<_> = self
             .inner
             .store
@@ -398,9 +473,10 @@ impl Arm {
                 Draft::new(
                     "arm.credential.rolled",
                     format!(
-                        "rolled the certificate of {}: {thumbprint} replaces key {} (valid until day {IDENTITY_CERT_DAYS}); installing on {} host(s)",
+                        "rolled the certificate of {}: {thumbprint} replaces key {} (valid until day {}); installing on {} host(s)",
                         identity.mirid,
                         identity.cert_key_id,
+                        config.identity_cert_days,
                         hosts.len()
                     ),
                 )
