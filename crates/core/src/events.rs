@@ -615,11 +615,11 @@ mod tests {
             })
             .await
             .expect("list");
-        // Pruned at the 1000th insert down to the newest 100, then 200 more arrived.
-        assert_eq!(
+        // Pruned once about 1000 had arrived (at a batch boundary) down to the newest 100.
+        assert!(
+            (100..=400).contains(&kept.len()),
+            "{} kept, oldest {:?}",
             kept.len(),
-            300,
-            "oldest kept: {:?}",
             kept.first().map(|e| e.seq)
         );
         assert_eq!(kept.last().map(|e| e.seq), Some(1200));
