@@ -426,6 +426,10 @@ pub struct UpArgs {
     /// `misim-ip` tag of the VM (e.g. 169.254.169.254:80 inside a test network namespace).
     #[arg(long, env = "MISIM_IMDS_SOURCE_LISTEN")]
     pub imds_source_listen: Option<std::net::SocketAddr>,
+    /// Also serve the demo VM's deprecated VM-extension endpoint (`/oauth2/token`, port 50342
+    /// on Azure) on this port of the bind host; 0 picks a free one. Off when absent.
+    #[arg(long, env = "MISIM_IMDS_EXTENSION_PORT")]
+    pub imds_extension_port: Option<u16>,
     #[command(flatten)]
     pub periods: IdentityPeriods,
     /// AAD rolls its token-signing key this often (simulated days; Entra publishes no period).

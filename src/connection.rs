@@ -33,6 +33,9 @@ pub struct Connection {
     /// The source-address-mode IMDS listener, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds_source: Option<String>,
+    /// The demo VM's VM-extension endpoint (`--imds-extension-port`), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_extension: Option<String>,
 }
 
 impl Connection {

@@ -93,6 +93,7 @@ pub async fn discover(peers: &PeerArgs) -> anyhow::Result<Connection> {
         },
         demo_vm: None,
         imds_source: None,
+        imds_extension: None,
     };
     connection.subscription_id = subscription_of(&connection).await?;
     Ok(connection)

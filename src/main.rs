@@ -115,6 +115,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         mi_token_lifetime_secs: args.mi_token_lifetime,
         key_pool: args.key_pool,
         imds_source_listen: args.imds_source_listen,
+        imds_extension_port: args.imds_extension_port,
         identity_cert_days: args.periods.identity_cert_days,
         identity_cert_roll_days: args.periods.identity_cert_roll_days()?,
         signing_key_roll_days: args.signing_key_roll_days,

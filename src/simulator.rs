@@ -34,6 +34,8 @@ pub struct SimulatorConfig {
     /// Source-address mode: one IMDS listener here, mapping callers to VMs by their
     /// `misim-ip` tag (e.g. 169.254.169.254:80 inside a network namespace or container).
     pub imds_source_listen: Option<SocketAddr>,
+    /// The demo VM's VM-extension endpoint on its own port (Azure: 50342); `None`: off.
+    pub imds_extension_port: Option<u16>,
     /// Identity certificates: valid this many simulated days, rolled at this age.
     pub identity_cert_days: i64,
     pub identity_cert_roll_days: i64,
@@ -59,6 +61,7 @@ impl SimulatorConfig {
             mi_token_lifetime_secs: 86_399,
             key_pool: 4,
             imds_source_listen: None,
+            imds_extension_port: None,
             identity_cert_days: misim_arm::ArmConfig::DEFAULT_CERT_DAYS,
             identity_cert_roll_days: misim_arm::ArmConfig::DEFAULT_ROLL_DAYS,
             signing_key_roll_days: misim_aad::DEFAULT_SIGNING_KEY_ROLL_SECS / 86_400,
@@ -138,6 +141,12 @@ impl Simulator {
             .map(TcpListener::local_addr)
             .transpose()?
             .map_or(0, |a| a.port());
+        let extension_listener = match (config.imds_extension_port, config.no_demo) {
+            (Some(port), false) => {
+                Some(bind(config.host, port, "the VM-extension endpoint").await?)
+            }
+            _ => None,
+        };
         let source_listener = match config.imds_source_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen for IMDS (source-address mode) on {addr}")
@@ -288,6 +297,19 @@ impl Simulator {
                     .await?,
             )
         };
+        let imds_extension = match (extension_listener, &demo_vm) {
+            (Some(listener), Some((_, vm_id))) => {
+                let url = format!("http://{public_host}:{}", listener.local_addr()?.port());
+                supervisor.serve(
+                    "imds (VM-extension endpoint)",
+                    listener,
+                    None,
+                    misim_imds::vm_router(imds.clone(), vm_id.clone()),
+                );
+                Some(url)
+            }
+            _ => None,
+        };
         let imds_url = match &demo_vm {
             Some((_, vm_id)) => Some(
                 imds.vm_endpoint(vm_id)
@@ -311,6 +333,7 @@ impl Simulator {
             },
             demo_vm: demo_vm.map(|(id, _)| DemoVm { id }),
             imds_source,
+            imds_extension,
         };
         connection
             .write(data_dir)

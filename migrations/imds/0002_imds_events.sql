@@ -10,9 +10,8 @@ CREATE TABLE events (
     summary        TEXT NOT NULL,
     details        TEXT NOT NULL DEFAULT 'null'
 );
-CREATE INDEX events_vm ON events (vm_id);
-CREATE INDEX events_principal ON events (principal_id);
-CREATE INDEX events_correlation ON events (correlation_id);
+-- No secondary indexes: retention keeps the table small enough to scan, and every insert on
+-- the hot IMDS path would pay for them.
 
 -- IMDS's own settings: the simulated clock's offset.
 CREATE TABLE imds_settings (

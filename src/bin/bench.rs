@@ -509,6 +509,21 @@ async fn token_benchmarks(args: &Args, per_core: f64, cores: usize) {
         duration,
     )
     .await;
+    // The same with AAD's event recording off: what the timeline costs this path.
+    sim.aad.events().set_recording(false);
+    let cert_quiet = token_rate(
+        &http,
+        &url,
+        form(("client_assertion", &assertion)),
+        args.concurrency,
+        duration,
+    )
+    .await;
+    sim.aad.events().set_recording(true);
+    println!(
+        "certificate-assertion tokens/s without recording events: {cert_quiet:.0}; with: {cert_rate:.0} (ratio {:.3})",
+        cert_rate / cert_quiet
+    );
     let (_, password) = {
         let r = http
             .post(format!(

@@ -917,3 +917,45 @@ async fn a_lost_imds_database_is_rebuilt_from_arm_at_restart() {
     assert_eq!(claims["oid"], vm["identity"]["principalId"]);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn the_vm_extension_endpoint_can_have_its_own_port() {
+    let sim = TestSim::start_in(tempfile::tempdir().expect("dir"), |c| {
+        c.imds_extension_port = Some(0)
+    })
+    .await;
+    let extension = sim
+        .sim
+        .connection
+        .imds_extension
+        .clone()
+        .expect("an extension endpoint in connection.json");
+    assert_ne!(Some(&extension), sim.sim.connection.imds.as_ref());
+    let response = sim
+        .http
+        .post(format!("{extension}/oauth2/token"))
+        .header("Metadata", "true")
+        .form(&[("resource", "https://management.azure.com/")])
+        .send()
+        .await
+        .expect("extension endpoint");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    let claims = sim.verify(token, "https://management.azure.com/").await;
+    let demo = sim.sim.connection.demo_vm.clone().expect("demo").id;
+    assert_eq!(
+        claims["xms_mirid"],
+        demo.replace("/resourceGroups/", "/resourcegroups/")
+    );
+    // Its old protocol only: without Metadata it refuses, as on Azure.
+    let response = sim
+        .http
+        .get(format!(
+            "{extension}/oauth2/token?resource=https://management.azure.com/"
+        ))
+        .send()
+        .await
+        .expect("extension endpoint");
+    assert_eq!(response.status(), 400);
+}

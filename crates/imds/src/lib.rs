@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ImdsError, SERVER_HEADER};
 pub use host_api::router as host_router;
 pub use store::{MIGRATOR, Store};
-pub use vm_api::{APP_SERVICE_PATH, EXTENSION_PATH, SOURCE_IP_TAG, source_router};
+pub use vm_api::{
+    APP_SERVICE_PATH, EXTENSION_PATH, SOURCE_IP_TAG, router as vm_router, source_router,
+};
 
 /// Opens the per-VM listeners (library code never binds sockets itself).
 #[async_trait]
