@@ -341,6 +341,33 @@ mod tests {
     }
 
     #[test]
+    fn probable_plans_hit_about_their_share_and_timed_ones_end() {
+        let plans = FaultPlans::default();
+        plans
+            .add(
+                plan(serde_json::json!({"target": "imds", "kind": "drop", "probability": 0.5}))
+                    .expect("plan"),
+            )
+            .expect("add");
+        let hits = (0..1000)
+            .filter(|_| plans.hit(Some("vm")).is_some())
+            .count();
+        // Binomial(1000, 0.5): 350..650 is beyond 9 standard deviations.
+        assert!((350..650).contains(&hits), "{hits} of 1000");
+
+        let timed = Fault {
+            id: "t".into(),
+            request: plan(serde_json::json!({"target": "aad", "kind": "drop", "durationSecs": 5}))
+                .expect("plan"),
+            remaining: None,
+            expires_at: Some(100),
+            fired: 0,
+        };
+        assert!(live(&timed, 99));
+        assert!(!live(&timed, 100), "ends at its wall-clock deadline");
+    }
+
+    #[test]
     fn counted_plans_run_out_and_vm_plans_only_hit_their_vm() {
         let plans = FaultPlans::default();
         let counted = plan(serde_json::json!({"target": "imds", "vm": "vm-a", "kind": "status", "status": 503, "count": 2})).expect("plan");

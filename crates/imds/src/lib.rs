@@ -3,6 +3,7 @@
 //! loopback, where apps get tokens with no code change. Tokens come from AAD through a client
 //! assertion signed with the identity's key, exactly as the real host does.
 
+mod coalesce;
 pub mod error;
 mod host_api;
 pub mod relay;
@@ -70,6 +71,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     events: EventLog,
     faults: FaultPlans,
+    /// Cached-token hits recorded once a second per (VM, identity, resource).
+    hits: coalesce::HitCoalescer,
 }
 
 const CLOCK_SETTING: &str = "clock_offset_secs";
@@ -117,6 +120,7 @@ impl Imds {
                 tasks: Mutex::new(Vec::new()),
                 events,
                 faults: FaultPlans::default(),
+                hits: coalesce::HitCoalescer::default(),
             }),
         };
         for vm in imds.inner.store.vms().await? {

@@ -407,19 +407,36 @@ async fn token(
         (None, true) => "bypass",
         (None, false) => "miss",
     };
-    imds.events.record(
-        misim_core::events::Draft::new(
-            "imds.token.requested",
-            format!(
-                "the VM asked for a token for {resource} as identity {} (cache {cache})",
-                identity.client_id
-            ),
+    let earlier_hits = if cached.is_some() {
+        imds.hits.admit(
+            &state.vm_id,
+            &identity.principal_id,
+            resource,
+            std::time::Instant::now(),
         )
-        .vm(&state.vm_id)
-        .principal(&identity.principal_id)
-        .resource(&identity.resource_id)
-        .details(json!({"resource": resource, "clientId": identity.client_id, "cache": cache})),
-    );
+    } else {
+        Some(0)
+    };
+    if let Some(earlier_hits) = earlier_hits {
+        let also = if earlier_hits > 0 {
+            format!("; {earlier_hits} more cached tokens since the last one recorded")
+        } else {
+            String::new()
+        };
+        imds.events.record(
+            misim_core::events::Draft::new(
+                "imds.token.requested",
+                format!(
+                    "the VM asked for a token for {resource} as identity {} (cache {cache}){also}",
+                    identity.client_id
+                ),
+            )
+            .vm(&state.vm_id)
+            .principal(&identity.principal_id)
+            .resource(&identity.resource_id)
+            .details(json!({"resource": resource, "clientId": identity.client_id, "cache": cache, "coalescedHits": earlier_hits})),
+        );
+    }
     let token = match cached {
         Some(token) => token,
         None => {
