@@ -221,9 +221,8 @@ pub struct AadArgs {
     /// Lifetime of managed-identity tokens in seconds (Azure: about 24 hours).
     #[arg(long, env = "MISIM_MI_TOKEN_LIFETIME", default_value_t = 86_399, value_parser = clap::value_parser!(i64).range(60..=7 * 86_400))]
     pub mi_token_lifetime: i64,
-    /// AAD rolls its token-signing key this often (simulated days; Entra publishes no period).
-    #[arg(long, env = "MISIM_SIGNING_KEY_ROLL_DAYS", default_value_t = 42, value_parser = clap::value_parser!(i64).range(1..=3650))]
-    pub signing_key_roll_days: i64,
+    #[command(flatten)]
+    pub signing_key: SigningKeyPeriod,
 }
 
 #[derive(Debug, Args)]
@@ -432,6 +431,13 @@ pub struct UpArgs {
     pub imds_extension_port: Option<u16>,
     #[command(flatten)]
     pub periods: IdentityPeriods,
+    #[command(flatten)]
+    pub signing_key: SigningKeyPeriod,
+}
+
+/// How often AAD rolls its token-signing key.
+#[derive(Debug, Clone, Args)]
+pub struct SigningKeyPeriod {
     /// AAD rolls its token-signing key this often (simulated days; Entra publishes no period).
     #[arg(long, env = "MISIM_SIGNING_KEY_ROLL_DAYS", default_value_t = 42, value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub signing_key_roll_days: i64,

@@ -118,7 +118,7 @@ async fn up(data_dir: std::path::PathBuf, args: UpArgs) -> anyhow::Result<()> {
         imds_extension_port: args.imds_extension_port,
         identity_cert_days: args.periods.identity_cert_days,
         identity_cert_roll_days: args.periods.identity_cert_roll_days()?,
-        signing_key_roll_days: args.signing_key_roll_days,
+        signing_key_roll_days: args.signing_key.signing_key_roll_days,
     };
     let data_dir = config.data_dir.clone();
     let simulator = Simulator::start(config).await?;

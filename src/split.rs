@@ -115,7 +115,7 @@ pub async fn run_aad(data_dir: PathBuf, args: AadArgs) -> anyhow::Result<()> {
         .collect();
     config.app_token_lifetime_secs = args.app_token_lifetime;
     config.mi_token_lifetime_secs = args.mi_token_lifetime;
-    config.signing_key_roll_secs = args.signing_key_roll_days * 86_400;
+    config.signing_key_roll_secs = args.signing_key.signing_key_roll_days * 86_400;
     let clock = Arc::new(Clock::default());
     let aad = services::open_aad(
         db(&data_dir, args.in_memory, "aad.db").as_deref(),

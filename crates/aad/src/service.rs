@@ -162,16 +162,7 @@ impl Aad {
         clock: Arc<Clock>,
         config: AadConfig,
     ) -> Result<Self, AadError> {
-        if let Some(offset) = store
-            .setting(CLOCK_SETTING)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok())
-            && offset > clock.offset_secs()
-        {
-            clock
-                .set_offset(offset)
-                .map_err(|e| AadError::Internal(e.to_string()))?;
-        }
+        clock.restore(store.setting(CLOCK_SETTING).await?.as_deref());
         let now = clock.now();
         let tenant = match store.tenants().await?.into_iter().next() {
             Some(tenant) => tenant,
@@ -231,15 +222,7 @@ impl Aad {
 
     /// The simulated clock as the internal API reports it.
     pub fn clock_state(&self) -> misim_core::internal::ClockState {
-        misim_core::internal::ClockState {
-            offset_secs: self.inner.clock.offset_secs(),
-            now: self
-                .inner
-                .clock
-                .now()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        }
+        self.inner.clock.state()
     }
 
     /// Moves the clock forward to `offset_secs`, persists it and does what became due (the

@@ -190,16 +190,7 @@ impl Arm {
                 id
             }
         };
-        if let Some(offset) = store
-            .setting(CLOCK_SETTING)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok())
-            && offset > clock.offset_secs()
-        {
-            clock
-                .set_offset(offset)
-                .map_err(|e| ArmError::Internal(e.to_string()))?;
-        }
+        clock.restore(store.setting(CLOCK_SETTING).await?.as_deref());
         let events = EventLog::open(store.pool(), "arm", clock.clone(), DEFAULT_RETENTION).await?;
         let arm = Self {
             inner: Arc::new(Inner {
@@ -328,14 +319,7 @@ impl Arm {
                 &json!({"vmId": view.state.vm_id, "vm": hosted}),
             )
             .await?;
-            let carried = identities.iter().filter(|i| {
-                (i.owner_key == view.resource.id_key && !i.user_assigned)
-                    || view
-                        .state
-                        .attached
-                        .iter()
-                        .any(|a| a.principal_id == i.principal_id)
-            });
+            let carried = identities.iter().filter(|i| view.carries(i));
             for identity in carried {
                 let payload = json!({"vmId": view.state.vm_id, "principalId": identity.principal_id, "identity": self.hosted_identity(identity)});
                 Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;

@@ -48,6 +48,31 @@ impl Clock {
         self.now().unix_timestamp()
     }
 
+    /// Restores a persisted offset at start (a larger one already set wins); unparsable or
+    /// out-of-range text is ignored.
+    pub fn restore(&self, persisted: Option<&str>) {
+        if let Some(offset) = persisted.and_then(|v| v.trim().parse::<i64>().ok())
+            && offset > self.offset_secs()
+        {
+            let _ = self.set_offset(offset);
+        }
+    }
+
+    /// Simulated now, RFC 3339.
+    pub fn now_rfc3339(&self) -> String {
+        self.now()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+
+    /// The clock as the internal APIs report it.
+    pub fn state(&self) -> crate::internal::ClockState {
+        crate::internal::ClockState {
+            offset_secs: self.offset_secs(),
+            now: self.now_rfc3339(),
+        }
+    }
+
     /// Moves simulated time forward to `offset_secs`; never backwards.
     pub fn set_offset(&self, offset_secs: i64) -> Result<(), ClockError> {
         if !(0..=MAX_OFFSET_SECS).contains(&offset_secs) {
@@ -83,5 +108,14 @@ mod tests {
         assert_eq!(clock.offset_secs(), 20);
         assert_eq!(clock.set_offset(-1), Err(ClockError::OutOfRange(-1)));
         assert!(clock.now() > Clock::wall_now() + time::Duration::seconds(19));
+        clock.restore(Some("15"));
+        assert_eq!(
+            clock.offset_secs(),
+            20,
+            "a smaller persisted offset never moves it back"
+        );
+        clock.restore(Some("30"));
+        clock.restore(Some("garbage"));
+        assert_eq!(clock.state().offset_secs, 30);
     }
 }

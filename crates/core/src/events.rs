@@ -338,12 +338,7 @@ impl EventLog {
 
     pub fn record_with(&self, draft: Draft, correlation_id: String) -> Event {
         let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let time = self
-            .inner
-            .clock
-            .now()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let time = self.inner.clock.now_rfc3339();
         let event = Event {
             seq,
             time,

@@ -241,6 +241,34 @@ fn live(fault: &Fault, now: i64) -> bool {
     fault.remaining != Some(0) && fault.expires_at.is_none_or(|end| now < end)
 }
 
+/// Carries out a plan that hit: `Some(response)` answers instead of the service (the status
+/// rendered in the service's own dialect by `render`, with `Retry-After` when the plan has one,
+/// or a dropped connection); `None` lets the request go on, after the plan's latency.
+pub async fn apply(
+    action: FaultAction,
+    render: impl FnOnce(u16) -> axum::response::Response,
+) -> Option<axum::response::Response> {
+    match action {
+        FaultAction::Status {
+            status,
+            retry_after,
+        } => {
+            let mut response = render(status);
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, seconds.into());
+            }
+            Some(response)
+        }
+        FaultAction::Latency { latency_ms } => {
+            tokio::time::sleep(std::time::Duration::from_millis(latency_ms)).await;
+            None
+        }
+        FaultAction::Drop => Some(dropped_connection()),
+    }
+}
+
 /// A response body that fails at once: hyper closes the connection without an answer, which
 /// is what a client sees when IMDS drops it.
 pub fn dropped_connection() -> axum::response::Response {

@@ -53,11 +53,7 @@ pub enum ImdsError {
     },
     /// A fault plan answered instead of IMDS.
     #[error("misim fault plan {id}: injected status {status}")]
-    Fault {
-        status: u16,
-        retry_after: Option<u32>,
-        id: String,
-    },
+    Fault { status: u16, id: String },
     /// AAD unreachable or failing: a retryable 500, never a hang.
     #[error("Failed to retrieve token from the Active directory. {0}")]
     AadUnavailable(String),
@@ -145,13 +141,7 @@ impl IntoResponse for ImdsError {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let ImdsError::Fault {
-            retry_after: Some(seconds),
-            ..
-        } = &self
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
-        }
+
         response
     }
 }

@@ -93,16 +93,7 @@ impl Imds {
         factory: Option<Arc<dyn ListenerFactory>>,
         shutdown: CancellationToken,
     ) -> Result<Self, ImdsError> {
-        if let Some(offset) = store
-            .setting(CLOCK_SETTING)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok())
-            && offset > clock.offset_secs()
-        {
-            clock
-                .set_offset(offset)
-                .map_err(|e| ImdsError::Internal(e.to_string()))?;
-        }
+        clock.restore(store.setting(CLOCK_SETTING).await?.as_deref());
         let events = EventLog::open(store.pool(), "imds", clock.clone(), DEFAULT_RETENTION).await?;
         let imds = Self {
             inner: Arc::new(Inner {
@@ -142,15 +133,7 @@ impl Imds {
     }
 
     pub fn clock_state(&self) -> misim_core::internal::ClockState {
-        misim_core::internal::ClockState {
-            offset_secs: self.inner.clock.offset_secs(),
-            now: self
-                .inner
-                .clock
-                .now()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        }
+        self.inner.clock.state()
     }
 
     /// Moves the clock forward and persists it; cached tokens then expire by simulated time.

@@ -12,7 +12,6 @@ use crate::Imds;
 use crate::error::{ImdsError, SERVER_HEADER};
 use crate::relay;
 use crate::store::IdentityRow;
-use misim_core::faults::FaultAction;
 
 /// Versions IMDS documents; the identity category exists from 2018-02-01.
 pub const API_VERSIONS: &[&str] = &[
@@ -122,22 +121,16 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
             .vm(&state.vm_id)
             .details(json!({"faultId": fault.id, "plan": fault.request})),
         );
-        match fault.request.action() {
-            FaultAction::Status {
+        let answer = misim_core::faults::apply(fault.request.action(), |status| {
+            ImdsError::Fault {
                 status,
-                retry_after,
-            } => {
-                return ImdsError::Fault {
-                    status,
-                    retry_after,
-                    id: fault.id,
-                }
-                .into_response();
+                id: fault.id.clone(),
             }
-            FaultAction::Latency { latency_ms } => {
-                tokio::time::sleep(std::time::Duration::from_millis(latency_ms)).await;
-            }
-            FaultAction::Drop => return misim_core::faults::dropped_connection(),
+            .into_response()
+        })
+        .await;
+        if let Some(response) = answer {
+            return response;
         }
     }
     match route(&state, request).await {

@@ -11,7 +11,6 @@ use super::error::{Failure, sts_headers};
 use super::{RequestContext, read_body};
 use crate::error::AadError;
 use crate::service::{Aad, Endpoint, TokenGrant};
-use misim_core::faults::FaultAction;
 
 pub async fn v1(
     State(aad): State<Aad>,
@@ -60,28 +59,16 @@ async fn token(
             )
             .details(json!({"faultId": fault.id, "plan": fault.request})),
         );
-        match fault.request.action() {
-            FaultAction::Status {
+        let answer = misim_core::faults::apply(fault.request.action(), |status| {
+            ctx.fail(AadError::FaultInjected {
                 status,
-                retry_after,
-            } => {
-                let mut response = ctx
-                    .fail(AadError::FaultInjected {
-                        status,
-                        id: fault.id,
-                    })
-                    .into_response();
-                if let Some(seconds) = retry_after {
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, seconds.into());
-                }
-                return Ok(response);
-            }
-            FaultAction::Latency { latency_ms } => {
-                tokio::time::sleep(std::time::Duration::from_millis(latency_ms)).await;
-            }
-            FaultAction::Drop => return Ok(misim_core::faults::dropped_connection()),
+                id: fault.id.clone(),
+            })
+            .into_response()
+        })
+        .await;
+        if let Some(response) = answer {
+            return Ok(response);
         }
     }
 

@@ -448,14 +448,7 @@ impl Arm {
             let mut hosts = Vec::new();
             for row in &vms {
                 let view = Self::vm_view(row.clone())?;
-                let carries = (identity.owner_key == view.resource.id_key
-                    && !identity.user_assigned)
-                    || view
-                        .state
-                        .attached
-                        .iter()
-                        .any(|a| a.principal_id == identity.principal_id);
-                if carries {
+                if view.carries(&identity) {
                     let payload = json!({"vmId": view.state.vm_id, "principalId": identity.principal_id, "identity": self.hosted_identity(&renewed)});
                     Store::enqueue(&mut tx, "imds.put_identity", &payload).await?;
                     hosts.push(view.state.vm_id.clone());
@@ -605,14 +598,7 @@ impl Arm {
         if let Some(identity) = &identity {
             for row in self.inner.store.resources(KIND_VM, None).await? {
                 let view = Self::vm_view(row)?;
-                let carries = (identity.owner_key == view.resource.id_key
-                    && !identity.user_assigned)
-                    || view
-                        .state
-                        .attached
-                        .iter()
-                        .any(|a| a.principal_id.eq_ignore_ascii_case(object_id));
-                if carries {
+                if view.carries(identity) {
                     vms.push(json!({"id": view.resource.id, "name": view.resource.name, "vmId": view.state.vm_id}));
                 }
             }

@@ -63,6 +63,18 @@ pub struct VmView {
     pub state: VmState,
 }
 
+impl VmView {
+    /// Whether the VM carries the identity: its own system-assigned one, or an attached one.
+    pub fn carries(&self, identity: &crate::store::IdentityRow) -> bool {
+        (identity.owner_key == self.resource.id_key && !identity.user_assigned)
+            || self
+                .state
+                .attached
+                .iter()
+                .any(|a| a.principal_id.eq_ignore_ascii_case(&identity.principal_id))
+    }
+}
+
 fn identity_error(error: IdentityError) -> ArmError {
     match error {
         IdentityError::Malformed(m) => ArmError::InvalidRequestContent(m),
