@@ -73,6 +73,8 @@ struct Inner {
     faults: FaultPlans,
     /// Cached-token hits recorded once a second per (VM, identity, resource).
     hits: coalesce::HitCoalescer,
+    /// Identity keys, parsed once.
+    keys: relay::KeyCache,
 }
 
 const CLOCK_SETTING: &str = "clock_offset_secs";
@@ -112,6 +114,7 @@ impl Imds {
                 events,
                 faults: FaultPlans::default(),
                 hits: coalesce::HitCoalescer::default(),
+                keys: relay::KeyCache::default(),
             }),
         };
         for vm in imds.inner.store.vms().await? {
@@ -334,6 +337,7 @@ impl Imds {
         let held = self.inner.store.identities(vm_id).await?;
         for identity in &held {
             self.inner.cache.forget(&identity.principal_id);
+            self.inner.keys.forget(&identity.principal_id);
         }
         let removed = self.inner.store.vm(vm_id).await?;
         self.inner.store.delete_vm(vm_id).await?;
@@ -392,6 +396,7 @@ impl Imds {
         misim_core::crypto::RsaKey::from_pkcs8(&private_pkcs8)
             .map_err(|e| ImdsError::HostBadRequest(e.to_string()))?;
         self.inner.cache.forget(principal_id);
+        self.inner.keys.forget(principal_id);
         let row = store::IdentityRow {
             vm_id: vm_id.to_string(),
             principal_id: principal_id.to_string(),
@@ -425,6 +430,7 @@ impl Imds {
 
     pub async fn delete_identity(&self, vm_id: &str, principal_id: &str) -> Result<(), ImdsError> {
         self.inner.cache.forget(principal_id);
+        self.inner.keys.forget(principal_id);
         let held = self
             .vm_identities(vm_id)
             .await?

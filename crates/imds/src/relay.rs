@@ -57,9 +57,49 @@ impl TokenCache {
     }
 }
 
+/// Parsed identity keys: parsing PKCS#8 (with aws-lc's key checks) costs more than the
+/// signature itself, so each credential is parsed once.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: Mutex<HashMap<(String, String), RsaKey>>,
+}
+
+impl KeyCache {
+    fn slot(identity: &IdentityRow) -> (String, String) {
+        (
+            identity.principal_id.to_ascii_lowercase(),
+            identity.key_id.clone(),
+        )
+    }
+
+    fn get(&self, identity: &IdentityRow) -> Option<RsaKey> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&Self::slot(identity))
+            .cloned()
+    }
+
+    fn put(&self, identity: &IdentityRow, key: RsaKey) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Self::slot(identity), key);
+    }
+
+    /// Forgets a principal's keys (its credential changed or went away).
+    pub fn forget(&self, principal_id: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, _), _| !p.eq_ignore_ascii_case(principal_id));
+    }
+}
+
 /// Requests a token for `resource` from AAD's v1 endpoint with a certificate assertion.
 pub async fn fetch(
     http: &reqwest::Client,
+    keys: &KeyCache,
     aad_url: &str,
     identity: &IdentityRow,
     resource: &str,
@@ -76,15 +116,21 @@ pub async fn fetch(
         identity.client_id.clone(),
         endpoint.clone(),
     );
-    let assertion = blocking(move || {
-        let key = RsaKey::from_pkcs8(&pkcs8)?;
+    let parsed = keys.get(identity);
+    let (assertion, key) = blocking(move || {
+        let key = match parsed {
+            Some(key) => key,
+            None => RsaKey::from_pkcs8(&pkcs8)?,
+        };
         let header = json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))});
         let claims = json!({"aud": aud, "iss": client_id, "sub": client_id, "jti": uuid::Uuid::new_v4().to_string(), "nbf": wall_now - 60, "exp": wall_now + ASSERTION_LIFETIME_SECS});
         key.sign_jws(JwsAlg::Rs256, &header, &claims)
+            .map(|jws| (jws, key))
     })
     .await
     .map_err(|e| ImdsError::Internal(e.to_string()))?
     .map_err(|e| ImdsError::Internal(e.to_string()))?;
+    keys.put(identity, key);
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", identity.client_id.as_str()),

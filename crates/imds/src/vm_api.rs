@@ -435,6 +435,7 @@ async fn token(
         None => {
             let fetched = relay::fetch(
                 &imds.http,
+                &imds.keys,
                 &imds.config.aad_url,
                 identity,
                 resource,
