@@ -203,16 +203,29 @@ impl RsaKey {
 }
 
 /// A parsed X.509 certificate holding an RSA public key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RsaCertificate {
     pub der: Vec<u8>,
     /// DER `RSAPublicKey` (what the verifier takes).
     rsa_public_key: Vec<u8>,
+    /// The key parsed for each algorithm once, on first use: parsing per verification costs
+    /// as much as the verification (Montgomery set-up).
+    parsed: Arc<[std::sync::OnceLock<Option<signature::ParsedPublicKey>>; 2]>,
     pub modulus: Vec<u8>,
     pub exponent: Vec<u8>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub subject: String,
+}
+
+impl fmt::Debug for RsaCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RsaCertificate")
+            .field("subject", &self.subject)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RsaCertificate {
@@ -239,6 +252,7 @@ impl RsaCertificate {
         Ok(Self {
             der: der.to_vec(),
             rsa_public_key: spki.subject_public_key.data.to_vec(),
+            parsed: Arc::new([std::sync::OnceLock::new(), std::sync::OnceLock::new()]),
             modulus: strip(rsa.modulus),
             exponent: strip(rsa.exponent),
             not_before: cert.validity().not_before.to_datetime(),
@@ -289,13 +303,18 @@ impl RsaCertificate {
     }
 
     pub fn verify(&self, alg: JwsAlg, message: &[u8], sig: &[u8]) -> bool {
-        let params: &'static dyn signature::VerificationAlgorithm = match alg {
-            JwsAlg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            JwsAlg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+        let (params, slot): (&'static dyn signature::VerificationAlgorithm, _) = match alg {
+            JwsAlg::Rs256 => (&signature::RSA_PKCS1_2048_8192_SHA256, &self.parsed[0]),
+            JwsAlg::Ps256 => (&signature::RSA_PSS_2048_8192_SHA256, &self.parsed[1]),
         };
-        UnparsedPublicKey::new(params, &self.rsa_public_key)
-            .verify(message, sig)
-            .is_ok()
+        let parsed = slot.get_or_init(|| {
+            UnparsedPublicKey::new(params, &self.rsa_public_key)
+                .parse()
+                .ok()
+        });
+        parsed
+            .as_ref()
+            .is_some_and(|key| key.verify_sig(message, sig).is_ok())
     }
 }
 
