@@ -723,3 +723,61 @@ async fn a_deleted_vm_keeps_its_timeline() {
     .await;
     assert_eq!(refused["value"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn certificate_and_signing_key_periods_are_configurable() {
+    let sim = TestSim::start_in(tempfile::tempdir().expect("dir"), |c| {
+        c.identity_cert_days = 10;
+        c.identity_cert_roll_days = 5;
+        c.signing_key_roll_days = 3;
+    })
+    .await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (status, moved) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": "4d"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["rolledCredentials"], json!([]), "not yet at day 5");
+    // The admin's one-hour token expired with those 4 days.
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, moved) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": "2d"})),
+    )
+    .await;
+    assert_eq!(
+        moved["rolledCredentials"].as_array().map(Vec::len),
+        Some(1),
+        "{moved}"
+    );
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, rolls) = sim_call(
+        &sim,
+        &admin,
+        Method::GET,
+        "/_sim/events?kind=aad.signing_key.rolled",
+        None,
+    )
+    .await;
+    assert_eq!(
+        rolls["value"].as_array().map(Vec::len),
+        Some(2),
+        "days 3 and 6"
+    );
+    let (status, _) = imds_token(&sim, "").await;
+    assert_eq!(status, 200);
+}

@@ -454,6 +454,16 @@ async fn split_services_refuse_bad_configuration() {
             "give --aad URL, --arm URL and --ca-cert",
         ),
         (vec!["health", "https://127.0.0.1:1/"], "give --ca-cert"),
+        (
+            vec![
+                "up",
+                "--identity-cert-days",
+                "10",
+                "--identity-cert-roll-days",
+                "10",
+            ],
+            "must be less than",
+        ),
         (vec!["health", "http://127.0.0.1:1/"], "did not answer"),
         (
             vec!["ca", "init", pki_str, "--name", ","],

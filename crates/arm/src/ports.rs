@@ -5,6 +5,18 @@ use misim_core::internal::{
     INTERNAL_SECRET_HEADER, ManagedIdentityCertificate, ManagedIdentityPrincipal,
 };
 
+/// Calls on the internal edges: the internal secret, and the request chain's correlation id so
+/// the peer records its steps under it.
+trait Internal {
+    fn internal(self, secret: &str) -> Self;
+}
+
+impl Internal for reqwest::RequestBuilder {
+    fn internal(self, secret: &str) -> Self {
+        misim_core::events::propagate(self).header(INTERNAL_SECRET_HEADER, secret)
+    }
+}
+
 /// AAD's internal directory API.
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -48,11 +60,7 @@ impl HttpDirectory {
 
     async fn send(&self, request: reqwest::RequestBuilder, ok_404: bool) -> Result<u16, String> {
         let response = request
-            .header(
-                misim_core::events::CORRELATION_HEADER,
-                misim_core::events::current_correlation().unwrap_or_default(),
-            )
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("AAD unreachable: {e}"))?;
@@ -112,7 +120,7 @@ impl Directory for HttpDirectory {
         let response = self
             .http
             .get(self.url(object_id))
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("AAD unreachable: {e}"))?;
@@ -147,11 +155,7 @@ impl Directory for HttpDirectory {
         let response = self
             .http
             .get(url)
-            .header(
-                misim_core::events::CORRELATION_HEADER,
-                misim_core::events::current_correlation().unwrap_or_default(),
-            )
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("AAD unreachable: {e}"))?;
@@ -197,11 +201,7 @@ pub struct HttpHost {
 impl HttpHost {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), String> {
         let response = request
-            .header(
-                misim_core::events::CORRELATION_HEADER,
-                misim_core::events::current_correlation().unwrap_or_default(),
-            )
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("IMDS unreachable: {e}"))?;
@@ -265,11 +265,7 @@ impl Host for HttpHost {
         let response = self
             .http
             .get(self.url(vm_id))
-            .header(
-                misim_core::events::CORRELATION_HEADER,
-                misim_core::events::current_correlation().unwrap_or_default(),
-            )
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("IMDS unreachable: {e}"))?;
@@ -285,11 +281,7 @@ impl Host for HttpHost {
         let response = self
             .http
             .get(url)
-            .header(
-                misim_core::events::CORRELATION_HEADER,
-                misim_core::events::current_correlation().unwrap_or_default(),
-            )
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+            .internal(&self.secret)
             .send()
             .await
             .map_err(|e| format!("IMDS unreachable: {e}"))?;
@@ -336,8 +328,10 @@ impl SimPeers {
             Peer::Imds => &self.host_url,
         };
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let mut request = misim_core::events::propagate(self.http.request(method, &url))
-            .header(INTERNAL_SECRET_HEADER, &self.secret)
+        let mut request = self
+            .http
+            .request(method, &url)
+            .internal(&self.secret)
             .query(query);
         if let Some(body) = body {
             request = request.json(body);

@@ -1879,10 +1879,13 @@ mod tests {
         directory: Arc<FlakyDirectory>,
         clock: Arc<Clock>,
     ) -> Arm {
-        let pool = misim_core::db::open(Some(path), &crate::store::MIGRATOR)
+        open_with(path, directory, clock, test_config())
             .await
-            .expect("db");
-        let config = ArmConfig {
+            .expect("open")
+    }
+
+    fn test_config() -> ArmConfig {
+        ArmConfig {
             public_url: "https://arm".into(),
             aad_url: "https://aad".into(),
             graph_url: "https://aad".into(),
@@ -1892,7 +1895,18 @@ mod tests {
             subscription_id: None,
             identity_cert_days: ArmConfig::DEFAULT_CERT_DAYS,
             identity_cert_roll_days: ArmConfig::DEFAULT_ROLL_DAYS,
-        };
+        }
+    }
+
+    async fn open_with(
+        path: &std::path::Path,
+        directory: Arc<FlakyDirectory>,
+        clock: Arc<Clock>,
+        config: ArmConfig,
+    ) -> Result<Arm, ArmError> {
+        let pool = misim_core::db::open(Some(path), &crate::store::MIGRATOR)
+            .await
+            .expect("db");
         Arm::open(
             Store::new(pool),
             clock,
@@ -1901,7 +1915,33 @@ mod tests {
             Arc::new(NullHost),
         )
         .await
-        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_pinned_subscription_is_kept_and_a_different_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("arm.db");
+        let clock = Arc::new(Clock::default());
+        let pinned = "2b2b9f7e-5c43-4f6e-9a57-5d1f1c0e7a11";
+        let with = |id: &str| ArmConfig {
+            subscription_id: Some(id.into()),
+            ..test_config()
+        };
+        let bad = open_with(&db, Default::default(), clock.clone(), with("not-a-guid")).await;
+        assert!(matches!(bad, Err(ArmError::Internal(m)) if m.contains("not a GUID")));
+        let arm = open_with(&db, Default::default(), clock.clone(), with(pinned))
+            .await
+            .expect("open");
+        assert_eq!(arm.subscription_id(), pinned);
+        drop(arm);
+        let other = open_with(
+            &db,
+            Default::default(),
+            clock,
+            with("00000000-0000-0000-0000-000000000001"),
+        )
+        .await;
+        assert!(matches!(other, Err(ArmError::Internal(m)) if m.contains("holds subscription")));
     }
 
     #[tokio::test]
