@@ -838,22 +838,12 @@ impl Arm {
             {
                 Store::enqueue(&mut tx, "imds.delete_vm", &json!({"vmId": state.vm_id})).await?;
             }
-            for principal in Store::delete_identities_of(&mut tx, &member.id_key).await? {
-                for (_, vm_id) in carriers.iter().filter(|(key, _)| *key == member.id_key) {
-                    Store::enqueue(
-                        &mut tx,
-                        "imds.delete_identity",
-                        &json!({"vmId": vm_id, "principalId": principal}),
-                    )
-                    .await?;
-                }
-                Store::enqueue(
-                    &mut tx,
-                    "aad.delete_principal",
-                    &json!({"objectId": principal}),
-                )
-                .await?;
-            }
+            let hosts: Vec<String> = carriers
+                .iter()
+                .filter(|(key, _)| *key == member.id_key)
+                .map(|(_, vm_id)| vm_id.clone())
+                .collect();
+            retire_identities(&mut tx, &member.id_key, &hosts).await?;
             Store::delete_resource(&mut tx, &member.id_key).await?;
         }
         Store::delete_assignments_under(&mut tx, &group.id_key).await?;
@@ -1280,23 +1270,8 @@ impl Arm {
         let carriers = self.vms_carrying(&row.id).await?;
         let fics = self.fics_of_identity(&row).await?;
         let mut tx = self.inner.store.begin().await?;
-        for principal in Store::delete_identities_of(&mut tx, &row.id_key).await? {
-            // The credential leaves every VM's host; the VMs keep the stale reference (Azure).
-            for vm_id in &carriers {
-                Store::enqueue(
-                    &mut tx,
-                    "imds.delete_identity",
-                    &json!({"vmId": vm_id, "principalId": principal}),
-                )
-                .await?;
-            }
-            Store::enqueue(
-                &mut tx,
-                "aad.delete_principal",
-                &json!({"objectId": principal}),
-            )
-            .await?;
-        }
+        // The credential leaves every VM's host; the VMs keep the stale reference (Azure).
+        retire_identities(&mut tx, &row.id_key, &carriers).await?;
         // Assignments *scoped at* the identity go with it; those naming its principal stay as
         // orphans, as in Azure.
         for fic in &fics {
@@ -1726,6 +1701,27 @@ impl Arm {
     pub async fn pending_work(&self) -> Result<usize, ArmError> {
         Ok(self.inner.store.outbox().await?.len())
     }
+}
+
+/// Deletes the identities a resource owns and queues their retirement: the credential leaves
+/// each host in `hosts`, then AAD deletes the principal.
+pub(crate) async fn retire_identities(
+    tx: &mut crate::store::Tx<'_>,
+    owner_key: &str,
+    hosts: &[String],
+) -> Result<(), ArmError> {
+    for principal in Store::delete_identities_of(tx, owner_key).await? {
+        for vm_id in hosts {
+            Store::enqueue(
+                tx,
+                "imds.delete_identity",
+                &json!({"vmId": vm_id, "principalId": principal}),
+            )
+            .await?;
+        }
+        Store::enqueue(tx, "aad.delete_principal", &json!({"objectId": principal})).await?;
+    }
+    Ok(())
 }
 
 /// ARM prints scopes with a lower-case `resourcegroups` segment in its messages.

@@ -452,20 +452,7 @@ impl Arm {
         let mut tx = self.inner.store.begin().await?;
         Store::put_resource(&mut tx, &row).await?;
         if removed_principal.is_some() {
-            for principal in Store::delete_identities_of(&mut tx, &key).await? {
-                Store::enqueue(
-                    &mut tx,
-                    "imds.delete_identity",
-                    &json!({"vmId": state.vm_id, "principalId": principal}),
-                )
-                .await?;
-                Store::enqueue(
-                    &mut tx,
-                    "aad.delete_principal",
-                    &json!({"objectId": principal}),
-                )
-                .await?;
-            }
+            super::retire_identities(&mut tx, &key, std::slice::from_ref(&state.vm_id)).await?;
         }
         if let Some(minted) = &minted {
             minted.write(&mut tx).await?;
@@ -514,14 +501,8 @@ impl Arm {
         };
         let mut tx = self.inner.store.begin().await?;
         Store::enqueue(&mut tx, "imds.delete_vm", &json!({"vmId": vm.state.vm_id})).await?;
-        for principal in Store::delete_identities_of(&mut tx, &vm.resource.id_key).await? {
-            Store::enqueue(
-                &mut tx,
-                "aad.delete_principal",
-                &json!({"objectId": principal}),
-            )
-            .await?;
-        }
+        // imds.delete_vm takes every credential off the host with the VM.
+        super::retire_identities(&mut tx, &vm.resource.id_key, &[]).await?;
         Store::delete_assignments_under(&mut tx, &vm.resource.id_key).await?;
         Store::delete_resource(&mut tx, &vm.resource.id_key).await?;
         tx.commit().await?;
