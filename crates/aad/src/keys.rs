@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use misim_core::crypto::{JwsAlg, RsaCertificate, RsaKey, blocking};
+use misim_core::crypto::{JwsAlg, RsaCertificate, RsaKey, blocking, signing};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
@@ -204,8 +204,7 @@ impl SigningKeys {
         json!({ "keys": keys })
     }
 
-    /// Signs a token with the current key on a blocking thread.
-    /// Signs with the current key; returns the token and the key's id.
+    /// Signs with the current key on a signing thread; returns the token and the key's id.
     pub async fn sign(&self, version_1: bool, claims: Value) -> Result<(String, String), AadError> {
         let key = self.current();
         let kid = key.kid.clone();
@@ -214,7 +213,7 @@ impl SigningKeys {
         } else {
             json!({"typ": "JWT", "alg": "RS256", "kid": key.kid})
         };
-        let token = blocking(move || key.key.sign_jws(JwsAlg::Rs256, &header, &claims)).await??;
+        let token = signing(move || key.key.sign_jws(JwsAlg::Rs256, &header, &claims)).await??;
         Ok((token, kid))
     }
 }

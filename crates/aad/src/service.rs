@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::AadConfig;
-use crate::domain::assertion::{self, AssertionContext};
+use crate::domain::assertion::{self, AssertionContext, SignatureMemo};
 use crate::domain::claims::{self, ClaimsInput, ClientAuth, TokenVersion};
 use crate::domain::directory::{
     Application, KeyCredential, PasswordCredential, PrincipalKind, ServicePrincipal, Tenant,
@@ -74,6 +74,8 @@ struct ClientRecord {
     /// The keys' certificates, parsed once.
     certificates: HashMap<String, RsaCertificate>,
     passwords: Vec<PasswordCredential>,
+    /// Reused assertions already verified against `keys` (dropped with the record).
+    signatures: SignatureMemo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,6 +457,7 @@ impl Aad {
                     sim_now,
                     wall_now: Clock::wall_now().unix_timestamp(),
                     audience_ok: &audience_ok,
+                    memo: Some(&client.signatures),
                 };
                 assertion::validate(token, &ctx).map_err(AadError::InvalidAssertion)?;
                 let mut draft = Draft::new(
@@ -580,6 +583,7 @@ impl Aad {
             certificates,
             passwords: store.password_credentials(&owners).await?,
             principal,
+            signatures: SignatureMemo::default(),
         });
         self.inner
             .clients

@@ -1,7 +1,8 @@
 //! RSA keys, X.509 certificates and signatures on aws-lc-rs (ARCHITECTURE.md §6).
 //!
-//! Key generation (~60 ms for RSA-2048) and signing (~1 ms) are CPU work: async callers run them
-//! through [`blocking`] so they never stall the runtime's worker threads.
+//! Key generation (~60 ms for RSA-2048) and signing (0.25–1 ms) are CPU work: async callers run
+//! them through [`blocking`] (key generation) or [`signing`] (signatures) so they never stall the
+//! runtime's worker threads.
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -38,6 +39,83 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| CryptoError::TaskFailed)
+}
+
+/// Runs a signature on the signing threads (one per core) and waits for it.
+///
+/// A signature is short and frequent, so a queue drained by threads that stay hot costs less
+/// than `spawn_blocking`, which under load wakes a fresh blocking thread per signature and lets
+/// many of them contend for the cores.
+pub async fn signing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CryptoError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    SigningPool::get().submit(Box::new(move || {
+        let _ = done.send(work());
+    }));
+    result.await.map_err(|_| CryptoError::TaskFailed)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct SigningPool {
+    queue: std::sync::Mutex<SigningQueue>,
+    ready: std::sync::Condvar,
+}
+
+struct SigningQueue {
+    jobs: std::collections::VecDeque<Job>,
+    /// Threads waiting for work: a submit only signals the condvar when one is.
+    idle: usize,
+}
+
+impl SigningPool {
+    fn get() -> &'static SigningPool {
+        static POOL: std::sync::OnceLock<&'static SigningPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let pool: &'static SigningPool = Box::leak(Box::new(SigningPool {
+                queue: std::sync::Mutex::new(SigningQueue {
+                    jobs: std::collections::VecDeque::new(),
+                    idle: 0,
+                }),
+                ready: std::sync::Condvar::new(),
+            }));
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            for i in 0..threads {
+                std::thread::Builder::new()
+                    .name(format!("misim-sign-{i}"))
+                    .spawn(move || pool.work())
+                    .expect("cannot start a signing thread");
+            }
+            pool
+        })
+    }
+
+    fn submit(&self, job: Job) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.jobs.push_back(job);
+        if queue.idle > 0 {
+            self.ready.notify_one();
+        }
+    }
+
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    queue.idle += 1;
+                    queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+                    queue.idle -= 1;
+                }
+            };
+            // A panicking job drops its sender (the caller sees TaskFailed); the thread lives on.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        }
+    }
 }
 
 /// Random bytes from the system CSPRNG.

@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::Clock;
 
@@ -286,6 +286,8 @@ struct Inner {
     seq: AtomicI64,
     recording: std::sync::atomic::AtomicBool,
     writer: mpsc::UnboundedSender<Message>,
+    /// Ends the writer's gathering window early: a reader waits for what is recorded.
+    flush_requested: Arc<Notify>,
     pool: SqlitePool,
 }
 
@@ -304,7 +306,13 @@ impl EventLog {
             .fetch_one(&pool)
             .await?;
         let (writer, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_events(pool.clone(), queue, retention.max(100)));
+        let flush_requested = Arc::new(Notify::new());
+        tokio::spawn(write_events(
+            pool.clone(),
+            queue,
+            flush_requested.clone(),
+            retention.max(100),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 service,
@@ -312,6 +320,7 @@ impl EventLog {
                 seq: AtomicI64::new(last.unwrap_or(0)),
                 recording: std::sync::atomic::AtomicBool::new(true),
                 writer,
+                flush_requested,
                 pool,
             }),
         })
@@ -367,6 +376,7 @@ impl EventLog {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.writer.send(Message::Flush(done)).is_ok() {
+            self.inner.flush_requested.notify_one();
             let _ = wait.await;
         }
     }
@@ -466,37 +476,37 @@ const MAX_BATCH: usize = 2048;
 async fn write_events(
     pool: SqlitePool,
     mut queue: mpsc::UnboundedReceiver<Message>,
+    flush_requested: Arc<Notify>,
     retention: i64,
 ) {
     let mut since_prune = 0usize;
+    let mut backlog = false;
     while let Some(first) = queue.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
+        let take = |message, batch: &mut Vec<Event>, flushes: &mut Vec<_>| match message {
+            Message::Event(event) => batch.push(*event),
+            Message::Flush(done) => flushes.push(done),
+        };
+        take(first, &mut batch, &mut flushes);
         // Gather for a moment: one transaction per many events is what keeps recording cheap
-        // under load (a transaction each cost a fifth of the token path). A reader's flush
-        // ends the wait at once; the live stream's 100 ms budget allows the rest.
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        let mut next = Some(first);
-        loop {
-            match next.take() {
-                Some(Message::Event(event)) => batch.push(*event),
-                Some(Message::Flush(done)) => {
-                    flushes.push(done);
-                    break;
-                }
-                None => {}
+        // under load (a transaction each cost a fifth of the token path). The writer sleeps
+        // the window out rather than waking for each event (a context switch per event);
+        // a reader's flush ends the wait at once, and the live stream's budget allows the rest.
+        if !backlog && flushes.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(BATCH_WINDOW) => {}
+                _ = flush_requested.notified() => {}
             }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = match queue.try_recv() {
-                Ok(message) => Some(message),
-                Err(_) => match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(message)) => Some(message),
-                    Ok(None) | Err(_) => break,
-                },
-            };
         }
+        let mut taken = 1;
+        while taken < MAX_BATCH
+            && let Ok(message) = queue.try_recv()
+        {
+            take(message, &mut batch, &mut flushes);
+            taken += 1;
+        }
+        backlog = taken >= MAX_BATCH;
         if !batch.is_empty() {
             if let Err(error) = insert(&pool, &batch).await {
                 tracing::warn!(%error, "events could not be stored");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use misim_core::crypto::{JwsAlg, RsaKey, blocking, sha1};
+use misim_core::crypto::{JwsAlg, RsaKey, sha1, signing};
 use misim_core::jose::b64url;
 use serde_json::{Value, json};
 
@@ -117,7 +117,7 @@ pub async fn fetch(
         endpoint.clone(),
     );
     let parsed = keys.get(identity);
-    let (assertion, key) = blocking(move || {
+    let (assertion, key) = signing(move || {
         let key = match parsed {
             Some(key) => key,
             None => RsaKey::from_pkcs8(&pkcs8)?,

@@ -3,7 +3,7 @@
 //! `jti`), strict where Entra is (registered certificate valid at simulated time, signature,
 //! `iss`/`sub`, `aud`, `exp`/`nbf` against wall time).
 
-use misim_core::crypto::{JwsAlg, RsaCertificate, hex_upper};
+use misim_core::crypto::{JwsAlg, RsaCertificate, hex_upper, sha256};
 use misim_core::jose::{b64_lenient, numeric_claim, split_compact};
 use time::OffsetDateTime;
 
@@ -57,6 +57,56 @@ pub struct AssertionContext<'a> {
     pub audience_ok: &'a dyn Fn(&str) -> bool,
     /// The parsed certificate of a credential (the service keeps them parsed; `None` parses).
     pub parsed: &'a dyn Fn(&KeyCredential) -> Option<RsaCertificate>,
+    /// Signatures this client's certificates were already found to make.
+    pub memo: Option<&'a SignatureMemo>,
+}
+
+/// Assertions whose signature was already verified, by the SHA-256 of the certificate's
+/// thumbprint and the whole compact token (its header names the algorithm). MSAL and azure-identity reuse one
+/// assertion for minutes; presented again, it still gets every check that depends on time,
+/// audience or the registered credential, but not a second RSA operation: that a byte string is
+/// a valid signature by a given key never changes.
+#[derive(Default)]
+pub struct SignatureMemo {
+    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+/// Entries a memo holds before it starts over (32 bytes each).
+const MEMO_CAPACITY: usize = 4096;
+
+impl SignatureMemo {
+    fn key(credential: &KeyCredential, token: &str) -> [u8; 32] {
+        let mut input = Vec::with_capacity(token.len() + 32);
+        input.extend_from_slice(&credential.sha256);
+        input.extend_from_slice(token.as_bytes());
+        let digest = sha256(&input);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&digest);
+        key
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MEMO_CAPACITY {
+            seen.clear();
+        }
+        seen.insert(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
@@ -94,13 +144,26 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
             end: credential.end_at,
         });
     }
-    let certificate = RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
-        AssertionError::KeyNotFound {
-            thumbprint: shown.clone(),
+    // The service's parsed copy keeps the public key parsed across requests.
+    let certificate = match (ctx.parsed)(credential) {
+        Some(certificate) => certificate,
+        None => RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
+            AssertionError::KeyNotFound {
+                thumbprint: shown.clone(),
+            }
+        })?,
+    };
+    let memo_key = ctx
+        .memo
+        .map(|memo| (memo, SignatureMemo::key(credential, token)));
+    let known = memo_key.is_some_and(|(memo, key)| memo.contains(&key));
+    if !known {
+        if !certificate.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
+            return Err(AssertionError::BadSignature { thumbprint: shown });
         }
-    })?;
-    if !certificate.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
-        return Err(AssertionError::BadSignature { thumbprint: shown });
+        if let Some((memo, key)) = memo_key {
+            memo.remember(key);
+        }
     }
 
     let text = |name: &str| jws.claims.get(name).and_then(|v| v.as_str());
@@ -205,6 +268,16 @@ mod tests {
         sim_now: i64,
         wall_now: i64,
     ) -> Result<ValidAssertion, AssertionError> {
+        check_with_memo(f, token, sim_now, wall_now, None)
+    }
+
+    fn check_with_memo(
+        f: &Fixture,
+        token: &str,
+        sim_now: i64,
+        wall_now: i64,
+        memo: Option<&SignatureMemo>,
+    ) -> Result<ValidAssertion, AssertionError> {
         let credentials = [f.credential.clone()];
         let ok = |a: &str| a == AUD;
         validate(
@@ -216,6 +289,7 @@ mod tests {
                 wall_now,
                 audience_ok: &ok,
                 parsed: &|_| None,
+                memo,
             },
         )
     }
@@ -290,6 +364,38 @@ mod tests {
             base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, sig)
         );
         assert!(check(&f, &padded, NOW, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_signature_skips_only_the_rsa_check() {
+        let f = fixture();
+        let header = json!({"alg":"RS256","x5t": b64url(&f.credential.sha1)});
+        let token = sign(&f, JwsAlg::Rs256, header.clone(), claims());
+        let memo = SignatureMemo::default();
+        assert!(check_with_memo(&f, &token, NOW, NOW, Some(&memo)).is_ok());
+        assert!(check_with_memo(&f, &token, NOW, NOW, Some(&memo)).is_ok());
+        assert_eq!(memo.len(), 1, "the reused assertion is remembered once");
+
+        // Everything but the signature is checked again: time, and the credential's validity.
+        assert!(matches!(
+            check_with_memo(&f, &token, NOW, NOW + 3600, Some(&memo)),
+            Err(AssertionError::TimeRange { .. })
+        ));
+        assert!(matches!(
+            check_with_memo(&f, &token, NOW + 3 * 86_400, NOW, Some(&memo)),
+            Err(AssertionError::KeyNotValid { .. })
+        ));
+
+        // A bad signature is never remembered.
+        let forged = sign(&fixture(), JwsAlg::Rs256, header, claims());
+        assert!(matches!(
+            check_with_memo(&f, &forged, NOW, NOW, Some(&memo)),
+            Err(AssertionError::BadSignature { .. })
+        ));
+        assert_eq!(memo.len(), 1);
+        // What the memo holds is trusted without RSA (here planted, to show it is consulted).
+        memo.remember(SignatureMemo::key(&f.credential, &forged));
+        assert!(check_with_memo(&f, &forged, NOW, NOW, Some(&memo)).is_ok());
     }
 
     #[test]
