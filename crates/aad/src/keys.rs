@@ -19,12 +19,31 @@ const CURRENT_KID_SETTING: &str = "current_signing_kid";
 const NEXT_KID_SETTING: &str = "next_signing_kid";
 const CURRENT_SINCE_SETTING: &str = "current_signing_since";
 
-#[derive(Clone)]
 pub struct SigningKey {
     pub kid: String,
     pub key: RsaKey,
     pub cert: RsaCertificate,
     pub created_at: i64,
+    /// The base64url JWS headers of v1 tokens (with `x5t`) and v2 tokens: the same for every
+    /// token this key signs.
+    v1_header: String,
+    v2_header: String,
+}
+
+impl SigningKey {
+    fn from_row(row: &SigningKeyRow) -> Result<Arc<Self>, AadError> {
+        let encode = |header: Value| misim_core::jose::b64url(header.to_string().as_bytes());
+        Ok(Arc::new(SigningKey {
+            v1_header: encode(
+                json!({"typ": "JWT", "alg": "RS256", "x5t": row.kid, "kid": row.kid}),
+            ),
+            v2_header: encode(json!({"typ": "JWT", "alg": "RS256", "kid": row.kid})),
+            kid: row.kid.clone(),
+            key: RsaKey::from_pkcs8(&row.private_pkcs8)?,
+            cert: RsaCertificate::from_der(&row.cert_der)?,
+            created_at: row.created_at,
+        }))
+    }
 }
 
 #[derive(Clone, Default)]
@@ -36,7 +55,7 @@ pub struct SigningKeys {
 /// the next one (published ahead, as Entra does).
 #[derive(Default)]
 struct KeySet {
-    keys: Vec<SigningKey>,
+    keys: Vec<Arc<SigningKey>>,
     current: String,
     next: String,
     /// Simulated time the current key started signing.
@@ -69,14 +88,7 @@ impl SigningKeys {
         }
         let keys = rows
             .iter()
-            .map(|row| {
-                Ok(SigningKey {
-                    kid: row.kid.clone(),
-                    key: RsaKey::from_pkcs8(&row.private_pkcs8)?,
-                    cert: RsaCertificate::from_der(&row.cert_der)?,
-                    created_at: row.created_at,
-                })
-            })
+            .map(SigningKey::from_row)
             .collect::<Result<Vec<_>, AadError>>()?;
         let setting_kid =
             |value: Option<String>| value.filter(|kid| keys.iter().any(|k| &k.kid == kid));
@@ -107,7 +119,7 @@ impl SigningKeys {
     }
 
     /// The key tokens are signed with now.
-    pub fn current(&self) -> SigningKey {
+    pub fn current(&self) -> Arc<SigningKey> {
         let set = self.inner.read().unwrap_or_else(|p| p.into_inner());
         set.keys
             .iter()
@@ -139,12 +151,7 @@ impl SigningKeys {
             let made_at = OffsetDateTime::from_unix_timestamp(at).unwrap_or(now);
             let row = blocking(move || generate_row(made_at)).await??;
             store.insert_signing_key(&row).await?;
-            let new_key = SigningKey {
-                kid: row.kid.clone(),
-                key: RsaKey::from_pkcs8(&row.private_pkcs8)?,
-                cert: RsaCertificate::from_der(&row.cert_der)?,
-                created_at: row.created_at,
-            };
+            let new_key = SigningKey::from_row(&row)?;
             let (roll, keep) = {
                 let mut set = self.inner.write().unwrap_or_else(|p| p.into_inner());
                 let next = set.next.clone();
@@ -173,7 +180,7 @@ impl SigningKeys {
         }
     }
 
-    pub fn find(&self, kid: &str) -> Option<SigningKey> {
+    pub fn find(&self, kid: &str) -> Option<Arc<SigningKey>> {
         let set = self.inner.read().unwrap_or_else(|p| p.into_inner());
         set.keys.iter().find(|k| k.kid == kid).cloned()
     }
@@ -204,16 +211,24 @@ impl SigningKeys {
         json!({ "keys": keys })
     }
 
-    /// Signs with the current key on a signing thread; returns the token and the key's id.
-    pub async fn sign(&self, version_1: bool, claims: Value) -> Result<(String, String), AadError> {
+    /// Signs `payload` (the claims as JSON) with the current key on a signing thread; returns
+    /// the token and the key's id.
+    pub async fn sign(
+        &self,
+        version_1: bool,
+        payload: Vec<u8>,
+    ) -> Result<(String, String), AadError> {
         let key = self.current();
         let kid = key.kid.clone();
-        let header = if version_1 {
-            json!({"typ": "JWT", "alg": "RS256", "x5t": key.kid, "kid": key.kid})
-        } else {
-            json!({"typ": "JWT", "alg": "RS256", "kid": key.kid})
-        };
-        let token = signing(move || key.key.sign_jws(JwsAlg::Rs256, &header, &claims)).await??;
+        let token = signing(move || {
+            let header = if version_1 {
+                &key.v1_header
+            } else {
+                &key.v2_header
+            };
+            key.key.sign_compact(JwsAlg::Rs256, header, &payload)
+        })
+        .await??;
         Ok((token, kid))
     }
 }

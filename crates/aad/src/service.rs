@@ -507,7 +507,7 @@ impl Aad {
         let (access_token, kid) = self
             .inner
             .keys
-            .sign(version == TokenVersion::V1, claims)
+            .sign(version == TokenVersion::V1, claims.to_json())
             .await?;
         let mut draft = Draft::new(
             "aad.token.issued",

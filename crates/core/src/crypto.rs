@@ -268,11 +268,24 @@ impl RsaKey {
         header: &serde_json::Value,
         claims: &serde_json::Value,
     ) -> Result<String, CryptoError> {
-        let mut jws = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
+        self.sign_compact(
+            alg,
+            &b64url(header.to_string().as_bytes()),
+            claims.to_string().as_bytes(),
+        )
+    }
+
+    /// Signs a JWS whose header is already base64url-encoded and whose payload is JSON bytes.
+    pub fn sign_compact(
+        &self,
+        alg: JwsAlg,
+        encoded_header: &str,
+        payload: &[u8],
+    ) -> Result<String, CryptoError> {
+        let mut jws = String::with_capacity(encoded_header.len() + payload.len() * 4 / 3 + 350);
+        jws.push_str(encoded_header);
+        jws.push('.');
+        jws.push_str(&b64url(payload));
         let sig = self.sign(alg, jws.as_bytes())?;
         jws.push('.');
         jws.push_str(&b64url(&sig));

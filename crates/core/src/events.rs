@@ -345,7 +345,7 @@ impl EventLog {
         self.inner.recording.store(on, Ordering::Relaxed);
     }
 
-    pub fn record_with(&self, draft: Draft, correlation_id: String) -> Event {
+    pub fn record_with(&self, draft: Draft, correlation_id: String) {
         let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel) + 1;
         let time = self.inner.clock.now_rfc3339();
         let event = Event {
@@ -357,19 +357,10 @@ impl EventLog {
             vm_id: draft.vm_id,
             resource_id: draft.resource_id,
             principal_id: draft.principal_id,
-            // One line each: upstream messages (AADSTS) carry CR/LF.
-            summary: draft
-                .summary
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            summary: one_line(draft.summary),
             details: draft.details,
         };
-        let _ = self
-            .inner
-            .writer
-            .send(Message::Event(Box::new(event.clone())));
-        event
+        let _ = self.inner.writer.send(Message::Event(Box::new(event)));
     }
 
     /// Everything recorded so far has reached the database.
@@ -466,6 +457,18 @@ impl EventRow {
             details: serde_json::from_str(&self.details).unwrap_or(Value::Null),
         }
     }
+}
+
+/// A summary on one line with single spaces: upstream messages (AADSTS) carry CR/LF.
+fn one_line(summary: String) -> String {
+    let regular = !summary.starts_with(' ')
+        && !summary.ends_with(' ')
+        && !summary.contains("  ")
+        && summary.chars().all(|c| c == ' ' || !c.is_whitespace());
+    if regular {
+        return summary;
+    }
+    summary.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// How long the writer gathers events before a transaction, and the most it writes in one.
@@ -569,6 +572,15 @@ mod tests {
         EventLog::open(pool, "imds", Arc::new(Clock::default()), 100)
             .await
             .expect("log")
+    }
+
+    #[test]
+    fn summaries_are_one_line() {
+        assert_eq!(one_line("issued a token".into()), "issued a token");
+        assert_eq!(
+            one_line(" AADSTS7000215: bad\r\nTrace  ID:\tx ".into()),
+            "AADSTS7000215: bad Trace ID: x"
+        );
     }
 
     #[tokio::test]

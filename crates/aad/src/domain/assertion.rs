@@ -4,7 +4,8 @@
 //! `iss`/`sub`, `aud`, `exp`/`nbf` against wall time).
 
 use misim_core::crypto::{JwsAlg, RsaCertificate, hex_upper, sha256};
-use misim_core::jose::{b64_lenient, numeric_claim, split_compact};
+use misim_core::jose::{CompactJws, b64_lenient, numeric_claim, split_compact};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::directory::KeyCredential;
@@ -61,43 +62,40 @@ pub struct AssertionContext<'a> {
     pub memo: Option<&'a SignatureMemo>,
 }
 
-/// Assertions whose signature was already verified, by the SHA-256 of the certificate's
-/// thumbprint and the whole compact token (its header names the algorithm). MSAL and azure-identity reuse one
-/// assertion for minutes; presented again, it still gets every check that depends on time,
-/// audience or the registered credential, but not a second RSA operation: that a byte string is
-/// a valid signature by a given key never changes.
+/// Assertions whose signature was already verified, by the SHA-256 of the compact token, with
+/// what was read from them. MSAL and azure-identity reuse one assertion for minutes; presented
+/// again, it gets every check that depends on time, audience or the registered credential, but
+/// no second parse and no second RSA operation: what a byte string says, and that it is a valid
+/// signature by a given key, never change.
 #[derive(Default)]
 pub struct SignatureMemo {
-    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<ReadAssertion>>>,
 }
 
-/// Entries a memo holds before it starts over (32 bytes each).
+/// Entries a memo holds before it starts over.
 const MEMO_CAPACITY: usize = 4096;
 
 impl SignatureMemo {
-    fn key(credential: &KeyCredential, token: &str) -> [u8; 32] {
-        let mut input = Vec::with_capacity(token.len() + 32);
-        input.extend_from_slice(&credential.sha256);
-        input.extend_from_slice(token.as_bytes());
-        let digest = sha256(&input);
+    fn key(token: &str) -> [u8; 32] {
         let mut key = [0u8; 32];
-        key.copy_from_slice(&digest);
+        key.copy_from_slice(&sha256(token.trim().as_bytes()));
         key
     }
 
-    fn contains(&self, key: &[u8; 32]) -> bool {
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<ReadAssertion>> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(key)
+            .get(key)
+            .cloned()
     }
 
-    fn remember(&self, key: [u8; 32]) {
+    fn remember(&self, key: [u8; 32], read: Arc<ReadAssertion>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MEMO_CAPACITY {
             seen.clear();
         }
-        seen.insert(key);
+        seen.insert(key, read);
     }
 
     pub fn len(&self) -> usize {
@@ -109,12 +107,25 @@ impl SignatureMemo {
     }
 }
 
-pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
-    let jws = split_compact(token).map_err(|e| AssertionError::Malformed(e.to_string()))?;
+/// What an assertion says: its certificate thumbprints and the claims the checks read.
+#[derive(Debug)]
+struct ReadAssertion {
+    alg: JwsAlg,
+    sha1: Option<Vec<u8>>,
+    sha256: Option<Vec<u8>>,
+    /// The thumbprint errors name (hex).
+    shown: String,
+    iss: Option<String>,
+    sub: Option<String>,
+    audiences: Vec<String>,
+    exp: Result<Option<i64>, AssertionError>,
+    nbf: Result<Option<i64>, AssertionError>,
+}
+
+fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
     let alg_name = jws.header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
     let alg = JwsAlg::parse(alg_name)
         .ok_or_else(|| AssertionError::UnsupportedAlgorithm(alg_name.to_string()))?;
-
     let thumb = |name: &str| {
         jws.header
             .get(name)
@@ -127,60 +138,20 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
         .or(sha256.as_ref())
         .map(|t| hex_upper(t))
         .ok_or(AssertionError::NoThumbprint)?;
-    let credential = ctx
-        .credentials
-        .iter()
-        .find(|c| {
-            sha256.as_deref() == Some(c.sha256.as_slice())
-                || sha1.as_deref() == Some(c.sha1.as_slice())
-        })
-        .ok_or_else(|| AssertionError::KeyNotFound {
-            thumbprint: shown.clone(),
-        })?;
-    if !credential.valid_at(ctx.sim_now) {
-        return Err(AssertionError::KeyNotValid {
-            thumbprint: shown,
-            start: credential.start_at,
-            end: credential.end_at,
-        });
-    }
-    // The service's parsed copy keeps the public key parsed across requests.
-    let certificate = match (ctx.parsed)(credential) {
-        Some(certificate) => certificate,
-        None => RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
-            AssertionError::KeyNotFound {
-                thumbprint: shown.clone(),
-            }
-        })?,
+    let text = |name: &str| {
+        jws.claims
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
     };
-    let memo_key = ctx
-        .memo
-        .map(|memo| (memo, SignatureMemo::key(credential, token)));
-    let known = memo_key.is_some_and(|(memo, key)| memo.contains(&key));
-    if !known {
-        if !certificate.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
-            return Err(AssertionError::BadSignature { thumbprint: shown });
-        }
-        if let Some((memo, key)) = memo_key {
-            memo.remember(key);
-        }
-    }
-
-    let text = |name: &str| jws.claims.get(name).and_then(|v| v.as_str());
-    let is_client = |v: Option<&str>| v.is_some_and(|v| v.eq_ignore_ascii_case(ctx.client_id));
-    if !is_client(text("iss")) || !is_client(text("sub")) {
-        return Err(AssertionError::IssuerOrSubject);
-    }
-    let audiences: Vec<&str> = match jws.claims.get("aud") {
-        Some(serde_json::Value::String(s)) => vec![s.as_str()],
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+    let audiences = match jws.claims.get("aud") {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     };
-    if !audiences.iter().any(|a| (ctx.audience_ok)(a)) {
-        return Err(AssertionError::Audience {
-            audience: audiences.join(","),
-        });
-    }
     let time_claim = |name: &str| -> Result<Option<i64>, AssertionError> {
         match numeric_claim(&jws.claims, name) {
             None => Ok(None),
@@ -190,8 +161,83 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
             ))),
         }
     };
-    let exp = time_claim("exp")?.ok_or(AssertionError::MissingExpiry)?;
-    let nbf = time_claim("nbf")?;
+    Ok(ReadAssertion {
+        alg,
+        sha1,
+        sha256,
+        shown,
+        iss: text("iss"),
+        sub: text("sub"),
+        audiences,
+        exp: time_claim("exp"),
+        nbf: time_claim("nbf"),
+    })
+}
+
+pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
+    let memo_key = ctx.memo.map(|memo| (memo, SignatureMemo::key(token)));
+    let remembered = memo_key.and_then(|(memo, key)| memo.get(&key));
+    let (assertion, jws) = match remembered {
+        Some(assertion) => (assertion, None),
+        None => {
+            let jws = split_compact(token).map_err(|e| AssertionError::Malformed(e.to_string()))?;
+            (Arc::new(read(&jws)?), Some(jws))
+        }
+    };
+    let a = &*assertion;
+    let credential = ctx
+        .credentials
+        .iter()
+        .find(|c| {
+            a.sha256.as_deref() == Some(c.sha256.as_slice())
+                || a.sha1.as_deref() == Some(c.sha1.as_slice())
+        })
+        .ok_or_else(|| AssertionError::KeyNotFound {
+            thumbprint: a.shown.clone(),
+        })?;
+    if !credential.valid_at(ctx.sim_now) {
+        return Err(AssertionError::KeyNotValid {
+            thumbprint: a.shown.clone(),
+            start: credential.start_at,
+            end: credential.end_at,
+        });
+    }
+    // A remembered assertion was verified against this very certificate: its thumbprints
+    // select the credential, and a thumbprint names one certificate.
+    if let Some(jws) = &jws {
+        // The service's parsed copy keeps the public key parsed across requests.
+        let certificate = match (ctx.parsed)(credential) {
+            Some(certificate) => certificate,
+            None => RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
+                AssertionError::KeyNotFound {
+                    thumbprint: a.shown.clone(),
+                }
+            })?,
+        };
+        if !certificate.verify(a.alg, jws.signing_input.as_bytes(), &jws.signature) {
+            return Err(AssertionError::BadSignature {
+                thumbprint: a.shown.clone(),
+            });
+        }
+        if let Some((memo, key)) = memo_key {
+            memo.remember(key, assertion.clone());
+        }
+    }
+
+    let is_client = |v: &Option<String>| {
+        v.as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case(ctx.client_id))
+    };
+    if !is_client(&a.iss) || !is_client(&a.sub) {
+        return Err(AssertionError::IssuerOrSubject);
+    }
+    if !a.audiences.iter().any(|aud| (ctx.audience_ok)(aud)) {
+        return Err(AssertionError::Audience {
+            audience: a.audiences.join(","),
+        });
+    }
+    let exp = a.exp.clone()?.ok_or(AssertionError::MissingExpiry)?;
+    let nbf = a.nbf.clone()?;
     let too_early = nbf.is_some_and(|nbf| ctx.wall_now + ASSERTION_CLOCK_SKEW_SECS < nbf);
     if too_early || exp + ASSERTION_CLOCK_SKEW_SECS < ctx.wall_now {
         return Err(AssertionError::TimeRange {
@@ -394,7 +440,8 @@ mod tests {
         ));
         assert_eq!(memo.len(), 1);
         // What the memo holds is trusted without RSA (here planted, to show it is consulted).
-        memo.remember(SignatureMemo::key(&f.credential, &forged));
+        let planted = read(&split_compact(&forged).expect("jws")).expect("read");
+        memo.remember(SignatureMemo::key(&forged), Arc::new(planted));
         assert!(check_with_memo(&f, &forged, NOW, NOW, Some(&memo)).is_ok());
     }
 
