@@ -22,7 +22,7 @@ struct Args {
     misim: Option<PathBuf>,
     seconds: u64,
     concurrency: usize,
-    /// One group only (`aad`, `arm` or `startup`), for profiling.
+    /// One group only (`aad`, `arm`, `imds` or `startup`), for profiling.
     only: Option<String>,
 }
 
@@ -49,7 +49,7 @@ fn parse_args() -> Args {
             "--only" => args.only = Some(value()),
             _ => {
                 eprintln!(
-                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only aad|arm|startup]"
+                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only aad|arm|imds|startup]"
                 );
                 std::process::exit(2);
             }
@@ -113,6 +113,14 @@ async fn on_server<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     server.spawn(work).await.expect("server task")
+}
+
+/// Rounds of alternating measurements whose medians are compared.
+const ROUNDS: usize = 5;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// RSA-2048 PKCS#1 signatures per second on `threads` threads for `duration`.
@@ -266,27 +274,13 @@ fn keygen_rate(threads: usize, duration: Duration) -> f64 {
 }
 
 /// ARM: identity creation latency with a warm key pool, sustained creation, GET throughput.
-async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio::runtime::Handle) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = SimulatorConfig::ephemeral(dir.path());
-    config.imds_throttle = false;
-    config.key_pool = 48;
-    let sim = on_server(server, Simulator::start(config))
-        .await
-        .expect("start");
-    let c = sim.connection.clone();
-    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
-    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
-    let token = misim::vm_env::admin_token(&c, "https://management.azure.com/")
-        .await
-        .expect("token");
-    let sub = format!("{}/subscriptions/{}", c.arm, c.subscription_id);
-    http.put(format!("{sub}/resourcegroups/bench?api-version=2024-11-01"))
-        .bearer_auth(&token)
-        .json(&json!({"location": "eastus"}))
-        .send()
-        .await
-        .expect("rg");
+async fn identity_benchmarks(
+    args: &Args,
+    cores: usize,
+    http: &reqwest::Client,
+    token: &str,
+    sub: &str,
+) {
     // The condition: `misim up` idle for 5 s, so the key pool is full.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let identity_url = |name: &str| {
@@ -299,7 +293,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
         let began = Instant::now();
         let response = http
             .put(identity_url(&format!("burst-{i}")))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .json(&json!({"location": "eastus"}))
             .send()
             .await
@@ -321,7 +315,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
     let duration = Duration::from_secs(args.seconds.max(5));
     let mut tasks = Vec::new();
     for worker in 0..cores * 2 {
-        let (http, token, created) = (http.clone(), token.clone(), created.clone());
+        let (http, token, created) = (http.clone(), token.to_string(), created.clone());
         let url = identity_url(&format!("sustained-{worker}-NAME"));
         tasks.push(tokio::spawn(async move {
             let mut i = 0;
@@ -349,7 +343,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
     );
 
     let (rate, p50, p99) = get_latency(
-        &http,
+        http,
         &identity_url("burst-0"),
         &[("authorization", &format!("Bearer {token}"))],
         8,
@@ -361,6 +355,33 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
+}
+
+/// ARM and IMDS on one simulator: identities, reads, IMDS tokens cached and uncached.
+async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio::runtime::Handle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = SimulatorConfig::ephemeral(dir.path());
+    config.imds_throttle = false;
+    config.key_pool = 48;
+    let sim = on_server(server, Simulator::start(config))
+        .await
+        .expect("start");
+    let c = sim.connection.clone();
+    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
+    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
+    let token = misim::vm_env::admin_token(&c, "https://management.azure.com/")
+        .await
+        .expect("token");
+    let sub = format!("{}/subscriptions/{}", c.arm, c.subscription_id);
+    http.put(format!("{sub}/resourcegroups/bench?api-version=2024-11-01"))
+        .bearer_auth(&token)
+        .json(&json!({"location": "eastus"}))
+        .send()
+        .await
+        .expect("rg");
+    if args.runs("arm") {
+        identity_benchmarks(args, cores, &http, &token, &sub).await;
+    }
 
     // IMDS on the demo VM: cached tokens against the cheapest route; uncached tokens.
     let imds = c.imds.clone().expect("demo imds");
@@ -370,40 +391,49 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
     );
     let metadata = [("metadata", "true")];
     let _ = get_latency(&http, &token_url, &metadata, 1, Duration::from_millis(200)).await;
-    let (versions_rate, _, _) = get_latency(
-        &http,
-        &versions,
-        &metadata,
-        8,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
-    let (cached_rate, _, _) = get_latency(
-        &http,
-        &token_url,
-        &metadata,
-        8,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
+    // The three cached-path measures alternate in short rounds and each takes its median:
+    // this machine's speed drifts within a run, and measuring one after the other let the
+    // drift decide the ratios.
+    let round = Duration::from_secs(args.seconds)
+        .div_f64(ROUNDS as f64)
+        .max(Duration::from_millis(500));
+    // Each measure gives requests/s and the simulator's CPU-seconds per request (its cost
+    // without the load generator's share, which reads a 1.7 kB token where versions are
+    // 60 bytes).
+    let mut measures: [Vec<(f64, f64)>; 3] = Default::default();
+    for _ in 0..ROUNDS {
+        for (i, url) in [&versions, &token_url, &token_url].into_iter().enumerate() {
+            // The third: what recording events costs the cached path, with recording off.
+            sim.imds.events().set_recording(i != 2);
+            let cpu = ServerCpu::start();
+            let rate = get_latency(&http, url, &metadata, 8, round).await.0;
+            measures[i].push((rate, cpu.seconds() / (rate * round.as_secs_f64())));
+        }
+        sim.imds.events().set_recording(true);
+    }
+    let [versions, cached, quiet] = measures.map(|runs| {
+        (
+            median(runs.iter().map(|m| m.0).collect()),
+            median(runs.iter().map(|m| m.1).collect()),
+        )
+    });
     println!(
-        "IMDS /metadata/versions: {versions_rate:.0}/s; cached token: {cached_rate:.0}/s (ratio {:.2})",
-        cached_rate / versions_rate
+        "IMDS /metadata/versions: {:.0}/s, {:.1} us server CPU each; cached token: {:.0}/s, {:.1} us (throughput ratio {:.2}, cost ratio versions/cached {:.2}; medians of {ROUNDS} alternating rounds)",
+        versions.0,
+        versions.1 * 1e6,
+        cached.0,
+        cached.1 * 1e6,
+        cached.0 / versions.0,
+        versions.1 / cached.1
     );
-    // What recording events costs the cached path: the same run with recording off.
-    sim.imds.events().set_recording(false);
-    let (cached_quiet, _, _) = get_latency(
-        &http,
-        &token_url,
-        &metadata,
-        8,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
-    sim.imds.events().set_recording(true);
     println!(
-        "IMDS cached token without recording events: {cached_quiet:.0}/s; with: {cached_rate:.0}/s (ratio {:.3}; target >= 0.95)",
-        cached_rate / cached_quiet
+        "IMDS cached token without recording events: {:.0}/s, {:.1} us; with: {:.0}/s, {:.1} us (throughput ratio {:.3}, cost ratio {:.3}; target >= 0.95)",
+        quiet.0,
+        quiet.1 * 1e6,
+        cached.0,
+        cached.1 * 1e6,
+        cached.0 / quiet.0,
+        quiet.1 / cached.1
     );
     follow_latency(&sim, &http, &token_url).await;
     let (rate32, p50, p99) = get_latency(
@@ -749,6 +779,12 @@ fn main() {
     println!("RSA-2048 signatures/s: {per_core:.0} on one core, {all:.0} on {cores} threads");
     // Idle blocking threads outlive every measurement window, so none takes its CPU time away.
     let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::env::var("W")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cores),
+        )
         .thread_name(SERVER_THREADS)
         .thread_keep_alive(Duration::from_secs(600))
         .enable_all()
@@ -762,7 +798,7 @@ fn main() {
     if args.runs("aad") {
         client.block_on(token_benchmarks(&args, per_core, cores, server.handle()));
     }
-    if args.runs("arm") {
+    if args.runs("arm") || args.runs("imds") {
         client.block_on(arm_benchmarks(&args, per_core, cores, server.handle()));
     }
     if let Some(misim) = &args.misim

@@ -19,21 +19,32 @@ const ASSERTION_LIFETIME_SECS: i64 = 600;
 
 #[derive(Debug, Clone)]
 pub struct Token {
-    pub access_token: String,
+    /// Shared: a cached token is handed out many times a second.
+    pub access_token: std::sync::Arc<str>,
     pub expires_on: i64,
     pub not_before: i64,
 }
 
+/// Tokens by lower-case principal id, then resource: a lookup allocates nothing.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: Mutex<HashMap<(String, String), Token>>,
+    tokens: Mutex<HashMap<String, HashMap<String, Token>>>,
+}
+
+fn lower(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        id.to_ascii_lowercase().into()
+    } else {
+        id.into()
+    }
 }
 
 impl TokenCache {
     pub fn get(&self, principal_id: &str, resource: &str, now: i64) -> Option<Token> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens
-            .get(&(principal_id.to_ascii_lowercase(), resource.to_string()))
+            .get(lower(principal_id).as_ref())?
+            .get(resource)
             .filter(|t| t.expires_on - REFRESH_BEFORE_EXPIRY_SECS > now)
             .cloned()
     }
@@ -42,10 +53,9 @@ impl TokenCache {
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                (principal_id.to_ascii_lowercase(), resource.to_string()),
-                token,
-            );
+            .entry(principal_id.to_ascii_lowercase())
+            .or_default()
+            .insert(resource.to_string(), token);
     }
 
     /// Forgets every token of a principal (its credential was removed).
@@ -53,7 +63,7 @@ impl TokenCache {
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(p, _), _| !p.eq_ignore_ascii_case(principal_id));
+            .remove(lower(principal_id).as_ref());
     }
 }
 
@@ -163,7 +173,7 @@ pub async fn fetch(
             number("not_before"),
         ) {
             (Some(token), Some(expires_on), Some(not_before)) => Ok(Token {
-                access_token: token.to_string(),
+                access_token: token.into(),
                 expires_on,
                 not_before,
             }),

@@ -94,7 +94,7 @@ async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Respons
     }
 }
 
-fn json_ok(body: Value) -> Response {
+fn json_ok(body: impl serde::Serialize) -> Response {
     let mut response = (StatusCode::OK, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -462,24 +462,45 @@ async fn token(
         }
     };
     let expires_in = (token.expires_on - now).max(0);
-    let mut body = json!({
-        "access_token": token.access_token,
-        "refresh_token": "",
-        "client_id": identity.client_id,
-        "expires_in": expires_in.to_string(),
-        "expires_on": token.expires_on.to_string(),
-        "ext_expires_in": expires_in.to_string(),
-        "not_before": token.not_before.to_string(),
-        "resource": resource,
-        "token_type": "Bearer",
-    });
-    // Echo the selector the client used (Arc-style clients check it).
-    for name in ["object_id", "principal_id", "msi_res_id", "mi_res_id"] {
-        if let Some(value) = param(name) {
-            body[name] = json!(value);
-        }
-    }
-    Ok(json_ok(body))
+    let expires_in = expires_in.to_string();
+    Ok(json_ok(TokenBody {
+        access_token: &token.access_token,
+        client_id: &identity.client_id,
+        ext_expires_in: expires_in.clone(),
+        expires_in,
+        expires_on: token.expires_on.to_string(),
+        // Echo the selector the client used (Arc-style clients check it).
+        mi_res_id: param("mi_res_id"),
+        msi_res_id: param("msi_res_id"),
+        not_before: token.not_before.to_string(),
+        object_id: param("object_id"),
+        principal_id: param("principal_id"),
+        refresh_token: "",
+        resource,
+        token_type: "Bearer",
+    }))
+}
+
+/// The token answer: every value a string (spec/tokens.md §1).
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    client_id: &'a str,
+    expires_in: String,
+    expires_on: String,
+    ext_expires_in: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mi_res_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msi_res_id: Option<&'a str>,
+    not_before: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal_id: Option<&'a str>,
+    refresh_token: &'static str,
+    resource: &'a str,
+    token_type: &'static str,
 }
 
 /// `/metadata/instance[/...]`: the compute and network documents, JSON or `format=text` leaves.
