@@ -440,6 +440,38 @@ pub fn pem_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signing_threads_sign_many_at_once_and_survive_a_panicking_job() {
+        let (key, cert) = key_and_cert();
+        // More panics than threads: had one killed its thread, the jobs below would never run.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..=threads {
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                signing(|| -> u8 { panic!("a job that panics") }),
+            )
+            .await
+            .expect("the signing threads answer");
+            assert!(matches!(answer, Err(CryptoError::TaskFailed)));
+        }
+        // More jobs than threads, all answered, each with its own result.
+        let jobs: Vec<_> = (0..16u8)
+            .map(|i| {
+                let key = key.clone();
+                tokio::spawn(signing(move || (i, key.sign(JwsAlg::Rs256, &[i]))))
+            })
+            .collect();
+        for (expected, job) in jobs.into_iter().enumerate() {
+            let (i, signature) = tokio::time::timeout(std::time::Duration::from_secs(60), job)
+                .await
+                .expect("the signing threads answer")
+                .expect("task")
+                .expect("signing thread");
+            assert_eq!(usize::from(i), expected);
+            assert!(cert.verify(JwsAlg::Rs256, &[i], &signature.expect("signature")));
+        }
+    }
+
     fn key_and_cert() -> (RsaKey, RsaCertificate) {
         let key = RsaKey::generate().expect("keygen");
         let now = OffsetDateTime::now_utc();

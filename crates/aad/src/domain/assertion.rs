@@ -72,8 +72,9 @@ pub struct SignatureMemo {
     seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<ReadAssertion>>>,
 }
 
-/// Entries a memo holds before it starts over.
-const MEMO_CAPACITY: usize = 4096;
+/// Entries a memo holds before it starts over: one client reuses a handful of assertions at a
+/// time, while IMDS signs a fresh one per uncached token, which is never presented again.
+const MEMO_CAPACITY: usize = 256;
 
 impl SignatureMemo {
     fn key(token: &str) -> [u8; 32] {
