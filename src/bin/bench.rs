@@ -81,8 +81,12 @@ impl ServerCpu {
         }
     }
 
+    /// NaN where the kernel keeps no `schedstat`: the capacity figures then read NaN.
     fn seconds(&self) -> f64 {
-        server_cpu_ns().saturating_sub(self.started_ns) as f64 / 1e9
+        match server_cpu_ns().saturating_sub(self.started_ns) {
+            0 => f64::NAN,
+            ns => ns as f64 / 1e9,
+        }
     }
 }
 
@@ -119,7 +123,8 @@ async fn wait_until_idle() {
     while began.elapsed() < Duration::from_secs(30) {
         let cpu = ServerCpu::start();
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if cpu.seconds() < 0.0125 {
+        let used = cpu.seconds();
+        if used.is_nan() || used < 0.0125 {
             return;
         }
     }
@@ -376,33 +381,15 @@ async fn identity_benchmarks(
     );
 }
 
-/// ARM and IMDS on one simulator: identities, reads, IMDS tokens cached and uncached.
-async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio::runtime::Handle) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = SimulatorConfig::ephemeral(dir.path());
-    config.imds_throttle = false;
-    config.key_pool = 48;
-    let sim = on_server(server, Simulator::start(config))
-        .await
-        .expect("start");
-    let c = sim.connection.clone();
-    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
-    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
-    let token = misim::vm_env::admin_token(&c, "https://management.azure.com/")
-        .await
-        .expect("token");
-    let sub = format!("{}/subscriptions/{}", c.arm, c.subscription_id);
-    http.put(format!("{sub}/resourcegroups/bench?api-version=2024-11-01"))
-        .bearer_auth(&token)
-        .json(&json!({"location": "eastus"}))
-        .send()
-        .await
-        .expect("rg");
-    if args.runs("arm") {
-        identity_benchmarks(args, cores, &http, &token, &sub).await;
-    }
-
-    // IMDS on the demo VM: cached tokens against the cheapest route; uncached tokens.
+/// IMDS on the demo VM: cached tokens against the cheapest route; uncached tokens.
+async fn imds_benchmarks(
+    args: &Args,
+    per_core: f64,
+    cores: usize,
+    sim: &Simulator,
+    http: &reqwest::Client,
+) {
+    let c = &sim.connection;
     wait_until_idle().await;
     let imds = c.imds.clone().expect("demo imds");
     let versions = format!("{imds}/metadata/versions");
@@ -410,7 +397,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
         "{imds}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
     );
     let metadata = [("metadata", "true")];
-    let _ = get_latency(&http, &token_url, &metadata, 1, Duration::from_millis(200)).await;
+    let _ = get_latency(http, &token_url, &metadata, 1, Duration::from_millis(200)).await;
     // The three cached-path measures alternate in short rounds and each takes its median:
     // this machine's speed drifts within a run, and measuring one after the other let the
     // drift decide the ratios.
@@ -426,7 +413,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
             // The third: what recording events costs the cached path, with recording off.
             sim.imds.events().set_recording(i != 2);
             let cpu = ServerCpu::start();
-            let rate = get_latency(&http, url, &metadata, 8, round).await.0;
+            let rate = get_latency(http, url, &metadata, 8, round).await.0;
             measures[i].push((rate, cpu.seconds() / (rate * round.as_secs_f64())));
         }
         sim.imds.events().set_recording(true);
@@ -455,9 +442,9 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
         cached.0 / quiet.0,
         quiet.1 / cached.1
     );
-    follow_latency(&sim, &http, &token_url).await;
+    follow_latency(sim, http, &token_url).await;
     let (rate32, p50, p99) = get_latency(
-        &http,
+        http,
         &token_url,
         &metadata,
         32,
@@ -471,7 +458,7 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
     );
     let cpu = ServerCpu::start();
     let (uncached, _, _) = get_latency(
-        &http,
+        http,
         &format!("{token_url}&bypass_cache=true"),
         &metadata,
         8,
@@ -486,6 +473,37 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
         uncached_per_cpu_second * cores as f64,
         uncached_per_cpu_second * cores as f64 / two_signatures,
     );
+}
+
+/// ARM and IMDS on one simulator: identities, reads, IMDS tokens cached and uncached.
+async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio::runtime::Handle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = SimulatorConfig::ephemeral(dir.path());
+    config.imds_throttle = false;
+    config.key_pool = 48;
+    let sim = on_server(server, Simulator::start(config))
+        .await
+        .expect("start");
+    let c = sim.connection.clone();
+    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
+    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
+    let token = misim::vm_env::admin_token(&c, "https://management.azure.com/")
+        .await
+        .expect("token");
+    let sub = format!("{}/subscriptions/{}", c.arm, c.subscription_id);
+    http.put(format!("{sub}/resourcegroups/bench?api-version=2024-11-01"))
+        .bearer_auth(&token)
+        .json(&json!({"location": "eastus"}))
+        .send()
+        .await
+        .expect("rg");
+    if args.runs("arm") {
+        identity_benchmarks(args, cores, &http, &token, &sub).await;
+    }
+
+    if args.runs("imds") {
+        imds_benchmarks(args, per_core, cores, &sim, &http).await;
+    }
     on_server(server, sim.shutdown()).await;
 }
 
@@ -605,8 +623,8 @@ async fn token_benchmarks(
         .await
         .expect("create sp");
 
-    // One assertion reused for the whole run, as MSAL does (540 s): the server's cost is one
-    // RSA verify plus one RSA sign per token.
+    // One assertion reused for the whole run, as MSAL does (540 s): the server verifies it once
+    // (it remembers verified assertions) and signs each token.
     let t = now.unix_timestamp();
     let assertion = key
         .sign_jws(JwsAlg::Rs256, &json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))}), &json!({"aud": url, "iss": app_id, "sub": app_id, "jti": "bench", "nbf": t - 60, "exp": t + 3600}))

@@ -54,6 +54,9 @@ struct Inner {
     admin: Bootstrap,
     /// Client records by lower-case app id; cleared on every directory write.
     clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    /// Bumped (under the `clients` lock) by every clear: a record read from the store while a
+    /// write committed is answered with but not cached.
+    clients_generation: std::sync::atomic::AtomicU64,
     events: EventLog,
     faults: misim_core::faults::FaultPlans,
 }
@@ -197,6 +200,7 @@ impl Aad {
                 tenant,
                 admin,
                 clients: RwLock::new(HashMap::new()),
+                clients_generation: Default::default(),
                 events,
                 faults: Default::default(),
             }),
@@ -282,11 +286,15 @@ impl Aad {
     }
 
     fn invalidate_clients(&self) {
-        self.inner
+        let mut clients = self
+            .inner
             .clients
             .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+            .unwrap_or_else(|p| p.into_inner());
+        clients.clear();
+        self.inner
+            .clients_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn resolve_tenant(&self, segment: &str) -> Result<TenantRef, AadError> {
@@ -546,6 +554,10 @@ impl Aad {
         {
             return Ok(hit.clone());
         }
+        let generation = self
+            .inner
+            .clients_generation
+            .load(std::sync::atomic::Ordering::Acquire);
         let store = &self.inner.store;
         let not_found = || AadError::ApplicationNotFound {
             client_id: client_id.to_string(),
@@ -585,11 +597,19 @@ impl Aad {
             principal,
             signatures: SignatureMemo::default(),
         });
-        self.inner
+        let mut clients = self
+            .inner
             .clients
             .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cache_key, record.clone());
+            .unwrap_or_else(|p| p.into_inner());
+        if self
+            .inner
+            .clients_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            == generation
+        {
+            clients.insert(cache_key, record.clone());
+        }
         Ok(record)
     }
 

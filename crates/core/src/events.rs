@@ -367,7 +367,9 @@ impl EventLog {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.writer.send(Message::Flush(done)).is_ok() {
-            self.inner.flush_requested.notify_one();
+            // Wakes the writer only if it is gathering (no permit left behind to cut a later
+            // window short); otherwise it meets the flush in its queue at once.
+            self.inner.flush_requested.notify_waiters();
             let _ = wait.await;
         }
     }

@@ -109,8 +109,10 @@ impl SignatureMemo {
 }
 
 /// What an assertion says: its certificate thumbprints and the claims the checks read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ReadAssertion {
+    /// SHA-256 thumbprint of the certificate the signature verified with (remembered ones only).
+    verified_with: Option<Vec<u8>>,
     alg: JwsAlg,
     sha1: Option<Vec<u8>>,
     sha256: Option<Vec<u8>>,
@@ -163,6 +165,7 @@ fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
         }
     };
     Ok(ReadAssertion {
+        verified_with: None,
         alg,
         sha1,
         sha256,
@@ -203,9 +206,19 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
             end: credential.end_at,
         });
     }
-    // A remembered assertion was verified against this very certificate: its thumbprints
-    // select the credential, and a thumbprint names one certificate.
-    if let Some(jws) = &jws {
+    // A remembered assertion skips RSA only if the credential it selects now is the one it was
+    // verified with (a header may name two certificates, `x5t` and `x5t#S256`).
+    let verified_before = a.verified_with.as_deref() == Some(credential.sha256.as_slice());
+    if !verified_before {
+        let owned;
+        let jws = match &jws {
+            Some(jws) => jws,
+            None => {
+                owned =
+                    split_compact(token).map_err(|e| AssertionError::Malformed(e.to_string()))?;
+                &owned
+            }
+        };
         // The service's parsed copy keeps the public key parsed across requests.
         let certificate = match (ctx.parsed)(credential) {
             Some(certificate) => certificate,
@@ -221,7 +234,9 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
             });
         }
         if let Some((memo, key)) = memo_key {
-            memo.remember(key, assertion.clone());
+            let mut verified = (*assertion).clone();
+            verified.verified_with = Some(credential.sha256.clone());
+            memo.remember(key, Arc::new(verified));
         }
     }
 
@@ -441,9 +456,17 @@ mod tests {
         ));
         assert_eq!(memo.len(), 1);
         // What the memo holds is trusted without RSA (here planted, to show it is consulted).
-        let planted = read(&split_compact(&forged).expect("jws")).expect("read");
-        memo.remember(SignatureMemo::key(&forged), Arc::new(planted));
+        let mut planted = read(&split_compact(&forged).expect("jws")).expect("read");
+        planted.verified_with = Some(f.credential.sha256.clone());
+        memo.remember(SignatureMemo::key(&forged), Arc::new(planted.clone()));
         assert!(check_with_memo(&f, &forged, NOW, NOW, Some(&memo)).is_ok());
+        // ...but only for the certificate it was verified with.
+        planted.verified_with = Some(vec![0; 32]);
+        memo.remember(SignatureMemo::key(&forged), Arc::new(planted));
+        assert!(matches!(
+            check_with_memo(&f, &forged, NOW, NOW, Some(&memo)),
+            Err(AssertionError::BadSignature { .. })
+        ));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct Claims<'a> {
 impl Claims<'_> {
     /// The JSON payload of the token.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        // Strings and integers only: serializing cannot fail.
+        serde_json::to_vec(self).expect("claims serialize")
     }
 }
 
