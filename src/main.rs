@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(misim::async_worker_threads())
         .enable_all()
         .build()
     {

@@ -24,7 +24,7 @@ struct Args {
     concurrency: usize,
     /// One group only (`aad`, `arm`, `imds` or `startup`), for profiling.
     only: Option<String>,
-    /// Async worker threads of the simulator's runtime (default: one per core, as `misim up`).
+    /// Async worker threads of the simulator's runtime (default: as `misim up`, half the cores).
     server_workers: Option<usize>,
 }
 
@@ -817,7 +817,10 @@ fn main() {
     println!("RSA-2048 signatures/s: {per_core:.0} on one core, {all:.0} on {cores} threads");
     // Idle blocking threads outlive every measurement window, so none takes its CPU time away.
     let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.server_workers.unwrap_or(cores))
+        .worker_threads(
+            args.server_workers
+                .unwrap_or_else(misim::async_worker_threads),
+        )
         .thread_name(SERVER_THREADS)
         .thread_keep_alive(Duration::from_secs(600))
         .enable_all()
