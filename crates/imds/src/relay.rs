@@ -71,7 +71,36 @@ impl TokenCache {
 /// signature itself, so each credential is parsed once.
 #[derive(Default)]
 pub struct KeyCache {
-    keys: Mutex<HashMap<(String, String), RsaKey>>,
+    keys: Mutex<HashMap<(String, String), IdentityKey>>,
+}
+
+/// An identity's parsed key and the encoded JWS header of its assertions (its certificate's
+/// `x5t`), the same for every assertion it signs.
+#[derive(Clone)]
+struct IdentityKey {
+    key: RsaKey,
+    header: std::sync::Arc<str>,
+}
+
+impl IdentityKey {
+    fn parse(pkcs8: &[u8], cert_der: &[u8]) -> Result<Self, misim_core::crypto::CryptoError> {
+        let header = json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(cert_der))});
+        Ok(Self {
+            key: RsaKey::from_pkcs8(pkcs8)?,
+            header: b64url(header.to_string().as_bytes()).into(),
+        })
+    }
+}
+
+/// The claims of a client assertion (spec/tokens.md §3.5).
+#[derive(serde::Serialize)]
+struct AssertionClaims<'a> {
+    aud: &'a str,
+    iss: &'a str,
+    sub: &'a str,
+    jti: String,
+    nbf: i64,
+    exp: i64,
 }
 
 impl KeyCache {
@@ -82,7 +111,7 @@ impl KeyCache {
         )
     }
 
-    fn get(&self, identity: &IdentityRow) -> Option<RsaKey> {
+    fn get(&self, identity: &IdentityRow) -> Option<IdentityKey> {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -90,7 +119,7 @@ impl KeyCache {
             .cloned()
     }
 
-    fn put(&self, identity: &IdentityRow, key: RsaKey) {
+    fn put(&self, identity: &IdentityRow, key: IdentityKey) {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -120,27 +149,33 @@ pub async fn fetch(
         aad_url.trim_end_matches('/'),
         identity.tenant_id
     );
-    let (pkcs8, der, client_id, aud) = (
-        identity.private_pkcs8.clone(),
-        identity.cert_der.clone(),
-        identity.client_id.clone(),
-        endpoint.clone(),
-    );
-    let parsed = keys.get(identity);
+    let cached = keys.get(identity);
+    let parsed_here = cached.is_none();
+    let source = cached.ok_or_else(|| (identity.private_pkcs8.clone(), identity.cert_der.clone()));
+    let claims = serde_json::to_vec(&AssertionClaims {
+        aud: &endpoint,
+        iss: &identity.client_id,
+        sub: &identity.client_id,
+        jti: uuid::Uuid::new_v4().to_string(),
+        nbf: wall_now - 60,
+        exp: wall_now + ASSERTION_LIFETIME_SECS,
+    })
+    .map_err(|e| ImdsError::Internal(e.to_string()))?;
     let (assertion, key) = signing(move || {
-        let key = match parsed {
-            Some(key) => key,
-            None => RsaKey::from_pkcs8(&pkcs8)?,
+        let key = match source {
+            Ok(key) => key,
+            Err((pkcs8, der)) => IdentityKey::parse(&pkcs8, &der)?,
         };
-        let header = json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(&der))});
-        let claims = json!({"aud": aud, "iss": client_id, "sub": client_id, "jti": uuid::Uuid::new_v4().to_string(), "nbf": wall_now - 60, "exp": wall_now + ASSERTION_LIFETIME_SECS});
-        key.sign_jws(JwsAlg::Rs256, &header, &claims)
+        key.key
+            .sign_compact(JwsAlg::Rs256, &key.header, &claims)
             .map(|jws| (jws, key))
     })
     .await
     .map_err(|e| ImdsError::Internal(e.to_string()))?
     .map_err(|e| ImdsError::Internal(e.to_string()))?;
-    keys.put(identity, key);
+    if parsed_here {
+        keys.put(identity, key);
+    }
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", identity.client_id.as_str()),
