@@ -2,7 +2,7 @@
 //! transactions through the store, and calls the pure rules in `domain`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use misim_core::Clock;
 use misim_core::crypto::{JwsAlg, RsaCertificate, random_bytes, sha1, sha256};
@@ -22,6 +22,7 @@ use crate::domain::resource::{self, GRAPH_APP_ID, ScopeError};
 use crate::error::AadError;
 use crate::keys::SigningKeys;
 use crate::store::Store;
+use misim_core::cache::ReadCache;
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const ADMIN_SECRET_SETTING: &str = "bootstrap_admin_secret";
@@ -53,10 +54,7 @@ struct Inner {
     tenant: Tenant,
     admin: Bootstrap,
     /// Client records by lower-case app id; cleared on every directory write.
-    clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
-    /// Bumped (under the `clients` lock) by every clear: a record read from the store while a
-    /// write committed is answered with but not cached.
-    clients_generation: std::sync::atomic::AtomicU64,
+    clients: ReadCache<Arc<ClientRecord>>,
     events: EventLog,
     faults: misim_core::faults::FaultPlans,
 }
@@ -199,8 +197,7 @@ impl Aad {
                 keys,
                 tenant,
                 admin,
-                clients: RwLock::new(HashMap::new()),
-                clients_generation: Default::default(),
+                clients: ReadCache::new(10_000),
                 events,
                 faults: Default::default(),
             }),
@@ -286,15 +283,7 @@ impl Aad {
     }
 
     fn invalidate_clients(&self) {
-        let mut clients = self
-            .inner
-            .clients
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        clients.clear();
-        self.inner
-            .clients_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.clients.clear();
     }
 
     fn resolve_tenant(&self, segment: &str) -> Result<TenantRef, AadError> {
@@ -545,19 +534,10 @@ impl Aad {
         tenant: &Tenant,
     ) -> Result<Arc<ClientRecord>, AadError> {
         let cache_key = client_id.to_ascii_lowercase();
-        if let Some(hit) = self
-            .inner
-            .clients
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cache_key)
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.inner.clients.get(&cache_key) {
+            return Ok(hit);
         }
-        let generation = self
-            .inner
-            .clients_generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        let generation = self.inner.clients.generation();
         let store = &self.inner.store;
         let not_found = || AadError::ApplicationNotFound {
             client_id: client_id.to_string(),
@@ -597,19 +577,9 @@ impl Aad {
             principal,
             signatures: SignatureMemo::default(),
         });
-        let mut clients = self
-            .inner
+        self.inner
             .clients
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if self
-            .inner
-            .clients_generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            == generation
-        {
-            clients.insert(cache_key, record.clone());
-        }
+            .insert_if_current(generation, cache_key, record.clone());
         Ok(record)
     }
 

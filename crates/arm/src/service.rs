@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use misim_core::Clock;
+use misim_core::cache::ReadCache;
 use misim_core::crypto::{RsaKey, blocking};
 use misim_core::events::{DEFAULT_RETENTION, Draft, EventLog};
 use misim_core::internal::{ManagedIdentityCertificate, ManagedIdentityPrincipal};
@@ -78,12 +79,10 @@ struct Inner {
     /// One delivery pass at a time keeps outbox order.
     delivery: tokio::sync::Mutex<()>,
     wake_worker: Notify,
-    /// Role assignments by lower-case principal id; cleared on every assignment change.
-    assignments: std::sync::RwLock<std::collections::HashMap<String, Arc<Vec<AssignmentRow>>>>,
-    /// Resource rows by id key (`None`: known absent); cleared with the assignments.
-    resources: std::sync::RwLock<std::collections::HashMap<String, Option<ResourceRow>>>,
-    /// Bumped by every invalidation, so a read that raced a write is not cached.
-    assignments_generation: std::sync::atomic::AtomicU64,
+    /// Role assignments by lower-case principal id; cleared on every write.
+    assignments: ReadCache<Arc<Vec<AssignmentRow>>>,
+    /// Resource rows by id key (`None`: known absent); cleared on every write.
+    resources: ReadCache<Option<ResourceRow>>,
     wake_key_pool: Notify,
     events: EventLog,
     /// AAD's and IMDS's simulator APIs (events, clock, faults); set by the binary.
@@ -91,6 +90,9 @@ struct Inner {
 }
 
 const CLOCK_SETTING: &str = "clock_offset_secs";
+/// Entries each read cache (role assignments by principal, resource rows) holds before it
+/// starts over.
+const CACHED_READS: usize = 50_000;
 
 /// Location and tags of a tracked resource PUT.
 #[derive(Debug, Clone)]
@@ -203,9 +205,8 @@ impl Arm {
                 writes: tokio::sync::Mutex::new(()),
                 delivery: tokio::sync::Mutex::new(()),
                 wake_worker: Notify::new(),
-                assignments: std::sync::RwLock::new(std::collections::HashMap::new()),
-                assignments_generation: std::sync::atomic::AtomicU64::new(0),
-                resources: std::sync::RwLock::new(std::collections::HashMap::new()),
+                assignments: ReadCache::new(CACHED_READS),
+                resources: ReadCache::new(CACHED_READS),
                 wake_key_pool: Notify::new(),
                 events,
                 sim_peers: std::sync::OnceLock::new(),
@@ -459,53 +460,21 @@ impl Arm {
         principal_id: &str,
     ) -> Result<Arc<Vec<AssignmentRow>>, ArmError> {
         let key = principal_id.to_ascii_lowercase();
-        if let Some(hit) = self
-            .inner
-            .assignments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.inner.assignments.get(&key) {
+            return Ok(hit);
         }
-        let generation = self
-            .inner
-            .assignments_generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        let generation = self.inner.assignments.generation();
         let rows = Arc::new(self.inner.store.assignments_of(principal_id).await?);
-        let mut cache = self
-            .inner
+        self.inner
             .assignments
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if self
-            .inner
-            .assignments_generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            == generation
-        {
-            cache.insert(key, rows.clone());
-        }
+            .insert_if_current(generation, key, rows.clone());
         Ok(rows)
     }
 
     /// Any write may change who holds which role (cascades included): forget them all.
     fn invalidate_caches(&self) {
-        let mut cache = self
-            .inner
-            .assignments
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut resources = self
-            .inner
-            .resources
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        self.inner
-            .assignments_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        cache.clear();
-        resources.clear();
+        self.inner.assignments.clear();
+        self.inner.resources.clear();
     }
 
     /// Writes one resource row on its own (no follow-up work) and forgets cached reads.
@@ -519,36 +488,14 @@ impl Arm {
 
     /// A resource row by id key, cached until the next write (reads are ARM's hot path).
     async fn resource_row(&self, id_key: &str) -> Result<Option<ResourceRow>, ArmError> {
-        if let Some(hit) = self
-            .inner
-            .resources
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id_key)
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.inner.resources.get(id_key) {
+            return Ok(hit);
         }
-        let generation = self
-            .inner
-            .assignments_generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        let generation = self.inner.resources.generation();
         let row = self.inner.store.resource(id_key).await?;
-        let mut cache = self
-            .inner
+        self.inner
             .resources
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if self
-            .inner
-            .assignments_generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            == generation
-        {
-            if cache.len() >= 50_000 {
-                cache.clear();
-            }
-            cache.insert(id_key.to_string(), row.clone());
-        }
+            .insert_if_current(generation, id_key.to_string(), row.clone());
         Ok(row)
     }
 

@@ -2,6 +2,7 @@
 //! set-up, HTTP serving with graceful shutdown, SQLite pools, and the wire types of the internal
 //! edges between services. No service logic lives here.
 
+pub mod cache;
 pub mod clock;
 pub mod crypto;
 pub mod db;
