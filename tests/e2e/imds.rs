@@ -300,6 +300,9 @@ async fn each_vm_sees_only_its_own_identities() {
         (status, by_object["client_id"].as_str()),
         (200, Some(ids[1].0.as_str()))
     );
+    // The selector the client used is echoed; the others are absent.
+    assert_eq!(by_object["object_id"].as_str(), Some(ids[1].1.as_str()));
+    assert!(by_object.get("msi_res_id").is_none() && by_client.get("object_id").is_none());
     let encoded =
         percent_encoding::utf8_percent_encode(&uami("id-a2"), percent_encoding::NON_ALPHANUMERIC)
             .to_string();
@@ -313,6 +316,10 @@ async fn each_vm_sees_only_its_own_identities() {
     assert_eq!(
         (status, by_resource["client_id"].as_str()),
         (200, Some(ids[1].0.as_str()))
+    );
+    assert_eq!(
+        by_resource["msi_res_id"].as_str(),
+        Some(uami("id-a2").as_str())
     );
     let claims = sim
         .verify(

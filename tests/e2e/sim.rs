@@ -19,6 +19,20 @@ async fn sim_call(
     send_json(sim.http.request(method, url).bearer_auth(token), body).await
 }
 
+/// `/_sim/events?{query}` as the admin: the events listed.
+async fn events(sim: &TestSim, admin: &str, query: &str) -> Vec<Value> {
+    let (status, page) = sim_call(
+        sim,
+        admin,
+        Method::GET,
+        &format!("/_sim/events?{query}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    page["value"].as_array().cloned().unwrap_or_default()
+}
+
 async fn imds_token(sim: &TestSim, query: &str) -> (u16, Value) {
     let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
     let response = sim
@@ -161,19 +175,8 @@ async fn lifecycle_events_appear_in_order_with_one_correlation_per_chain() {
     )
     .await;
     assert_eq!(status, 403);
-    let (_, denied) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=arm.request.denied",
-        None,
-    )
-    .await;
-    let last = denied["value"]
-        .as_array()
-        .and_then(|v| v.last())
-        .cloned()
-        .expect("a denial");
+    let denied = events(&sim, &admin, "kind=arm.request.denied").await;
+    let last = denied.last().cloned().expect("a denial");
     assert!(
         last["summary"]
             .as_str()
@@ -216,21 +219,8 @@ async fn lifecycle_events_appear_in_order_with_one_correlation_per_chain() {
     // Deleting the identity: ARM, then AAD.
     let (status, _) = crate::support::arm_call(&sim, &admin, Method::DELETE, &format!("{sub}/resourceGroups/demo-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/watched"), "2023-01-31", None).await;
     assert_eq!(status, 200);
-    let (_, gone) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=aad.service_principal.deleted",
-        None,
-    )
-    .await;
-    assert!(
-        gone["value"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .any(|e| e["principal_id"] == principal.as_str())
-    );
+    let gone = events(&sim, &admin, "kind=aad.service_principal.deleted").await;
+    assert!(gone.iter().any(|e| e["principal_id"] == principal.as_str()));
 }
 
 #[tokio::test]
@@ -356,19 +346,8 @@ async fn advancing_the_clock_rolls_certificates_and_keys_and_expires_tokens() {
         .await;
     let keys_after = key_credentials(&sim, &graph_admin, &principal).await;
     assert_eq!(keys_after.as_array().map(Vec::len), Some(2), "{keys_after}");
-    let (_, hosted) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=imds.credential.installed&vm=demo-vm",
-        None,
-    )
-    .await;
-    assert_eq!(
-        hosted["value"].as_array().map(Vec::len),
-        Some(2),
-        "installed at creation and at the roll"
-    );
+    let hosted = events(&sim, &admin, "kind=imds.credential.installed&vm=demo-vm").await;
+    assert_eq!(hosted.len(), 2, "installed at creation and at the roll");
 
     // The old token expired at simulated time; the cached one is not served, a new one works.
     let (status, _) =
@@ -418,15 +397,8 @@ async fn advancing_the_clock_rolls_certificates_and_keys_and_expires_tokens() {
             "{clock}"
         );
     }
-    let (_, rolls) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=aad.signing_key.rolled",
-        None,
-    )
-    .await;
-    assert_eq!(rolls["value"].as_array().map(Vec::len), Some(1));
+    let rolls = events(&sim, &admin, "kind=aad.signing_key.rolled").await;
+    assert_eq!(rolls.len(), 1);
 
     // A second move rolls AAD's key again, to one ARM has never seen: tokens signed with it
     // are accepted at once (the advance lets ARM refetch JWKS).
@@ -552,19 +524,8 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     assert_eq!(status, 404);
     let (status, cleared) = sim_call(&sim, &admin, Method::DELETE, "/_sim/faults", None).await;
     assert_eq!(status, 200, "{cleared}");
-    let (_, injected) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=imds.fault.injected",
-        None,
-    )
-    .await;
-    assert_eq!(
-        injected["value"].as_array().map(Vec::len),
-        Some(4),
-        "2 statuses, 1 drop, 1 latency"
-    );
+    let injected = events(&sim, &admin, "kind=imds.fault.injected").await;
+    assert_eq!(injected.len(), 4, "2 statuses, 1 drop, 1 latency");
 
     // Nobody but the admin.
     let (_, token) = imds_token(&sim, "").await;
@@ -713,15 +674,8 @@ async fn a_deleted_vm_keeps_its_timeline() {
     let (status, _) =
         crate::support::arm_call(&sim, "not-a-token", Method::GET, &demo, "2024-07-01", None).await;
     assert_eq!(status, 401);
-    let (_, refused) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=arm.request.unauthenticated",
-        None,
-    )
-    .await;
-    assert_eq!(refused["value"].as_array().map(Vec::len), Some(1));
+    let refused = events(&sim, &admin, "kind=arm.request.unauthenticated").await;
+    assert_eq!(refused.len(), 1);
 }
 
 #[tokio::test]
@@ -765,19 +719,8 @@ async fn certificate_and_signing_key_periods_are_configurable() {
     let admin = sim
         .admin_token("https://management.azure.com/.default")
         .await;
-    let (_, rolls) = sim_call(
-        &sim,
-        &admin,
-        Method::GET,
-        "/_sim/events?kind=aad.signing_key.rolled",
-        None,
-    )
-    .await;
-    assert_eq!(
-        rolls["value"].as_array().map(Vec::len),
-        Some(2),
-        "days 3 and 6"
-    );
+    let rolls = events(&sim, &admin, "kind=aad.signing_key.rolled").await;
+    assert_eq!(rolls.len(), 2, "days 3 and 6");
     let (status, _) = imds_token(&sim, "").await;
     assert_eq!(status, 200);
 }

@@ -47,10 +47,13 @@ async fn token(
     // The bootstrap admin is the simulator's own control plane (the CLI fetches its tokens to
     // manage faults): plans never hit it, so a plan can always be removed.
     let admin = &aad.bootstrap().client_id;
+    let basic = basic_credentials(&headers);
     let from_admin = form
         .iter()
         .any(|(k, v)| k == "client_id" && v.eq_ignore_ascii_case(admin))
-        || basic_credentials(&headers).is_some_and(|(id, _)| id.eq_ignore_ascii_case(admin));
+        || basic
+            .as_ref()
+            .is_some_and(|(id, _)| id.eq_ignore_ascii_case(admin));
     if !from_admin && let Some(fault) = aad.faults().hit(None) {
         aad.events().record(
             misim_core::events::Draft::new(
@@ -73,7 +76,7 @@ async fn token(
     }
 
     let grant = aad
-        .issue_token(endpoint, &tenant, &form, basic_credentials(&headers))
+        .issue_token(endpoint, &tenant, &form, basic)
         .await
         .map_err(|e| ctx.fail(e))?;
     let mut response = axum::Json(render(endpoint, &grant)).into_response();
