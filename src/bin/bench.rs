@@ -94,15 +94,18 @@ impl ServerCpu {
 /// (`/proc/self/task/*/schedstat`, first field): the simulator's runtime and the threads its
 /// libraries start (SQLite workers).
 fn server_cpu_ns() -> u64 {
+    threads_cpu_ns(|name| !name.starts_with(CLIENT_THREADS) && !name.starts_with("misim-bench"))
+}
+
+/// Nanoseconds on CPU of this process's threads whose name `counts`.
+fn threads_cpu_ns(counts: impl Fn(&str) -> bool) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .flatten()
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| {
-                !name.starts_with(CLIENT_THREADS) && !name.starts_with("misim-bench")
-            })
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| counts(&name))
         })
         .filter_map(|task| {
             std::fs::read_to_string(task.path().join("schedstat"))
@@ -146,14 +149,20 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The key every reference signature rate is measured with.
+fn reference_key() -> &'static RsaKey {
+    static KEY: std::sync::OnceLock<RsaKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| RsaKey::generate().expect("keygen"))
+}
+
 /// RSA-2048 PKCS#1 signatures per second on `threads` threads for `duration`.
 fn sign_rate(threads: usize, duration: Duration) -> f64 {
-    let key = RsaKey::generate().expect("keygen");
+    let key = reference_key();
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (key, count) = (key.clone(), count.clone());
+            let count = count.clone();
             scope.spawn(move || {
                 while start.elapsed() < duration {
                     key.sign(JwsAlg::Rs256, b"misim benchmark message")
@@ -456,23 +465,57 @@ async fn imds_benchmarks(
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
-    let cpu = ServerCpu::start();
-    let (uncached, _, _) = get_latency(
-        http,
-        &format!("{token_url}&bypass_cache=true"),
-        &metadata,
-        8,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
-    let uncached_per_cpu_second = uncached * args.seconds as f64 / cpu.seconds();
-    let two_signatures = per_core * cores as f64 / 2.0;
+    // The uncached measure alternates with the reference it is compared with (signatures on
+    // every core), round by round: this shared machine's speed drifts by up to a third within
+    // a run, so a reference measured minutes earlier decided the ratio more than the simulator.
+    let uncached_url = format!("{token_url}&bypass_cache=true");
+    let round = Duration::from_secs(args.seconds)
+        .div_f64(ROUNDS as f64)
+        .max(Duration::from_secs(1));
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let signs = sign_rate(cores, Duration::from_millis(300));
+        let cpu = ServerCpu::start();
+        let signing_ns = threads_cpu_ns(|name| name.starts_with("misim-sign"));
+        let (uncached, _, _) = get_latency(http, &uncached_url, &metadata, 8, round).await;
+        let tokens = uncached * round.as_secs_f64();
+        let signing_ns = threads_cpu_ns(|name| name.starts_with("misim-sign")) - signing_ns;
+        rounds.push(UncachedRound {
+            signs,
+            uncached,
+            capacity: tokens / cpu.seconds() * cores as f64,
+            signing_share: signing_ns as f64 / 1e9 / cpu.seconds(),
+            us_per_signature: signing_ns as f64 / 1e3 / (2.0 * tokens),
+        });
+    }
+    let of = |f: &dyn Fn(&UncachedRound) -> f64| median(rounds.iter().map(f).collect());
     println!(
-        "IMDS uncached token (assertion signed at IMDS, verified and signed at AAD): {uncached:.0}/s (ratio to the {two_signatures:.0}/s two signatures per token allow: {:.2}); server capacity {:.0}/s (ratio {:.2})",
-        uncached / two_signatures,
-        uncached_per_cpu_second * cores as f64,
-        uncached_per_cpu_second * cores as f64 / two_signatures,
+        "IMDS uncached token (assertion signed at IMDS, verified and signed at AAD), medians of {ROUNDS} rounds alternating with RSA-2048 signatures on {cores} threads: {:.0}/s against the {:.0}/s two signatures per token allow (ratio {:.2}); server capacity {:.0}/s (ratio {:.2}); against the start's one-core rate x {cores} ({per_core:.0}/s): ratios {:.2} / {:.2}",
+        of(&|r| r.uncached),
+        of(&|r| r.signs / 2.0),
+        of(&|r| r.uncached / (r.signs / 2.0)),
+        of(&|r| r.capacity),
+        of(&|r| r.capacity / (r.signs / 2.0)),
+        of(&|r| r.uncached) / (per_core * cores as f64 / 2.0),
+        of(&|r| r.capacity) / (per_core * cores as f64 / 2.0),
     );
+    println!(
+        "  signing threads: {:.0} % of the simulator's CPU, {:.0} us per signature (the reference loop: {:.0} us)",
+        of(&|r| r.signing_share) * 100.0,
+        of(&|r| r.us_per_signature),
+        of(&|r| 1e6 * cores as f64 / r.signs),
+    );
+}
+
+/// One round of the uncached IMDS measure: signatures/s on every core just before, tokens/s,
+/// and tokens per simulator CPU-second × cores.
+struct UncachedRound {
+    signs: f64,
+    uncached: f64,
+    capacity: f64,
+    /// The signing threads' share of the simulator's CPU, and their CPU per signature.
+    signing_share: f64,
+    us_per_signature: f64,
 }
 
 /// ARM and IMDS on one simulator: identities, reads, IMDS tokens cached and uncached.

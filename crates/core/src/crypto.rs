@@ -146,8 +146,15 @@ pub fn sha256(bytes: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// Upper-case hex (thumbprints): every certificate assertion names one, so no `format!` per byte.
 pub fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// Constant-time equality for secrets.
@@ -483,6 +490,12 @@ mod tests {
             )
             .expect("cert");
         (key, RsaCertificate::from_der(&der).expect("parse"))
+    }
+
+    #[test]
+    fn hex_is_upper_case_two_digits_per_byte() {
+        assert_eq!(hex_upper(&[0x00, 0x0f, 0xa5, 0xff]), "000FA5FF");
+        assert_eq!(hex_upper(&[]), "");
     }
 
     #[test]

@@ -198,7 +198,9 @@ fn restrict_permissions(path: &Path) {
 fn restrict_permissions(_path: &Path) {}
 
 /// An HTTP client for service-to-service and CLI calls: trusts exactly `ca_pem`, never uses a
-/// proxy (misim traffic stays on the addresses it was given).
+/// proxy (misim traffic stays on the addresses it was given) and never follows a redirect (no
+/// misim endpoint redirects, and one would carry a credential elsewhere; not following also
+/// spares each call the redirect policy's URL parsing).
 pub fn http_client(
     ca_pem: &str,
     timeout: std::time::Duration,
@@ -206,6 +208,7 @@ pub fn http_client(
     reqwest::Client::builder()
         .tls_backend_preconfigured(client_config(ca_pem)?)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()

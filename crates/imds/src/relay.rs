@@ -3,7 +3,7 @@
 //! cache until shortly before expiry.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use misim_core::crypto::{JwsAlg, RsaKey, sha1, signing};
 use misim_core::jose::b64url;
@@ -20,7 +20,7 @@ const ASSERTION_LIFETIME_SECS: i64 = 600;
 #[derive(Debug, Clone)]
 pub struct Token {
     /// Shared: a cached token is handed out many times a second.
-    pub access_token: std::sync::Arc<str>,
+    pub access_token: Arc<str>,
     pub expires_on: i64,
     pub not_before: i64,
 }
@@ -74,20 +74,45 @@ pub struct KeyCache {
     keys: Mutex<HashMap<(String, String), IdentityKey>>,
 }
 
-/// An identity's parsed key and the encoded JWS header of its assertions (its certificate's
-/// `x5t`), the same for every assertion it signs.
+/// An identity's parsed key, the encoded JWS header of its assertions (its certificate's
+/// `x5t`) and its tenant's token endpoint: the same for every assertion it signs.
 #[derive(Clone)]
 struct IdentityKey {
     key: RsaKey,
-    header: std::sync::Arc<str>,
+    header: Arc<str>,
+    endpoint: Endpoint,
+}
+
+/// AAD's v1 token endpoint of a tenant, as text (the assertion's `aud`) and parsed.
+#[derive(Clone)]
+struct Endpoint {
+    text: Arc<str>,
+    url: reqwest::Url,
+}
+
+impl Endpoint {
+    fn of(aad_url: &str, tenant_id: &str) -> Result<Self, ImdsError> {
+        let text = format!("{}/{tenant_id}/oauth2/token", aad_url.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&text)
+            .map_err(|e| ImdsError::Internal(format!("AAD's token endpoint {text}: {e}")))?;
+        Ok(Self {
+            text: text.into(),
+            url,
+        })
+    }
 }
 
 impl IdentityKey {
-    fn parse(pkcs8: &[u8], cert_der: &[u8]) -> Result<Self, misim_core::crypto::CryptoError> {
+    fn parse(
+        pkcs8: &[u8],
+        cert_der: &[u8],
+        endpoint: Endpoint,
+    ) -> Result<Self, misim_core::crypto::CryptoError> {
         let header = json!({"alg": "RS256", "typ": "JWT", "x5t": b64url(&sha1(cert_der))});
         Ok(Self {
             key: RsaKey::from_pkcs8(pkcs8)?,
             header: b64url(header.to_string().as_bytes()).into(),
+            endpoint,
         })
     }
 }
@@ -135,6 +160,49 @@ impl KeyCache {
     }
 }
 
+/// Characters a form value keeps as they are (`application/x-www-form-urlencoded`).
+const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// The client-credentials form. The assertion goes in as it is: a compact JWS is base64url and
+/// dots, nothing a form escapes, and escaping-by-scan its kilobyte was a measurable share of
+/// the relay.
+fn token_form(client_id: &str, resource: &str, assertion: &str) -> String {
+    debug_assert!(
+        assertion
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    );
+    let escape = |value| percent_encoding::utf8_percent_encode(value, FORM_VALUE);
+    format!(
+        "grant_type=client_credentials&client_id={}&resource={}&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}",
+        escape(client_id),
+        escape(resource)
+    )
+}
+
+/// What the relay reads of AAD's answer, success or error; every field optional so a
+/// malformed answer reads as one lacking fields rather than as unreadable.
+#[derive(serde::Deserialize)]
+struct AadAnswer {
+    access_token: Option<Value>,
+    expires_on: Option<Value>,
+    not_before: Option<Value>,
+    error: Option<Value>,
+    error_description: Option<Value>,
+}
+
+/// v1 answers give epoch seconds as strings; a number is accepted too.
+fn epoch(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::String(text) => text.parse().ok(),
+        other => other.as_i64(),
+    }
+}
+
 /// Requests a token for `resource` from AAD's v1 endpoint with a certificate assertion.
 pub async fn fetch(
     http: &reqwest::Client,
@@ -144,16 +212,14 @@ pub async fn fetch(
     resource: &str,
     wall_now: i64,
 ) -> Result<Token, ImdsError> {
-    let endpoint = format!(
-        "{}/{}/oauth2/token",
-        aad_url.trim_end_matches('/'),
-        identity.tenant_id
-    );
     let cached = keys.get(identity);
     let parsed_here = cached.is_none();
-    let source = cached.ok_or_else(|| (identity.private_pkcs8.clone(), identity.cert_der.clone()));
+    let endpoint = match &cached {
+        Some(key) => key.endpoint.clone(),
+        None => Endpoint::of(aad_url, &identity.tenant_id)?,
+    };
     let claims = serde_json::to_vec(&AssertionClaims {
-        aud: &endpoint,
+        aud: &endpoint.text,
         iss: &identity.client_id,
         sub: &identity.client_id,
         jti: uuid::Uuid::new_v4().to_string(),
@@ -161,10 +227,17 @@ pub async fn fetch(
         exp: wall_now + ASSERTION_LIFETIME_SECS,
     })
     .map_err(|e| ImdsError::Internal(e.to_string()))?;
+    let source = cached.ok_or_else(|| {
+        (
+            identity.private_pkcs8.clone(),
+            identity.cert_der.clone(),
+            endpoint.clone(),
+        )
+    });
     let (assertion, key) = signing(move || {
         let key = match source {
             Ok(key) => key,
-            Err((pkcs8, der)) => IdentityKey::parse(&pkcs8, &der)?,
+            Err((pkcs8, der, endpoint)) => IdentityKey::parse(&pkcs8, &der, endpoint)?,
         };
         key.key
             .sign_compact(JwsAlg::Rs256, &key.header, &claims)
@@ -176,36 +249,24 @@ pub async fn fetch(
     if parsed_here {
         keys.put(identity, key);
     }
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", identity.client_id.as_str()),
-        ("resource", resource),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", assertion.as_str()),
-    ];
-    let response = misim_core::events::propagate(http.post(&endpoint))
-        .form(&form)
+    let response = misim_core::events::propagate(http.post(endpoint.url))
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(token_form(&identity.client_id, resource, &assertion))
         .send()
         .await
         .map_err(|e| ImdsError::AadUnavailable(format!("AAD is unreachable: {e}")))?;
     let status = response.status().as_u16();
-    let body: Value = response.json().await.map_err(|e| {
+    let body: AadAnswer = response.json().await.map_err(|e| {
         ImdsError::AadUnavailable(format!("AAD answered {status} without JSON: {e}"))
     })?;
     if status == 200 {
-        let number = |field: &str| {
-            body[field]
-                .as_str()
-                .and_then(|s| s.parse::<i64>().ok())
-                .or_else(|| body[field].as_i64())
-        };
         return match (
-            body["access_token"].as_str(),
-            number("expires_on"),
-            number("not_before"),
+            body.access_token.as_ref().and_then(Value::as_str),
+            epoch(body.expires_on.as_ref()),
+            epoch(body.not_before.as_ref()),
         ) {
             (Some(token), Some(expires_on), Some(not_before)) => Ok(Token {
                 access_token: token.into(),
@@ -217,8 +278,12 @@ pub async fn fetch(
             )),
         };
     }
-    let error = body["error"].as_str().unwrap_or("unknown").to_string();
-    let description = body["error_description"].as_str().unwrap_or("").to_string();
+    let text = |field: Option<Value>| match field {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    };
+    let error = text(body.error).unwrap_or_else(|| "unknown".into());
+    let description = text(body.error_description).unwrap_or_default();
     if (400..500).contains(&status) && status != 429 {
         // What the caller asked for is wrong (unknown resource...): a 400 it will not retry.
         Err(ImdsError::Upstream {
@@ -230,5 +295,53 @@ pub async fn fetch(
         Err(ImdsError::AadUnavailable(format!(
             "AAD answered {status}: {description}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_escapes_values_and_keeps_the_assertion() {
+        let form = token_form(
+            "1234-abcd",
+            "https://management.azure.com/ x",
+            "eyJh.eyJ-_0.c2ln",
+        );
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&form).expect("a valid form");
+        assert_eq!(
+            pairs,
+            [
+                ("grant_type", "client_credentials"),
+                ("client_id", "1234-abcd"),
+                ("resource", "https://management.azure.com/ x"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                ),
+                ("client_assertion", "eyJh.eyJ-_0.c2ln"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(form.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F%20x"));
+    }
+
+    #[test]
+    fn epochs_are_read_from_strings_or_numbers() {
+        assert_eq!(epoch(Some(&json!("1800000000"))), Some(1_800_000_000));
+        assert_eq!(epoch(Some(&json!(1_800_000_000))), Some(1_800_000_000));
+        assert_eq!(epoch(Some(&json!("soon"))), None);
+        assert_eq!(epoch(Some(&json!(null))), None);
+        assert_eq!(epoch(None), None);
+    }
+
+    #[test]
+    fn answers_of_any_shape_are_read_field_by_field() {
+        let odd: AadAnswer =
+            serde_json::from_str(r#"{"access_token":7,"error":{"x":1},"extra":[1]}"#)
+                .expect("odd fields still read");
+        assert!(odd.access_token.as_ref().and_then(Value::as_str).is_none());
+        assert!(matches!(odd.error, Some(Value::Object(_))));
     }
 }

@@ -79,7 +79,7 @@ async fn token(
         .issue_token(endpoint, &tenant, &form, basic)
         .await
         .map_err(|e| ctx.fail(e))?;
-    let mut response = axum::Json(render(endpoint, &grant)).into_response();
+    let mut response = render(endpoint, &grant);
     sts_headers(&mut response, &ctx);
     Ok(response)
 }
@@ -123,29 +123,81 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// v1 answers with strings and echoes the resource; v2 with numbers only (spec/tokens.md §3.6).
-fn render(endpoint: Endpoint, grant: &TokenGrant) -> serde_json::Value {
+/// The v1 answer: every number a string. Fields in alphabetical order, as the `json!` maps this
+/// replaced wrote them (a struct serializes without building a map per token).
+#[derive(serde::Serialize)]
+struct V1Body<'a> {
+    access_token: &'a str,
+    expires_in: String,
+    expires_on: String,
+    ext_expires_in: String,
+    not_before: String,
+    resource: &'a str,
+    token_type: &'static str,
+}
+
+/// The v2 answer: numbers as numbers, no resource.
+#[derive(serde::Serialize)]
+struct V2Body<'a> {
+    access_token: &'a str,
+    expires_in: i64,
+    ext_expires_in: i64,
+    token_type: &'static str,
+}
+
+fn render(endpoint: Endpoint, grant: &TokenGrant) -> Response {
     match endpoint {
-        Endpoint::V1 => json!({
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in.to_string(),
-            "ext_expires_in": grant.expires_in.to_string(),
-            "expires_on": grant.expires_on.to_string(),
-            "not_before": grant.not_before.to_string(),
-            "resource": grant.resource,
-            "access_token": grant.access_token,
-        }),
-        Endpoint::V2 => json!({
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in,
-            "ext_expires_in": grant.expires_in,
-            "access_token": grant.access_token,
-        }),
+        Endpoint::V1 => axum::Json(V1Body {
+            access_token: &grant.access_token,
+            expires_in: grant.expires_in.to_string(),
+            expires_on: grant.expires_on.to_string(),
+            ext_expires_in: grant.expires_in.to_string(),
+            not_before: grant.not_before.to_string(),
+            resource: &grant.resource,
+            token_type: "Bearer",
+        })
+        .into_response(),
+        Endpoint::V2 => axum::Json(V2Body {
+            access_token: &grant.access_token,
+            expires_in: grant.expires_in,
+            ext_expires_in: grant.expires_in,
+            token_type: "Bearer",
+        })
+        .into_response(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn v1_answers_strings_and_the_resource_v2_numbers() {
+        let grant = TokenGrant {
+            access_token: "eyJ.x.y".into(),
+            expires_in: 3599,
+            expires_on: 1_800_003_599,
+            not_before: 1_800_000_000,
+            resource: "https://vault.azure.net".into(),
+        };
+        let body = |endpoint| {
+            let response = render(endpoint, &grant);
+            async move {
+                let bytes = axum::body::to_bytes(response.into_body(), 4096)
+                    .await
+                    .expect("body");
+                String::from_utf8(bytes.to_vec()).expect("utf-8")
+            }
+        };
+        assert_eq!(
+            body(Endpoint::V1).await,
+            r#"{"access_token":"eyJ.x.y","expires_in":"3599","expires_on":"1800003599","ext_expires_in":"3599","not_before":"1800000000","resource":"https://vault.azure.net","token_type":"Bearer"}"#
+        );
+        assert_eq!(
+            body(Endpoint::V2).await,
+            r#"{"access_token":"eyJ.x.y","expires_in":3599,"ext_expires_in":3599,"token_type":"Bearer"}"#
+        );
+    }
 
     #[test]
     fn basic_credentials_are_url_decoded() {
