@@ -51,9 +51,15 @@ fn parse_args() -> Args {
             "--concurrency" => args.concurrency = value().parse().unwrap_or(8).clamp(1, 64),
             "--only" => args.only = Some(value()),
             "--server-workers" => args.server_workers = value().parse().ok().filter(|n| *n > 0),
+            "--sign-rate" => {
+                // For tests/bench/wrk-imds.sh: the reference alone, as a bare number.
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                println!("{:.0}", sign_rate(cores, Duration::from_secs(2)));
+                std::process::exit(0);
+            }
             _ => {
                 eprintln!(
-                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only aad|arm|imds|startup] [--server-workers N]"
+                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only aad|arm|imds|startup] [--server-workers N] [--sign-rate]"
                 );
                 std::process::exit(2);
             }

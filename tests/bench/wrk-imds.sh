@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# IMDS measured from outside the simulator's process with wrk (Debian's `wrk` package): the
+# cached token against /metadata/versions, the cached token's latency under 32 connections, and
+# the uncached token against the machine's RSA-2048 signing rate (misim-bench's reference loop).
+# A second opinion on misim-bench's IMDS figures with a lighter load generator; see
+# docs/performance.md. Usage: tests/bench/wrk-imds.sh [path/to/misim] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+misim=${1:-./target/release/misim}
+seconds=${2:-5}
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+[ -x "$misim" ] || { echo "no misim binary at $misim (cargo build --release)" >&2; exit 2; }
+[ -x ./target/release/misim-bench ] || { echo "no ./target/release/misim-bench" >&2; exit 2; }
+
+dir=$(mktemp -d)
+# Loopback only, every port chosen by the kernel, IMDS's rate limits lifted.
+"$misim" up --data-dir "$dir" --host 127.0.0.1 --arm-port 0 --aad-port 0 --imds-port 0 \
+    --imds-throttle off >"$dir/log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do [ -s "$dir/connection.json" ] && break; sleep 0.1; done
+imds=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['imds'])" "$dir/connection.json")
+token="$imds/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+
+# CPU-seconds the simulator's process used (utime + stime, in clock ticks).
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+hz=$(getconf CLK_TCK)
+# wrk: requests/s, then the p50 and p99 lines of its latency distribution.
+run() {
+    local connections=$1 url=$2
+    wrk -t1 -c"$connections" -d"${seconds}s" --latency -H "Metadata: true" "$url" |
+        awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Non-2xx/{bad=$0}
+             END{printf "%s/s p50 %s p99 %s %s\n", rps, p50, p99, bad}'
+}
+
+curl -sf -H "Metadata: true" "$token" >/dev/null # the first token: AAD's answer cached
+# Warm-up: connections, caches, the key pool refilled after start-up.
+wrk -t1 -c8 -d2s -H "Metadata: true" "$token" >/dev/null
+echo "versions, 8 connections:      $(run 8 "$imds/metadata/versions")"
+echo "cached token, 8 connections:  $(run 8 "$token")"
+echo "cached token, 32 connections: $(run 32 "$token")"
+before=$(ticks)
+uncached=$(run 8 "$token&bypass_cache=true")
+used=$(( $(ticks) - before ))
+signs=$(./target/release/misim-bench --sign-rate 2>/dev/null)
+echo "uncached token, 8 connections: $uncached"
+python3 - "$uncached" "$used" "$hz" "$seconds" "$signs" <<'EOF'
+import sys
+rate = float(sys.argv[1].split('/s')[0])
+cpu = int(sys.argv[2]) / int(sys.argv[3])
+seconds, signs = float(sys.argv[4]), float(sys.argv[5])
+cores = __import__('os').cpu_count()
+capacity = rate * seconds / cpu * cores
+print(f"  RSA-2048 signatures/s on {cores} threads: {signs:.0f}; two per token allow {signs / 2:.0f}/s")
+print(f"  throughput ratio {rate / (signs / 2):.2f}; server capacity {capacity:.0f}/s "
+      f"(tokens per simulator CPU-second x {cores} cores), ratio {capacity / (signs / 2):.2f}")
+EOF
