@@ -122,7 +122,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unescape(id)?, unescape(secret)?))
 }
 
-/// v1 answers with strings and echoes the resource; v2 with numbers only (spec/tokens.md §3.6).
 /// The v1 answer: every number a string. Fields in alphabetical order, as the `json!` maps this
 /// replaced wrote them (a struct serializes without building a map per token).
 #[derive(serde::Serialize)]
@@ -145,6 +144,7 @@ struct V2Body<'a> {
     token_type: &'static str,
 }
 
+/// v1 answers with strings and echoes the resource; v2 with numbers only (spec/tokens.md §3.6).
 fn render(endpoint: Endpoint, grant: &TokenGrant) -> Response {
     match endpoint {
         Endpoint::V1 => axum::Json(V1Body {
