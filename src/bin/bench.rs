@@ -486,13 +486,24 @@ async fn imds_benchmarks(
         let signing_ns = threads_cpu_ns(|name| name.starts_with("misim-sign"));
         let (uncached, _, _) = get_latency(http, &uncached_url, &metadata, 8, round).await;
         let tokens = uncached * round.as_secs_f64();
+        let used = cpu.seconds();
         let signing_ns =
             threads_cpu_ns(|name| name.starts_with("misim-sign")).saturating_sub(signing_ns);
+        // The same with both services' event recording off: what the three events of an
+        // uncached token cost it.
+        sim.imds.events().set_recording(false);
+        sim.aad.events().set_recording(false);
+        let quiet_cpu = ServerCpu::start();
+        let (quiet, _, _) = get_latency(http, &uncached_url, &metadata, 8, round).await;
+        let quiet_capacity = quiet * round.as_secs_f64() / quiet_cpu.seconds() * cores as f64;
+        sim.imds.events().set_recording(true);
+        sim.aad.events().set_recording(true);
         rounds.push(UncachedRound {
             signs,
             uncached,
-            capacity: tokens / cpu.seconds() * cores as f64,
-            signing_share: signing_ns as f64 / 1e9 / cpu.seconds(),
+            capacity: tokens / used * cores as f64,
+            quiet_capacity,
+            signing_share: signing_ns as f64 / 1e9 / used,
             us_per_signature: signing_ns as f64 / 1e3 / (2.0 * tokens),
         });
     }
@@ -513,6 +524,11 @@ async fn imds_benchmarks(
         of(&|r| r.us_per_signature),
         of(&|r| 1e6 * cores as f64 / r.signs),
     );
+    println!(
+        "  without recording events: server capacity {:.0}/s; with / without {:.3}",
+        of(&|r| r.quiet_capacity),
+        of(&|r| r.capacity / r.quiet_capacity),
+    );
 }
 
 /// One round of the uncached IMDS measure: signatures/s on every core just before, tokens/s,
@@ -521,6 +537,8 @@ struct UncachedRound {
     signs: f64,
     uncached: f64,
     capacity: f64,
+    /// The same without recording events.
+    quiet_capacity: f64,
     /// The signing threads' share of the simulator's CPU, and their CPU per signature.
     signing_share: f64,
     us_per_signature: f64,
