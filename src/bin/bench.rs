@@ -147,6 +147,19 @@ async fn on_server<T: Send + 'static>(
     server.spawn(work).await.expect("server task")
 }
 
+/// Starts a simulator on the server runtime, and a client trusting its CA.
+async fn start_simulator(
+    server: &tokio::runtime::Handle,
+    config: SimulatorConfig,
+) -> (Simulator, reqwest::Client) {
+    let sim = on_server(server, Simulator::start(config))
+        .await
+        .expect("start");
+    let ca = std::fs::read_to_string(&sim.connection.ca_cert).expect("ca");
+    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
+    (sim, http)
+}
+
 /// Rounds of alternating measurements whose medians are compared.
 const ROUNDS: usize = 5;
 
@@ -550,12 +563,8 @@ async fn arm_benchmarks(args: &Args, per_core: f64, cores: usize, server: &tokio
     let mut config = SimulatorConfig::ephemeral(dir.path());
     config.imds_throttle = false;
     config.key_pool = 48;
-    let sim = on_server(server, Simulator::start(config))
-        .await
-        .expect("start");
+    let (sim, http) = start_simulator(server, config).await;
     let c = sim.connection.clone();
-    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
-    let http = misim_core::tls::http_client(&ca, Duration::from_secs(60)).expect("client");
     let token = misim::vm_env::admin_token(&c, "https://management.azure.com/")
         .await
         .expect("token");
@@ -642,12 +651,8 @@ async fn token_benchmarks(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = SimulatorConfig::ephemeral(dir.path());
-    let sim = on_server(server, Simulator::start(config))
-        .await
-        .expect("start");
+    let (sim, http) = start_simulator(server, config).await;
     let c = sim.connection.clone();
-    let ca = std::fs::read_to_string(&c.ca_cert).expect("ca");
-    let http = misim_core::tls::http_client(&ca, Duration::from_secs(30)).expect("client");
     let url = format!("{}/{}/oauth2/v2.0/token", c.aad, c.tenant_id);
     let (_, graph) = post(
         &http,

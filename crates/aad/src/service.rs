@@ -446,7 +446,7 @@ impl Aad {
                 }
                 let audience_ok =
                     |aud: &str| self.assertion_audience_ok(aud, &tenant, tenant_segment);
-                let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id).cloned();
+                let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id);
                 let ctx = AssertionContext {
                     parsed: &parsed,
                     client_id,

@@ -367,9 +367,10 @@ impl EventLog {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.writer.send(Message::Flush(done)).is_ok() {
-            // Wakes the writer only if it is gathering (no permit left behind to cut a later
-            // window short); otherwise it meets the flush in its queue at once.
-            self.inner.flush_requested.notify_waiters();
+            // Ends the writer's gathering window. `notify_one` keeps a permit when the writer is
+            // not waiting yet (inserting, or between its queue and its sleep), so the flush is
+            // never missed; a permit left over only cuts one later window short.
+            self.inner.flush_requested.notify_one();
             let _ = wait.await;
         }
     }

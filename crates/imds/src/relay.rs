@@ -75,7 +75,8 @@ pub struct KeyCache {
 }
 
 /// An identity's parsed key, the encoded JWS header of its assertions (its certificate's
-/// `x5t`) and its tenant's token endpoint: the same for every assertion it signs.
+/// `x5t`) and its tenant's token endpoint: the same for every assertion it signs. (The endpoint
+/// is built from IMDS's configured AAD URL, fixed for the life of the service.)
 #[derive(Clone)]
 struct IdentityKey {
     key: RsaKey,
@@ -184,8 +185,9 @@ fn token_form(client_id: &str, resource: &str, assertion: &str) -> String {
     )
 }
 
-/// What the relay reads of AAD's answer, success or error; every field optional so a
-/// malformed answer reads as one lacking fields rather than as unreadable.
+/// What the relay reads of AAD's answer, success or error. Every field is optional and of any
+/// JSON type, so an object of the wrong shape reads as one lacking fields; an answer that is not
+/// a JSON object is unreadable (AAD unavailable, which a client retries).
 #[derive(serde::Deserialize)]
 struct AadAnswer {
     access_token: Option<Value>,
@@ -325,6 +327,41 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
         );
         assert!(form.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F%20x"));
+    }
+
+    #[test]
+    fn cached_tokens_are_found_by_principal_in_any_case_and_forgotten_together() {
+        let cache = TokenCache::default();
+        let token = |expires_on| Token {
+            access_token: "t".into(),
+            expires_on,
+            not_before: 0,
+        };
+        cache.put("ABC-Principal", "https://vault.azure.net", token(10_000));
+        cache.put(
+            "abc-principal",
+            "https://management.azure.com/",
+            token(10_000),
+        );
+        assert!(
+            cache
+                .get("abc-PRINCIPAL", "https://vault.azure.net", 0)
+                .is_some()
+        );
+        assert!(cache.get("abc-principal", "https://other", 0).is_none());
+        // Re-issued once less than REFRESH_BEFORE_EXPIRY_SECS of its lifetime is left.
+        let late = 10_000 - REFRESH_BEFORE_EXPIRY_SECS;
+        assert!(
+            cache
+                .get("abc-principal", "https://vault.azure.net", late)
+                .is_none()
+        );
+        cache.forget("ABC-PRINCIPAL");
+        assert!(
+            cache
+                .get("abc-principal", "https://management.azure.com/", 0)
+                .is_none()
+        );
     }
 
     #[test]

@@ -595,6 +595,29 @@ async fn instance(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_token_answer_is_all_strings_and_echoes_only_the_selector_given() {
+        let body = TokenBody {
+            access_token: "eyJ.x.y",
+            client_id: "c",
+            expires_in: "86399".into(),
+            expires_on: "1800086399".into(),
+            ext_expires_in: "86399".into(),
+            mi_res_id: None,
+            msi_res_id: Some("/subscriptions/s/x"),
+            not_before: "1800000000".into(),
+            object_id: None,
+            principal_id: None,
+            refresh_token: "",
+            resource: "https://vault.azure.net",
+            token_type: "Bearer",
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("json"),
+            r#"{"access_token":"eyJ.x.y","client_id":"c","expires_in":"86399","expires_on":"1800086399","ext_expires_in":"86399","msi_res_id":"/subscriptions/s/x","not_before":"1800000000","refresh_token":"","resource":"https://vault.azure.net","token_type":"Bearer"}"#
+        );
+    }
+
     fn identity(principal: &str, client: &str, user: bool) -> IdentityRow {
         IdentityRow {
             vm_id: "vm".into(),

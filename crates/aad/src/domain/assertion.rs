@@ -57,7 +57,7 @@ pub struct AssertionContext<'a> {
     pub wall_now: i64,
     pub audience_ok: &'a dyn Fn(&str) -> bool,
     /// The parsed certificate of a credential (the service keeps them parsed; `None` parses).
-    pub parsed: &'a dyn Fn(&KeyCredential) -> Option<RsaCertificate>,
+    pub parsed: &'a dyn Fn(&KeyCredential) -> Option<&'a RsaCertificate>,
     /// Signatures this client's certificates were already found to make.
     pub memo: Option<&'a SignatureMemo>,
 }
@@ -116,13 +116,22 @@ struct ReadAssertion {
     alg: JwsAlg,
     sha1: Option<Vec<u8>>,
     sha256: Option<Vec<u8>>,
-    /// The thumbprint errors name (hex).
-    shown: String,
     iss: Option<String>,
     sub: Option<String>,
     audiences: Vec<String>,
     exp: Result<Option<i64>, AssertionError>,
     nbf: Result<Option<i64>, AssertionError>,
+}
+
+impl ReadAssertion {
+    /// The thumbprint errors name (hex), worked out only when an error needs it.
+    fn shown(&self) -> String {
+        self.sha1
+            .as_ref()
+            .or(self.sha256.as_ref())
+            .map(|t| hex_upper(t))
+            .unwrap_or_default()
+    }
 }
 
 fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
@@ -136,11 +145,9 @@ fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
             .map(|s| b64_lenient(s).unwrap_or_default())
     };
     let (sha256, sha1) = (thumb("x5t#S256"), thumb("x5t"));
-    let shown = sha1
-        .as_ref()
-        .or(sha256.as_ref())
-        .map(|t| hex_upper(t))
-        .ok_or(AssertionError::NoThumbprint)?;
+    if sha1.is_none() && sha256.is_none() {
+        return Err(AssertionError::NoThumbprint);
+    }
     let text = |name: &str| {
         jws.claims
             .get(name)
@@ -169,7 +176,6 @@ fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
         alg,
         sha1,
         sha256,
-        shown,
         iss: text("iss"),
         sub: text("sub"),
         audiences,
@@ -181,7 +187,7 @@ fn read(jws: &CompactJws<'_>) -> Result<ReadAssertion, AssertionError> {
 pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertion, AssertionError> {
     let memo_key = ctx.memo.map(|memo| (memo, SignatureMemo::key(token)));
     let remembered = memo_key.and_then(|(memo, key)| memo.get(&key));
-    let (assertion, jws) = match remembered {
+    let (mut assertion, jws) = match remembered {
         Some(assertion) => (assertion, None),
         None => {
             let jws = split_compact(token).map_err(|e| AssertionError::Malformed(e.to_string()))?;
@@ -197,11 +203,11 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
                 || a.sha1.as_deref() == Some(c.sha1.as_slice())
         })
         .ok_or_else(|| AssertionError::KeyNotFound {
-            thumbprint: a.shown.clone(),
+            thumbprint: a.shown(),
         })?;
     if !credential.valid_at(ctx.sim_now) {
         return Err(AssertionError::KeyNotValid {
-            thumbprint: a.shown.clone(),
+            thumbprint: a.shown(),
             start: credential.start_at,
             end: credential.end_at,
         });
@@ -220,25 +226,31 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
             }
         };
         // The service's parsed copy keeps the public key parsed across requests.
+        let parsed_here;
         let certificate = match (ctx.parsed)(credential) {
             Some(certificate) => certificate,
-            None => RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
-                AssertionError::KeyNotFound {
-                    thumbprint: a.shown.clone(),
-                }
-            })?,
+            None => {
+                parsed_here = RsaCertificate::from_der(&credential.cert_der).map_err(|_| {
+                    AssertionError::KeyNotFound {
+                        thumbprint: a.shown(),
+                    }
+                })?;
+                &parsed_here
+            }
         };
         if !certificate.verify(a.alg, jws.signing_input.as_bytes(), &jws.signature) {
             return Err(AssertionError::BadSignature {
-                thumbprint: a.shown.clone(),
+                thumbprint: a.shown(),
             });
         }
         if let Some((memo, key)) = memo_key {
-            let mut verified = (*assertion).clone();
-            verified.verified_with = Some(credential.sha256.clone());
-            memo.remember(key, Arc::new(verified));
+            // A fresh read is not shared yet: marked in place, copied only if it came from the
+            // memo (verified before with another credential).
+            Arc::make_mut(&mut assertion).verified_with = Some(credential.sha256.clone());
+            memo.remember(key, assertion.clone());
         }
     }
+    let a = &*assertion;
 
     let is_client = |v: &Option<String>| {
         v.as_deref()
@@ -363,6 +375,48 @@ mod tests {
         claims: serde_json::Value,
     ) -> String {
         f.key.sign_jws(alg, &header, &claims).expect("sign")
+    }
+
+    #[test]
+    fn the_service_parsed_certificate_is_the_one_verified_with() {
+        let f = fixture();
+        let token = sign(
+            &f,
+            JwsAlg::Rs256,
+            json!({"alg":"RS256","x5t": b64url(&f.credential.sha1)}),
+            claims(),
+        );
+        let parsed = RsaCertificate::from_der(&f.credential.cert_der).expect("cert");
+        // The stored DER is unreadable: only the service's parsed copy can verify.
+        let mut credential = f.credential.clone();
+        credential.cert_der = vec![0x30, 0x00];
+        let credentials = [credential];
+        fn context<'a>(
+            token: &str,
+            credentials: &'a [KeyCredential],
+            parsed: &'a dyn Fn(&KeyCredential) -> Option<&'a RsaCertificate>,
+        ) -> Result<ValidAssertion, AssertionError> {
+            fn ok(audience: &str) -> bool {
+                audience == AUD
+            }
+            validate(
+                token,
+                &AssertionContext {
+                    client_id: CLIENT,
+                    credentials,
+                    sim_now: NOW,
+                    wall_now: NOW,
+                    audience_ok: &ok,
+                    parsed,
+                    memo: None,
+                },
+            )
+        }
+        assert!(context(&token, &credentials, &|_| Some(&parsed)).is_ok());
+        assert!(matches!(
+            context(&token, &credentials, &|_| None),
+            Err(AssertionError::KeyNotFound { .. })
+        ));
     }
 
     #[test]
