@@ -26,6 +26,7 @@ interop: build
 	MISIM_BIN=$(MISIM_BIN) tests/interop/run.sh
 	MISIM_BIN=$(MISIM_BIN) tests/interop/az/run.sh
 	MISIM_BIN=$(MISIM_BIN) tests/interop/rust/run.sh
+	MISIM_BIN=$(MISIM_BIN) tests/interop/vm_exec/run.sh
 
 # The docker compose environment (docker/compose.yaml): images built offline from this
 # checkout's binary, two example apps as VMs, failure cases; skipped loudly without Docker.

@@ -474,3 +474,29 @@ pub struct TokenArgs {
     #[arg(long, default_value = "https://management.azure.com/")]
     pub resource: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn up(args: &[&str]) -> Result<UpArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["misim", "up"].iter().chain(args))?;
+        match cli.command {
+            Command::Up(up) => Ok(up),
+            other => panic!("not up: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn imds_rate_limits_are_on_unless_lifted() {
+        // MISIM_IMDS_THROTTLE would override the default being tested.
+        assert!(std::env::var_os("MISIM_IMDS_THROTTLE").is_none());
+        assert_eq!(up(&[]).expect("up").imds_throttle, OnOff::On);
+        assert_eq!(
+            up(&["--imds-throttle", "off"]).expect("off").imds_throttle,
+            OnOff::Off
+        );
+        assert!(up(&["--imds-throttle", "sometimes"]).is_err());
+    }
+}

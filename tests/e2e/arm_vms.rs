@@ -488,6 +488,7 @@ async fn the_reconcile_pass_removes_what_arm_does_not_hold() {
         vm_size: "Standard_B1s".into(),
         tags: Default::default(),
         preferred_port: 0,
+        os_type: "Linux".into(),
     };
     sim.sim
         .imds

@@ -557,6 +557,45 @@ async fn vms_keep_their_endpoints_and_tokens_across_a_restart() {
     let first = TestSim::start().await;
     let endpoint = first.sim.connection.imds.clone().expect("imds");
     let (_, before, _) = imds_get(&first, &endpoint, TOKEN, true).await;
+    // A VM made through ARM, not only the demo VM, keeps its address.
+    let admin = first
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", first.sim.connection.subscription_id);
+    let (status, vm) = arm(
+        &first,
+        &admin,
+        Method::PUT,
+        &format!(
+            "{sub}/resourceGroups/demo-rg/providers/Microsoft.Compute/virtualMachines/second-vm"
+        ),
+        "2024-07-01",
+        Some(
+            json!({"location": "eastus", "identity": {"type": "SystemAssigned"},
+            "properties": {"storageProfile": {"osDisk": {"osType": "Windows"}}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{vm}");
+    let second_vm = vm["properties"]["vmId"].as_str().expect("vmId").to_string();
+    let second_endpoint = first
+        .sim
+        .imds
+        .vm_endpoint(&second_vm)
+        .expect("second VM's IMDS");
+    assert_ne!(second_endpoint, endpoint);
+    let (_, second_before, _) = imds_get(&first, &second_endpoint, TOKEN, true).await;
+    // Its instance document says what ARM was told.
+    let os = first
+        .http
+        .get(format!(
+            "{second_endpoint}/metadata/instance/compute/osType?api-version=2021-02-01&format=text"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("osType");
+    assert_eq!(os.text().await.expect("text"), "Windows");
     let dir = first.stop().await;
     let second = TestSim::start_in(dir, |_| {}).await;
     assert_eq!(
@@ -567,6 +606,15 @@ async fn vms_keep_their_endpoints_and_tokens_across_a_restart() {
     let (status, after, _) = imds_get(&second, &endpoint, TOKEN, true).await;
     assert_eq!(status, 200);
     assert_eq!(after["client_id"], before["client_id"]);
+    assert_eq!(
+        second.sim.imds.vm_endpoint(&second_vm).as_deref(),
+        Some(second_endpoint.as_str()),
+        "the second VM's address too"
+    );
+    let (status, second_after, _) = imds_get(&second, &second_endpoint, TOKEN, true).await;
+    assert_eq!(status, 200, "{second_after}");
+    assert_eq!(second_after["client_id"], second_before["client_id"]);
+    assert_ne!(second_after["client_id"], after["client_id"]);
     second
         .verify(
             after["access_token"].as_str().expect("token"),
@@ -834,9 +882,40 @@ async fn source_address_mode_maps_callers_to_their_vm() {
             "the caller at {ip} gets its own VM's identity"
         );
     }
-    // An address no VM claims gets IMDS's 404.
+    // An address no VM claims gets IMDS's 404, but a probe without `Metadata` reads IMDS's 400
+    // first (clients then send the real request and show the 404's reason).
     let (status, body, _) = imds_get(&sim, &source, TOKEN, true).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("127.0.0.1")),
+        "{body}"
+    );
+    let (status, body, _) = imds_get(&sim, &source, TOKEN, false).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains("Identity not found"));
+    // The instance document reports the VM's tagged address.
+    let from = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().expect("ip"))
+        .no_proxy()
+        .build()
+        .expect("client");
+    let network: Value = from
+        .get(format!(
+            "{source}/metadata/instance/network?api-version=2021-02-01"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("network")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        network["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"], "127.0.0.2",
+        "{network}"
+    );
     sim.stop().await;
 }
 
@@ -965,4 +1044,183 @@ async fn the_vm_extension_endpoint_can_have_its_own_port() {
         .await
         .expect("extension endpoint");
     assert_eq!(response.status(), 400);
+}
+
+/// One request of the bad-input sweep: verb, query added to the route's good one, headers, and
+/// the status expected (0: any below 500).
+type Case<'a> = (Method, String, Vec<(&'a str, String)>, u16);
+
+/// Which error shape a route answers in.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Dialect {
+    /// `{"error","error_description"}` with `Server: IMDS/...`.
+    Imds,
+    /// App Service's `{"statusCode","message","correlationId"}`.
+    AppService,
+}
+
+#[tokio::test]
+async fn every_imds_route_answers_bad_input_in_its_dialect() {
+    // Many requests in a burst: lift the rate limits, which have a test of their own.
+    let sim = TestSim::start_in(tempfile::tempdir().expect("tempdir"), |c| {
+        c.imds_throttle = false
+    })
+    .await;
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let app = misim::vm_env::vm_env(sim.dir.path(), "demo-vm", true)
+        .await
+        .expect("app service env");
+    let identity_header = app
+        .set
+        .iter()
+        .find(|(n, _)| n == "IDENTITY_HEADER")
+        .map(|(_, v)| v.clone())
+        .expect("IDENTITY_HEADER");
+    let arm = "https%3A%2F%2Fmanagement.azure.com%2F";
+    let routes = [
+        (
+            "/metadata/identity/oauth2/token",
+            format!("api-version=2018-02-01&resource={arm}"),
+            Dialect::Imds,
+        ),
+        (
+            "/metadata/identity/info",
+            "api-version=2018-02-01".to_string(),
+            Dialect::Imds,
+        ),
+        (
+            "/metadata/instance",
+            "api-version=2021-02-01".to_string(),
+            Dialect::Imds,
+        ),
+        (
+            "/metadata/instance/compute/vmId",
+            "api-version=2021-02-01&format=text".to_string(),
+            Dialect::Imds,
+        ),
+        ("/metadata/versions", "x=1".to_string(), Dialect::Imds),
+        ("/oauth2/token", format!("resource={arm}"), Dialect::Imds),
+        (
+            "/msi/token",
+            format!("api-version=2019-08-01&resource={arm}"),
+            Dialect::AppService,
+        ),
+    ];
+    let long = |n: usize| format!("&pad={}", "a".repeat(n));
+    let mut seen = 0;
+    for (path, query, dialect) in &routes {
+        let credential = match dialect {
+            Dialect::Imds => ("Metadata", "true".to_string()),
+            Dialect::AppService => ("X-IDENTITY-HEADER", identity_header.clone()),
+        };
+        let refused = if *dialect == Dialect::Imds { 400 } else { 401 };
+        let good = vec![credential.clone()];
+        let mut cases: Vec<Case> = vec![
+            (Method::GET, String::new(), good.clone(), 200),
+            (Method::GET, String::new(), vec![], refused),
+            (
+                Method::GET,
+                String::new(),
+                vec![(credential.0, String::new())],
+                refused,
+            ),
+            (
+                Method::GET,
+                String::new(),
+                vec![(credential.0, "false".into())],
+                refused,
+            ),
+            (
+                Method::GET,
+                String::new(),
+                vec![credential.clone(), credential.clone()],
+                refused,
+            ),
+            (
+                Method::GET,
+                String::new(),
+                vec![credential.clone(), ("X-Forwarded-For", "10.1.2.3".into())],
+                400,
+            ),
+            (Method::GET, "&x=1&x=2".into(), good.clone(), 400),
+            (Method::GET, long(9_000), good.clone(), 400),
+            (Method::GET, long(60_000), good.clone(), 400),
+            // Malformed escapes and bytes that are not UTF-8 name unknown parameters: ignored.
+            (Method::GET, "&%ZZ=%FF&%FE".into(), good.clone(), 0),
+        ];
+        if *dialect == Dialect::Imds {
+            cases.push((
+                Method::GET,
+                String::new(),
+                vec![("Metadata", "True".into())],
+                400,
+            ));
+        }
+        for method in [Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
+            cases.push((method, String::new(), good.clone(), 405));
+        }
+        if *path != "/oauth2/token" {
+            // The VM-extension endpoint alone takes a POSTed form.
+            cases.push((Method::POST, String::new(), good.clone(), 405));
+        }
+        for (method, extra, headers, expected) in cases {
+            let url = format!("{endpoint}{path}?{query}{extra}");
+            let mut request = sim.http.request(method.clone(), &url);
+            for (name, value) in &headers {
+                request = request.header(*name, value);
+            }
+            let response = request.send().await.expect("imds answers");
+            let status = response.status().as_u16();
+            let response_headers = response.headers().clone();
+            let text = response.text().await.expect("body");
+            let what = format!(
+                "{method} {path} +{} bytes of query, {headers:?}",
+                extra.len()
+            );
+            assert!(status < 500, "{what}: {status} {text}");
+            if expected != 0 {
+                assert_eq!(status, expected, "{what}: {text}");
+            }
+            if status == 200 && path.ends_with("vmId") {
+                assert!(!text.is_empty(), "{what}");
+                continue;
+            }
+            assert!(
+                response_headers["content-type"]
+                    .to_str()
+                    .is_ok_and(|c| c.starts_with("application/json")),
+                "{what}: {response_headers:?}"
+            );
+            let body: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: JSON, not {text}"));
+            if status != 200 {
+                match (dialect, status) {
+                    // IMDS's checks run before the App Service route: its refusals are IMDS's.
+                    (Dialect::Imds, _) | (Dialect::AppService, 400)
+                        if body.get("error").is_some() =>
+                    {
+                        assert!(body["error"].is_string(), "{what}: {body}");
+                        assert!(
+                            response_headers["server"]
+                                .to_str()
+                                .is_ok_and(|s| s.starts_with("IMDS/")),
+                            "{what}"
+                        );
+                    }
+                    (Dialect::AppService, _) => {
+                        assert_eq!(body["statusCode"], status, "{what}: {body}");
+                        assert!(body["message"].is_string(), "{what}: {body}");
+                    }
+                    _ => panic!("{what}: not IMDS's error shape: {body}"),
+                }
+                assert!(
+                    !text.contains("Identity not found") || headers.is_empty(),
+                    "{what}: only an identity lookup says 'Identity not found'"
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 7 * 15, "every case ran: {seen}");
+    sim.stop().await;
 }

@@ -465,6 +465,31 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     add(json!({"target": "aad", "kind": "status", "status": 503})).await;
     let (status, body) = imds_token(&sim, "&bypass_cache=true").await;
     assert!((500..600).contains(&status), "{status} {body}");
+    // The App Service endpoint says the same in its own dialect, also with Retry-After.
+    let app = misim::vm_env::vm_env(sim.dir.path(), "demo-vm", true)
+        .await
+        .expect("app service env");
+    let var = |name: &str| {
+        app.set
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .expect(name)
+    };
+    let response = sim
+        .http
+        .get(format!(
+            "{}?api-version=2019-08-01&resource=https://vault.azure.net",
+            var("IDENTITY_ENDPOINT")
+        ))
+        .header("X-IDENTITY-HEADER", var("IDENTITY_HEADER"))
+        .send()
+        .await
+        .expect("app service");
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["statusCode"], 500, "{body}");
     let admin_again = sim
         .admin_token("https://management.azure.com/.default")
         .await;
@@ -723,4 +748,153 @@ async fn certificate_and_signing_key_periods_are_configurable() {
     assert_eq!(rolls.len(), 2, "days 3 and 6");
     let (status, _) = imds_token(&sim, "").await;
     assert_eq!(status, 200);
+}
+
+/// POSTs `/_sim/clock/advance` by `by` as the admin.
+async fn advance(sim: &TestSim, admin: &str, by: &str) {
+    let (status, body) = sim_call(
+        sim,
+        admin,
+        Method::POST,
+        "/_sim/clock/advance",
+        Some(json!({"by": by})),
+    )
+    .await;
+    assert_eq!(status, 200, "{by}: {body}");
+}
+
+#[tokio::test]
+async fn cached_imds_tokens_are_renewed_as_the_clock_nears_their_expiry() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let installed = events(&sim, &admin, "kind=imds.credential.installed")
+        .await
+        .len();
+    let (_, first) = imds_token(&sim, "").await;
+    let (_, again) = imds_token(&sim, "").await;
+    assert_eq!(again["access_token"], first["access_token"], "cached");
+    let seconds = |body: &Value, field: &str| -> i64 {
+        body[field]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("epoch string")
+    };
+    let lifetime = seconds(&first, "expires_in");
+    assert!(lifetime > 3600, "{first}");
+    // Up to five minutes before expiry the cached token is still served, with less time left.
+    let margin = misim_imds::relay::REFRESH_BEFORE_EXPIRY_SECS;
+    advance(&sim, &admin, &format!("{}s", lifetime - margin - 60)).await;
+    let (_, late) = imds_token(&sim, "").await;
+    assert_eq!(late["access_token"], first["access_token"], "still cached");
+    let left = seconds(&late, "expires_in");
+    assert!(left > margin && left <= margin + 60, "{late}");
+    // Then IMDS asks AAD again: a new token with a full lifetime. (The admin's own token has
+    // expired by now.)
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    advance(&sim, &admin, "120s").await;
+    let (status, renewed) = imds_token(&sim, "").await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_ne!(renewed["access_token"], first["access_token"]);
+    assert!(seconds(&renewed, "expires_on") > seconds(&first, "expires_on"));
+    assert!(seconds(&renewed, "expires_in") > lifetime - 120);
+    sim.verify(
+        renewed["access_token"].as_str().expect("token"),
+        "https://management.azure.com/",
+    )
+    .await;
+    // The clock alone did it: no credential was rolled (a roll also empties the cache).
+    assert_eq!(
+        events(&sim, &admin, "kind=imds.credential.installed")
+            .await
+            .len(),
+        installed
+    );
+}
+
+#[tokio::test]
+async fn at_most_five_identity_requests_of_a_vm_run_at_once() {
+    // Rate limits on (the default); AAD slowed down so that requests overlap at IMDS.
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (status, plan) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"target": "aad", "kind": "latency", "latencyMs": 1500, "count": 7})),
+    )
+    .await;
+    assert_eq!(status, 201, "{plan}");
+    let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
+    let url = format!("{endpoint}{TOKEN}&bypass_cache=true");
+    let requests: Vec<_> = (0..7)
+        .map(|_| tokio::spawn(imds_answer(sim.http.clone(), url.clone())))
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("request task"));
+    }
+    let admitted = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!((admitted, refused.len()), (5, 2), "{answers:?}");
+    for (_, retry_after) in refused {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    // The slots are free again once the slow requests are answered.
+    assert_eq!(imds_token(&sim, "&bypass_cache=true").await.0, 200);
+}
+
+/// A token request: its status and Retry-After.
+async fn imds_answer(http: reqwest::Client, url: String) -> (u16, Option<String>) {
+    let response = http
+        .get(url)
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("imds");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn a_stalled_aad_gets_a_retryable_imds_error_not_a_hang() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    // AAD accepts the connection and then says nothing for longer than IMDS waits (10 s).
+    let (status, plan) = sim_call(
+        &sim,
+        &admin,
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"target": "aad", "kind": "latency", "latencyMs": 15_000, "count": 1})),
+    )
+    .await;
+    assert_eq!(status, 201, "{plan}");
+    let started = std::time::Instant::now();
+    let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
+    let (status, retry_after) = imds_answer(
+        sim.http.clone(),
+        format!("{endpoint}{TOKEN}&bypass_cache=true"),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!((status, retry_after.as_deref()), (500, Some("1")));
+    assert!(
+        waited < std::time::Duration::from_secs(14),
+        "IMDS gave up on AAD before the stall ended: {waited:?}"
+    );
+    // The stall was one request: the next one is answered.
+    assert_eq!(imds_token(&sim, "&bypass_cache=true").await.0, 200);
 }

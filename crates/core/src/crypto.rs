@@ -92,9 +92,14 @@ impl SigningPool {
     }
 
     fn submit(&self, job: Job) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.jobs.push_back(job);
-        if queue.idle > 0 {
+        let someone_waits = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.jobs.push_back(job);
+            queue.idle > 0
+        };
+        // Signalled after the lock is released: a thread woken while the submitter still held
+        // it would only block again on the mutex (two more futex calls per signature).
+        if someone_waits {
             self.ready.notify_one();
         }
     }

@@ -53,6 +53,13 @@ pub struct HostedVm {
     /// Preferred per-VM listener port (the `misim-imds-port` tag), 0 for any.
     #[serde(default)]
     pub preferred_port: u16,
+    /// `Linux` or `Windows`, for the instance document (hosts installed before it: Linux).
+    #[serde(default = "linux")]
+    pub os_type: String,
+}
+
+fn linux() -> String {
+    "Linux".into()
 }
 
 /// PUT `/_internal/host/vms/{vmId}/identities/{principalId}`: an identity's credential.

@@ -32,6 +32,11 @@ pub enum ImdsError {
     MultipleIdentities,
     #[error("bypass_cache must be 'true' when specified")]
     BadBypassCache,
+    #[error(
+        "Bad request. The query string is longer than {} bytes",
+        crate::vm_api::MAX_QUERY_BYTES
+    )]
+    QueryTooLong,
     #[error("Bad request. Leaf nodes need the format=text query parameter")]
     LeafNeedsText,
     #[error("The requested path was not found")]
@@ -85,9 +90,10 @@ impl ImdsError {
             | IdentityNotFound
             | MultipleIdentities
             | BadBypassCache
+            | QueryTooLong
             | LeafNeedsText => (
                 StatusCode::BAD_REQUEST,
-                if matches!(self, ApiVersion | LeafNeedsText) {
+                if matches!(self, ApiVersion | LeafNeedsText | QueryTooLong) {
                     "bad_request"
                 } else {
                     "invalid_request"

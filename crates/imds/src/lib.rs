@@ -169,14 +169,7 @@ impl Imds {
             let Ok(hosted) = serde_json::from_str::<HostedVm>(&vm.metadata) else {
                 continue;
             };
-            for ip in hosted
-                .tags
-                .get(SOURCE_IP_TAG)
-                .map(String::as_str)
-                .unwrap_or("")
-                .split(',')
-                .filter_map(|a| a.trim().parse().ok())
-            {
+            for ip in vm_api::tagged_addresses(&hosted) {
                 map.insert(ip, vm.vm_id.clone());
             }
         }

@@ -75,6 +75,24 @@ pub fn router(imds: Imds, vm_id: String) -> Router {
 /// Tag naming the addresses a VM calls IMDS from (source-address mode; comma-separated).
 pub const SOURCE_IP_TAG: &str = "misim-ip";
 
+/// The addresses a VM's `misim-ip` tag gives it (what it calls IMDS from, and its instance
+/// document's network interface).
+pub(crate) fn tagged_addresses(
+    hosted: &misim_core::internal::HostedVm,
+) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+    hosted
+        .tags
+        .get(SOURCE_IP_TAG)
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|a| a.trim().parse().ok())
+}
+
+/// Longest query string IMDS reads: real clients send a few hundred bytes; anything near this
+/// is a mistake, answered in IMDS's dialect rather than left to the HTTP layer.
+pub const MAX_QUERY_BYTES: usize = 8192;
+
 /// One listener for many VMs (e.g. 169.254.169.254:80 on a VM network): the caller's source
 /// address names the VM (its `misim-ip` tag).
 pub fn source_router(imds: Imds) -> Router {
@@ -89,9 +107,34 @@ async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Respons
     let vm_id = peer.and_then(|ip| imds.vm_at(ip));
     match vm_id {
         Some(vm_id) => handle(State(VmState { imds, vm_id }), request).await,
-        None => ImdsError::UnknownSource(peer.map(|ip| ip.to_string()).unwrap_or_default())
-            .into_response(),
+        // A probe without `Metadata` still reads IMDS's 400 (spec/tokens.md §2.2), so that the
+        // client goes on to the real request and shows the user why no VM answers.
+        None => {
+            let path = request.uri().path();
+            if request.headers().contains_key("x-forwarded-for") {
+                ImdsError::Forwarded
+            } else if path.starts_with("/metadata/") && !metadata_header_ok(request.headers()) {
+                ImdsError::MissingMetadataHeader
+            } else {
+                ImdsError::UnknownSource(peer.map(|ip| ip.to_string()).unwrap_or_default())
+            }
+            .into_response()
+        }
     }
+}
+
+/// A header's value when it is sent exactly once (a repeated credential header is refused).
+fn single_header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    }
+}
+
+/// `Metadata: true`, once and in lower case as IMDS documents it (spec/tokens.md §1.1).
+fn metadata_header_ok(headers: &axum::http::HeaderMap) -> bool {
+    single_header(headers, "metadata").is_some_and(|value| value == "true")
 }
 
 fn json_ok(body: impl serde::Serialize) -> Response {
@@ -153,8 +196,11 @@ fn admit(state: &VmState, path: &str) -> Result<Option<crate::throttle::Admissio
         .ok_or(ImdsError::TooManyRequests)
 }
 
-/// Query parameters, refusing repeated names.
+/// Query parameters, refusing repeated names and overlong queries.
 fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> {
+    if query.is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
+        return Err(ImdsError::QueryTooLong);
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|_| ImdsError::DuplicateParameter("?".into()))?;
     for (i, (name, _)) in pairs.iter().enumerate() {
@@ -188,12 +234,7 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     if request.method() != Method::GET {
         return Err(ImdsError::MethodNotAllowed);
     }
-    let metadata = request
-        .headers()
-        .get("metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !metadata {
+    if !metadata_header_ok(request.headers()) {
         return Err(ImdsError::MissingMetadataHeader);
     }
     let _admission = admit(state, &path)?;
@@ -219,8 +260,11 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
             token(state, &identities, &pairs).await
         }
         "/metadata/identity/info" => {
+            // The system-assigned identity's tenant, else any identity's (spec/tokens.md §1.8).
             let tenant = identities
-                .first()
+                .iter()
+                .find(|i| !i.user_assigned)
+                .or(identities.first())
                 .map(|i| i.tenant_id.clone())
                 .ok_or(ImdsError::IdentityNotFound)?;
             Ok(json_ok(json!({"tenantId": tenant})))
@@ -272,12 +316,7 @@ pub fn select<'a>(
 /// The legacy VM-extension protocol: `GET ?resource=` or `POST` with a form body, `Metadata:
 /// true`, no api-version; the same answer as IMDS (spec/tokens.md §1.10).
 async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsError> {
-    let metadata = request
-        .headers()
-        .get("metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !metadata {
+    if !metadata_header_ok(request.headers()) {
         return Err(ImdsError::MissingMetadataHeader);
     }
     let _admission = admit(state, EXTENSION_PATH)?;
@@ -303,13 +342,18 @@ async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsEr
     token(state, &identities, &pairs).await
 }
 
-/// App Service's error shape: `{"statusCode","message","correlationId"}`.
+/// App Service's error shape: `{"statusCode","message","correlationId"}`; answers a client
+/// should retry (throttled, AAD unavailable) say when (spec/tokens.md §1.5).
 fn app_service_error(status: StatusCode, message: &str) -> Response {
     let mut response = (status, axum::Json(json!({"statusCode": status.as_u16(), "message": message, "correlationId": uuid::Uuid::new_v4().to_string()}))).into_response();
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     response
 }
 
@@ -322,9 +366,7 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
             "Only GET is supported.",
         ));
     }
-    let presented = request
-        .headers()
-        .get("x-identity-header")
+    let presented = single_header(request.headers(), "x-identity-header")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let expected = state.imds.identity_header(&state.vm_id);
@@ -384,7 +426,7 @@ async fn token(
         .ok_or(ImdsError::MissingResource)?;
     let bypass = match param("bypass_cache") {
         None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some("true") => true,
         Some(_) => return Err(ImdsError::BadBypassCache),
     };
     let identity = select(identities, pairs)?;
@@ -534,7 +576,7 @@ async fn instance(
             "azEnvironment": "AzurePublicCloud",
             "location": hosted.location,
             "name": hosted.name,
-            "osType": "Linux",
+            "osType": hosted.os_type,
             "provider": "Microsoft.Compute",
             "resourceGroupName": hosted.resource_group,
             "resourceId": hosted.resource_id,
@@ -550,11 +592,7 @@ async fn instance(
             "userData": "",
             "vmScaleSetName": "",
         },
-        "network": {"interface": [{
-            "ipv4": {"ipAddress": [{"privateIpAddress": "127.0.0.1", "publicIpAddress": ""}], "subnet": [{"address": "127.0.0.0", "prefix": "8"}]},
-            "ipv6": {"ipAddress": []},
-            "macAddress": "000D3A000000",
-        }]},
+        "network": network_document(&hosted, &vm.vm_id),
     });
     let mut node = &document;
     for segment in path
@@ -589,6 +627,35 @@ async fn instance(
         (true, _) => Err(ImdsError::LeafNeedsText),
         (false, _) => Ok(json_ok(node.clone())),
     }
+}
+
+/// The instance document's network interface: the addresses of the VM's `misim-ip` tag (a
+/// VM without one is reached on loopback, its per-VM listener), each IPv4 one in its /24; a MAC
+/// address derived from the vmId, stable and distinct per VM.
+fn network_document(hosted: &misim_core::internal::HostedVm, vm_id: &str) -> Value {
+    let (mut v4, v6): (Vec<_>, Vec<_>) = tagged_addresses(hosted).partition(|ip| ip.is_ipv4());
+    if v4.is_empty() && v6.is_empty() {
+        v4.push(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    let subnet = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) if v4.is_loopback() => {
+            json!({"address": "127.0.0.0", "prefix": "8"})
+        }
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            json!({"address": format!("{a}.{b}.{c}.0"), "prefix": "24"})
+        }
+        std::net::IpAddr::V6(_) => Value::Null,
+    };
+    let digest = misim_core::crypto::sha256(vm_id.as_bytes());
+    json!({"interface": [{
+        "ipv4": {
+            "ipAddress": v4.iter().map(|ip| json!({"privateIpAddress": ip.to_string(), "publicIpAddress": ""})).collect::<Vec<_>>(),
+            "subnet": v4.first().map(subnet).into_iter().collect::<Vec<_>>(),
+        },
+        "ipv6": {"ipAddress": v6.iter().map(|ip| json!({"privateIpAddress": ip.to_string()})).collect::<Vec<_>>()},
+        "macAddress": format!("000D3A{:02X}{:02X}{:02X}", digest[0], digest[1], digest[2]),
+    }]})
 }
 
 #[cfg(test)]
@@ -715,5 +782,91 @@ mod tests {
             Err(ImdsError::DuplicateParameter(_))
         ));
         assert_eq!(query_pairs(Some("a=1&b=2")).expect("ok").len(), 2);
+    }
+
+    #[test]
+    fn overlong_queries_are_refused_in_imds_dialect() {
+        let long = format!("resource={}", "a".repeat(MAX_QUERY_BYTES));
+        assert!(matches!(
+            query_pairs(Some(&long)),
+            Err(ImdsError::QueryTooLong)
+        ));
+        let fits = format!("r={}", "a".repeat(MAX_QUERY_BYTES - 2));
+        assert_eq!(query_pairs(Some(&fits)).expect("at the limit").len(), 1);
+    }
+
+    #[test]
+    fn the_metadata_header_is_lower_case_true_once() {
+        let headers = |values: &[&str]| {
+            let mut map = axum::http::HeaderMap::new();
+            for value in values {
+                map.append("Metadata", HeaderValue::from_str(value).expect("value"));
+            }
+            map
+        };
+        assert!(metadata_header_ok(&headers(&["true"])));
+        for odd in [
+            &[][..],
+            &["True"],
+            &["TRUE"],
+            &["false"],
+            &[""],
+            &["true "],
+            &["true", "true"],
+        ] {
+            assert!(!metadata_header_ok(&headers(odd)), "{odd:?}");
+        }
+    }
+
+    fn hosted_vm(tags: &[(&str, &str)]) -> misim_core::internal::HostedVm {
+        misim_core::internal::HostedVm {
+            resource_id:
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+                    .into(),
+            name: "vm".into(),
+            resource_group: "rg".into(),
+            subscription_id: "s".into(),
+            location: "eastus".into(),
+            vm_size: "Standard_B1s".into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            preferred_port: 0,
+            os_type: "Linux".into(),
+        }
+    }
+
+    #[test]
+    fn the_network_document_comes_from_the_vms_addresses() {
+        let tagged = network_document(
+            &hosted_vm(&[(SOURCE_IP_TAG, "172.28.5.7, fd00::7")]),
+            "vm-a",
+        );
+        let interface = &tagged["interface"][0];
+        assert_eq!(
+            interface["ipv4"]["ipAddress"][0]["privateIpAddress"],
+            "172.28.5.7"
+        );
+        assert_eq!(
+            interface["ipv4"]["subnet"][0],
+            json!({"address": "172.28.5.0", "prefix": "24"})
+        );
+        assert_eq!(
+            interface["ipv6"]["ipAddress"][0]["privateIpAddress"],
+            "fd00::7"
+        );
+        let untagged = network_document(&hosted_vm(&[]), "vm-b");
+        assert_eq!(
+            untagged["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"],
+            "127.0.0.1"
+        );
+        assert_eq!(untagged["interface"][0]["ipv4"]["subnet"][0]["prefix"], "8");
+        // One MAC per VM, the same every time.
+        let mac =
+            |vm_id| network_document(&hosted_vm(&[]), vm_id)["interface"][0]["macAddress"].clone();
+        assert_eq!(mac("vm-a"), mac("vm-a"));
+        assert_ne!(mac("vm-a"), mac("vm-b"));
+        assert_eq!(mac("vm-a").as_str().map(str::len), Some(12));
     }
 }

@@ -97,6 +97,23 @@ fn scrub(mut properties: Map<String, Value>) -> Map<String, Value> {
 /// Tag naming the loopback port of a VM's IMDS listener (simulator-specific).
 pub const IMDS_PORT_TAG: &str = "misim-imds-port";
 
+/// A VM's OS as its instance document reports it: `storageProfile.osDisk.osType` when given,
+/// else Windows when it has a Windows configuration, else Linux.
+fn os_type(properties: &Map<String, Value>) -> &'static str {
+    let declared = properties
+        .get("storageProfile")
+        .and_then(|p| p.get("osDisk"))
+        .and_then(|d| d.get("osType"))
+        .and_then(Value::as_str);
+    let windows = match declared {
+        Some(os) => os.eq_ignore_ascii_case("windows"),
+        None => properties
+            .get("osProfile")
+            .is_some_and(|p| p.get("windowsConfiguration").is_some()),
+    };
+    if windows { "Windows" } else { "Linux" }
+}
+
 impl Arm {
     /// VMs (their vmIds) that carry the user-assigned identity `identity_id`.
     pub(super) async fn vms_carrying(&self, identity_id: &str) -> Result<Vec<String>, ArmError> {
@@ -146,6 +163,7 @@ impl Arm {
                 .to_string(),
             tags,
             preferred_port,
+            os_type: os_type(&state.properties).into(),
         }
     }
 
@@ -590,5 +608,31 @@ impl Arm {
                 "The resource '{scope}' does not have a system-assigned identity."
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_os_type_is_declared_or_read_from_the_os_profile() {
+        let os = |properties: Value| os_type(properties.as_object().expect("object"));
+        assert_eq!(os(serde_json::json!({})), "Linux");
+        assert_eq!(
+            os(serde_json::json!({"storageProfile": {"osDisk": {"osType": "windows"}}})),
+            "Windows"
+        );
+        assert_eq!(
+            os(serde_json::json!({"osProfile": {"windowsConfiguration": {}}})),
+            "Windows"
+        );
+        // A declared OS wins over a configuration block.
+        assert_eq!(
+            os(
+                serde_json::json!({"storageProfile": {"osDisk": {"osType": "Linux"}}, "osProfile": {"windowsConfiguration": {}}})
+            ),
+            "Linux"
+        );
     }
 }
