@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -111,7 +111,7 @@ async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Respons
         // client goes on to the real request and shows the user why no VM answers.
         None => {
             let path = request.uri().path();
-            if request.headers().contains_key("x-forwarded-for") {
+            if request.headers().contains_key(&X_FORWARDED_FOR) {
                 ImdsError::Forwarded
             } else if path.starts_with("/metadata/") && !metadata_header_ok(request.headers()) {
                 ImdsError::MissingMetadataHeader
@@ -123,8 +123,16 @@ async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Respons
     }
 }
 
+// Header names parsed once: looking one up by text parses and hashes the text each time.
+static METADATA: HeaderName = HeaderName::from_static("metadata");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
+
 /// A header's value when it is sent exactly once (a repeated credential header is refused).
-fn single_header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a HeaderValue> {
+fn single_header<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: &HeaderName,
+) -> Option<&'a HeaderValue> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => Some(value),
@@ -134,7 +142,7 @@ fn single_header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&
 
 /// `Metadata: true`, once and in lower case as IMDS documents it (spec/tokens.md §1.1).
 fn metadata_header_ok(headers: &axum::http::HeaderMap) -> bool {
-    single_header(headers, "metadata").is_some_and(|value| value == "true")
+    single_header(headers, &METADATA).is_some_and(|value| value == "true")
 }
 
 fn json_ok(body: impl serde::Serialize) -> Response {
@@ -213,7 +221,7 @@ fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> 
 
 async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError> {
     let path = request.uri().path().trim_end_matches('/').to_string();
-    if request.headers().contains_key("x-forwarded-for") {
+    if request.headers().contains_key(&X_FORWARDED_FOR) {
         return Err(ImdsError::Forwarded);
     }
     if path == APP_SERVICE_PATH {
@@ -366,7 +374,7 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
             "Only GET is supported.",
         ));
     }
-    let presented = single_header(request.headers(), "x-identity-header")
+    let presented = single_header(request.headers(), &X_IDENTITY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let expected = state.imds.identity_header(&state.vm_id);
@@ -526,7 +534,7 @@ async fn token(
 /// The token answer: every value a string (spec/tokens.md §1).
 #[derive(serde::Serialize)]
 struct TokenBody<'a> {
-    access_token: &'a str,
+    access_token: &'a serde_json::value::RawValue,
     client_id: &'a str,
     expires_in: String,
     expires_on: String,
@@ -664,8 +672,9 @@ mod tests {
 
     #[test]
     fn the_token_answer_is_all_strings_and_echoes_only_the_selector_given() {
+        let token = relay::Token::new("eyJ.x.y", 1800086399, 1800000000);
         let body = TokenBody {
-            access_token: "eyJ.x.y",
+            access_token: &token.access_token,
             client_id: "c",
             expires_in: "86399".into(),
             expires_on: "1800086399".into(),
