@@ -22,7 +22,7 @@ struct Args {
     misim: Option<PathBuf>,
     seconds: u64,
     concurrency: usize,
-    /// One group only (`aad`, `arm`, `imds` or `startup`), for profiling.
+    /// Only these groups (`aad`, `arm`, `imds`, `startup`; comma-separated), for profiling.
     only: Option<String>,
     /// Async worker threads of the simulator's runtime (default: as `misim up`, half the cores).
     server_workers: Option<usize>,
@@ -30,7 +30,9 @@ struct Args {
 
 impl Args {
     fn runs(&self, group: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == group)
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|g| g == group))
     }
 }
 
@@ -59,7 +61,7 @@ fn parse_args() -> Args {
             }
             _ => {
                 eprintln!(
-                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only aad|arm|imds|startup] [--server-workers N] [--sign-rate]"
+                    "usage: misim-bench [--misim PATH] [--seconds N] [--concurrency C] [--only GROUP[,GROUP...]] (groups: aad, arm, imds, startup) [--server-workers N] [--sign-rate]"
                 );
                 std::process::exit(2);
             }

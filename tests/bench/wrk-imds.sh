@@ -24,6 +24,12 @@ token="$imds/metadata/identity/oauth2/token?api-version=2018-02-01&resource=http
 
 # CPU-seconds the simulator's process used (utime + stime, in clock ticks).
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# CPU nanoseconds of each live thread of the simulator, as "name ns" lines (schedstat).
+threads_cpu() {
+    for task in /proc/"$pid"/task/*; do
+        printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(cut -d' ' -f1 "$task/schedstat")"
+    done
+}
 hz=$(getconf CLK_TCK)
 # wrk: requests/s, then the p50 and p99 lines of its latency distribution.
 run() {
@@ -43,12 +49,14 @@ echo "cached token, 32 connections: $(run 32 "$token")"
 # kind of machine drifts (docs/performance.md).
 signs_before=$(./target/release/misim-bench --sign-rate 2>/dev/null)
 before=$(ticks)
+threads_cpu >"$dir/threads.before"
 uncached=$(run 8 "$token&bypass_cache=true")
 used=$(( $(ticks) - before ))
+threads_cpu >"$dir/threads.after"
 signs_after=$(./target/release/misim-bench --sign-rate 2>/dev/null)
 echo "uncached token, 8 connections: $uncached"
-python3 - "$uncached" "$used" "$hz" "$seconds" "$signs_before" "$signs_after" "$(nproc)" <<'EOF'
-import sys
+python3 - "$uncached" "$used" "$hz" "$seconds" "$signs_before" "$signs_after" "$(nproc)" "$dir" <<'EOF'
+import collections, sys
 rate = float(sys.argv[1].split('/s')[0])
 cpu = int(sys.argv[2]) / int(sys.argv[3])
 seconds = float(sys.argv[4])
@@ -59,4 +67,16 @@ print(f"  RSA-2048 signatures/s on {cores} threads (before and after, averaged):
       f"two per token allow {signs / 2:.0f}/s")
 print(f"  throughput ratio {rate / (signs / 2):.2f}; server capacity {capacity:.0f}/s "
       f"(tokens per simulator CPU-second x {cores} cores), ratio {capacity / (signs / 2):.2f}")
+# Where each token's CPU went, by thread name (threads alive at both ends of the run).
+def by_name(path):
+    totals = collections.Counter()
+    for line in open(path):
+        name, ns = line.split()
+        totals[name] += int(ns)
+    return totals
+before, after = by_name(f"{sys.argv[8]}/threads.before"), by_name(f"{sys.argv[8]}/threads.after")
+tokens = rate * seconds
+parts = {name: (after[name] - before.get(name, 0)) / tokens / 1000 for name in after}
+print("  CPU per token by thread: " + ", ".join(
+    f"{name} {us:.0f} us" for name, us in sorted(parts.items(), key=lambda p: -p[1]) if us >= 1))
 EOF
