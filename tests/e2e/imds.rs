@@ -469,6 +469,18 @@ async fn imds_rejects_bad_requests_in_its_dialect() {
             "Only one of client_id, object_id and msi_res_id may be specified",
         ),
         (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x&msi_res_id=a&mi_res_id=b",
+            true,
+            400,
+            "Only one of client_id, object_id and msi_res_id may be specified",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x&bypass_cache=True",
+            true,
+            400,
+            "bypass_cache must be 'true' when specified",
+        ),
+        (
             "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x&bypass_cache=yes",
             true,
             400,

@@ -898,3 +898,36 @@ async fn a_stalled_aad_gets_a_retryable_imds_error_not_a_hang() {
     // The stall was one request: the next one is answered.
     assert_eq!(imds_token(&sim, "&bypass_cache=true").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_vm_whose_port_was_taken_listens_elsewhere_and_says_so() {
+    let first = TestSim::start().await;
+    let endpoint = first.sim.connection.imds.clone().expect("demo imds");
+    let port: u16 = endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let dir = first.stop().await;
+    // Another process takes the demo VM's port while misim is down.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    let sim = TestSim::start_in(dir, |_| {}).await;
+    // connection.json tells the new address.
+    let moved_to = sim.sim.connection.imds.clone().expect("still hosted");
+    assert_ne!(moved_to, endpoint);
+    let response = sim
+        .http
+        .get(format!("{moved_to}{TOKEN}"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("imds");
+    assert_eq!(response.status(), 200);
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let moved = events(&sim, &admin, "kind=imds.listener.moved").await;
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["details"]["wantedPort"], port);
+    drop(squatter);
+}

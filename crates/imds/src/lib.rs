@@ -256,18 +256,36 @@ impl Imds {
         {
             return Ok(Some(*port));
         }
+        let mut taken = None;
         let listener = match factory.bind(preferred).await {
             Ok(listener) => listener,
-            Err(_) if preferred != 0 => factory
-                .bind(0)
-                .await
-                .map_err(|e| ImdsError::Internal(format!("cannot open a listener: {e}")))?,
+            Err(error) if preferred != 0 => {
+                taken = Some(error);
+                factory
+                    .bind(0)
+                    .await
+                    .map_err(|e| ImdsError::Internal(format!("cannot open a listener: {e}")))?
+            }
             Err(e) => return Err(ImdsError::Internal(format!("cannot open a listener: {e}"))),
         };
         let port = listener
             .local_addr()
             .map_err(|e| ImdsError::Internal(e.to_string()))?
             .port();
+        if let Some(error) = taken {
+            // The VM's address changed: apps configured with the old one must hear of it.
+            tracing::warn!(vm_id, preferred, port, %error, "a VM's IMDS port is taken; it listens on another");
+            self.inner.events.record(
+                Draft::new(
+                    "imds.listener.moved",
+                    format!(
+                        "port {preferred} is taken ({error}); the VM's IMDS listens on port {port}"
+                    ),
+                )
+                .vm(vm_id)
+                .details(serde_json::json!({"wantedPort": preferred, "port": port})),
+            );
+        }
         self.inner.store.set_port(vm_id, port).await?;
         let cancel = self.inner.shutdown.child_token();
         let router = vm_api::router(self.clone(), vm_id.to_string());
