@@ -818,19 +818,7 @@ async fn cached_imds_tokens_are_renewed_as_the_clock_nears_their_expiry() {
 #[tokio::test]
 async fn at_most_five_identity_requests_of_a_vm_run_at_once() {
     // Rate limits on (the default); AAD slowed down so that requests overlap at IMDS.
-    let sim = TestSim::start().await;
-    let admin = sim
-        .admin_token("https://management.azure.com/.default")
-        .await;
-    let (status, plan) = sim_call(
-        &sim,
-        &admin,
-        Method::POST,
-        "/_sim/faults",
-        Some(json!({"target": "aad", "kind": "latency", "latencyMs": 1500, "count": 7})),
-    )
-    .await;
-    assert_eq!(status, 201, "{plan}");
+    let sim = with_slow_aad(1500, 7).await;
     let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
     let url = format!("{endpoint}{TOKEN}&bypass_cache=true");
     let requests: Vec<_> = (0..7)
@@ -848,6 +836,18 @@ async fn at_most_five_identity_requests_of_a_vm_run_at_once() {
     }
     // The slots are free again once the slow requests are answered.
     assert_eq!(imds_token(&sim, "&bypass_cache=true").await.0, 200);
+}
+
+/// A simulator whose AAD answers its next `count` requests `latency_ms` late.
+async fn with_slow_aad(latency_ms: u64, count: u32) -> TestSim {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let plan = json!({"target": "aad", "kind": "latency", "latencyMs": latency_ms, "count": count});
+    let (status, added) = sim_call(&sim, &admin, Method::POST, "/_sim/faults", Some(plan)).await;
+    assert_eq!(status, 201, "{added}");
+    sim
 }
 
 /// A token request: its status and Retry-After.
@@ -868,20 +868,8 @@ async fn imds_answer(http: reqwest::Client, url: String) -> (u16, Option<String>
 
 #[tokio::test]
 async fn a_stalled_aad_gets_a_retryable_imds_error_not_a_hang() {
-    let sim = TestSim::start().await;
-    let admin = sim
-        .admin_token("https://management.azure.com/.default")
-        .await;
     // AAD accepts the connection and then says nothing for longer than IMDS waits (10 s).
-    let (status, plan) = sim_call(
-        &sim,
-        &admin,
-        Method::POST,
-        "/_sim/faults",
-        Some(json!({"target": "aad", "kind": "latency", "latencyMs": 15_000, "count": 1})),
-    )
-    .await;
-    assert_eq!(status, 201, "{plan}");
+    let sim = with_slow_aad(15_000, 1).await;
     let started = std::time::Instant::now();
     let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
     let (status, retry_after) = imds_answer(

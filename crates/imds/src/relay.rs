@@ -29,14 +29,16 @@ pub struct Token {
 }
 
 impl Token {
-    pub fn new(access_token: &str, expires_on: i64, not_before: i64) -> Self {
-        let json = serde_json::to_string(access_token).expect("a string serializes");
-        let raw: Box<RawValue> = RawValue::from_string(json).expect("a JSON string is valid JSON");
-        Self {
+    pub fn new(access_token: &str, expires_on: i64, not_before: i64) -> Result<Self, ImdsError> {
+        // A string always serializes to valid JSON; the error arm only keeps this panic-free.
+        let raw = serde_json::to_string(access_token)
+            .and_then(RawValue::from_string)
+            .map_err(|e| ImdsError::Internal(format!("AAD's token as JSON: {e}")))?;
+        Ok(Self {
             access_token: raw.into(),
             expires_on,
             not_before,
-        }
+        })
     }
 }
 
@@ -286,7 +288,7 @@ pub async fn fetch(
             epoch(body.not_before.as_ref()),
         ) {
             (Some(token), Some(expires_on), Some(not_before)) => {
-                Ok(Token::new(token, expires_on, not_before))
+                Token::new(token, expires_on, not_before)
             }
             _ => Err(ImdsError::AadUnavailable(
                 "AAD's answer lacks access_token/expires_on".into(),
@@ -345,7 +347,7 @@ mod tests {
     #[test]
     fn cached_tokens_are_found_by_principal_in_any_case_and_forgotten_together() {
         let cache = TokenCache::default();
-        let token = |expires_on| Token::new("t", expires_on, 0);
+        let token = |expires_on| Token::new("t", expires_on, 0).expect("token");
         cache.put("ABC-Principal", "https://vault.azure.net", token(10_000));
         cache.put(
             "abc-principal",
@@ -375,10 +377,10 @@ mod tests {
 
     #[test]
     fn a_token_is_kept_as_the_json_string_it_is_answered_as() {
-        let jws = Token::new("eyJh.eyJ-_0.c2ln", 1, 0);
+        let jws = Token::new("eyJh.eyJ-_0.c2ln", 1, 0).expect("token");
         assert_eq!(jws.access_token.get(), r#""eyJh.eyJ-_0.c2ln""#);
         // Whatever AAD sent comes out escaped as JSON, never raw.
-        let odd = Token::new("a\"b\\c\u{1}", 1, 0);
+        let odd = Token::new("a\"b\\c\u{1}", 1, 0).expect("token");
         let back: String = serde_json::from_str(odd.access_token.get()).expect("valid JSON");
         assert_eq!(back, "a\"b\\c\u{1}");
     }

@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn the_token_answer_is_all_strings_and_echoes_only_the_selector_given() {
-        let token = relay::Token::new("eyJ.x.y", 1800086399, 1800000000);
+        let token = relay::Token::new("eyJ.x.y", 1800086399, 1800000000).expect("token");
         let body = TokenBody {
             access_token: &token.access_token,
             client_id: "c",

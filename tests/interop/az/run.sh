@@ -17,10 +17,6 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
-venv="$here/.venv"
-requirements="$here/requirements.txt"
-python="${PYTHON:-python3}"
-marker="$venv/.requirements.sha256"
 
 export MISIM_BIN="${MISIM_BIN:-$repo/target/debug/misim}"
 if [[ ! -x "$MISIM_BIN" ]]; then
@@ -39,20 +35,10 @@ if ! unshare -n -- true 2>/dev/null; then
   exit 1
 fi
 
-want="$(
-  {
-    cat "$requirements"
-    "$python" -c 'import sys; print(sys.version)'
-  } | sha256sum | cut -d' ' -f1
-)"
-
-if [[ ! -x "$venv/bin/az" || ! -f "$marker" || "$(cat "$marker")" != "$want" ]]; then
-  echo "az interop: creating $venv (azure-cli takes a few minutes to install)" >&2
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$requirements"
-  echo "$want" > "$marker"
-fi
+# The az venv (tests/interop/az/.venv from its requirements.txt; azure-cli takes a few minutes
+# to install the first time).
+venv_python="$("$repo/tests/interop/venv.sh" "$here")"
+venv="$(dirname "$(dirname "$venv_python")")"
 
 cd "$repo"
 # AZ_SUITE_TIMEOUT bounds the whole scenario (default 900 s; a passing run takes

@@ -5,20 +5,10 @@
 # identity chosen by client id, in App Service mode, on a second VM.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-data="$(mktemp -d)"
-log="$data.log"
-"$MISIM_BIN" --data-dir "$data" up --arm-port 0 --aad-port 0 --imds-port 0 --key-pool 4 >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data" "$log"' EXIT
-for _ in $(seq 100); do [[ -f "$data/connection.json" ]] && break; sleep 0.1; done
-[[ -f "$data/connection.json" ]] || { cat "$log"; echo "vm_exec interop: misim did not start" >&2; exit 1; }
-misim() { "$MISIM_BIN" --data-dir "$data" "$@"; }
-field() { python3 -c "import json,sys; d=json.load(open('$data/connection.json')); print($1)"; }
+SUITE="vm_exec interop"
+# shellcheck source=../misim-up.sh
+source "$here/../misim-up.sh"
 
-fail() { echo "vm_exec interop: FAIL: $*" >&2; exit 1; }
-
-token="$(misim token)"
-arm="$(field 'd["arm"]')"; sub="$(field 'd["subscription_id"]')"; ca="$(field 'd["ca_cert"]')"
 demo_id="$(field 'd["demo_vm"]["id"]')"
 demo_principal="$(curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$arm$demo_id?api-version=2024-07-01" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["identity"]["principalId"])')" \
@@ -66,19 +56,7 @@ for mode in imds app-service; do
 done
 
 # 2. A user-assigned identity selected by client id, on a second VM, App Service mode.
-rg="/subscriptions/$sub/resourceGroups/demo-rg"
-curl -sf --cacert "$ca" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -X PUT \
-  "$arm$rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/exec-id?api-version=2023-01-31" \
-  -d '{"location":"eastus"}' >"$data/id.json" || fail "cannot create the identity"
-read -r client_id principal_id identity_id < <(python3 -c "import json; d=json.load(open('$data/id.json')); print(d['properties']['clientId'], d['properties']['principalId'], d['id'])")
-curl -sf --cacert "$ca" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -X PUT \
-  "$arm$rg/providers/Microsoft.Compute/virtualMachines/exec-vm?api-version=2024-07-01" \
-  -d "{\"location\":\"eastus\",\"identity\":{\"type\":\"UserAssigned\",\"userAssignedIdentities\":{\"$identity_id\":{}}},\"properties\":{\"hardwareProfile\":{\"vmSize\":\"Standard_B1s\"}}}" \
-  >/dev/null || fail "cannot create exec-vm"
-for _ in $(seq 50); do
-  state="$(curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$arm$rg/providers/Microsoft.Compute/virtualMachines/exec-vm?api-version=2024-07-01" | python3 -c 'import json,sys; print(json.load(sys.stdin)["properties"]["provisioningState"])')"
-  [[ "$state" == Succeeded ]] && break; sleep 0.2
-done
+user_assigned_vm exec-id exec-vm
 for case in mic msal; do
   out="$(misim vm exec exec-vm --app-service -- "$PYTHON" "$here/probe.py" "$case" "$client_id")" \
     || fail "$case user-assigned (app-service) got no token: $out"
