@@ -32,7 +32,7 @@ impl Args {
     fn runs(&self, group: &str) -> bool {
         self.only
             .as_deref()
-            .is_none_or(|only| only.split(',').any(|g| g == group))
+            .is_none_or(|only| only.split(',').any(|g| g.trim() == group))
     }
 }
 
@@ -51,7 +51,18 @@ fn parse_args() -> Args {
             "--misim" => args.misim = Some(PathBuf::from(value())),
             "--seconds" => args.seconds = value().parse().unwrap_or(5).clamp(1, 60),
             "--concurrency" => args.concurrency = value().parse().unwrap_or(8).clamp(1, 64),
-            "--only" => args.only = Some(value()),
+            "--only" => {
+                let only = value();
+                if let Some(unknown) = only
+                    .split(',')
+                    .map(str::trim)
+                    .find(|g| !["aad", "arm", "imds", "startup"].contains(g))
+                {
+                    eprintln!("misim-bench: unknown group '{unknown}' (aad, arm, imds, startup)");
+                    std::process::exit(2);
+                }
+                args.only = Some(only);
+            }
             "--server-workers" => args.server_workers = value().parse().ok().filter(|n| *n > 0),
             "--sign-rate" => {
                 // For tests/bench/wrk-imds.sh: the reference alone, as a bare number.

@@ -5,7 +5,13 @@
 # A second opinion on misim-bench's IMDS figures with a lighter load generator; see
 # docs/performance.md. Usage: tests/bench/wrk-imds.sh [path/to/misim] [seconds]
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
+# Everything below (misim, wrk, the reference loop) runs in a network namespace holding only
+# loopback: nothing here has a reason to leave the machine.
+if [[ -z "${WRK_IMDS_ISOLATED:-}" ]]; then
+    exec unshare -n -- env WRK_IMDS_ISOLATED=1 bash -c 'ip link set lo up && exec "$@"' _ "$self" "$@"
+fi
 misim=${1:-./target/release/misim}
 seconds=${2:-5}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
@@ -26,9 +32,14 @@ token="$imds/metadata/identity/oauth2/token?api-version=2018-02-01&resource=http
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 # CPU nanoseconds of each live thread of the simulator, as "name ns" lines (schedstat).
 threads_cpu() {
+    local task name ns
     for task in /proc/"$pid"/task/*; do
-        printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(cut -d' ' -f1 "$task/schedstat")"
+        # A thread that ends meanwhile is skipped.
+        name="$(tr ' ' _ <"$task/comm" 2>/dev/null)" || continue
+        ns="$(cut -d' ' -f1 "$task/schedstat" 2>/dev/null)" || continue
+        [[ -n "$name" && -n "$ns" ]] && printf '%s %s\n' "$name" "$ns"
     done
+    return 0
 }
 hz=$(getconf CLK_TCK)
 # wrk: requests/s, then the p50 and p99 lines of its latency distribution.

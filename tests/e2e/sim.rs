@@ -818,7 +818,8 @@ async fn cached_imds_tokens_are_renewed_as_the_clock_nears_their_expiry() {
 #[tokio::test]
 async fn at_most_five_identity_requests_of_a_vm_run_at_once() {
     // Rate limits on (the default); AAD slowed down so that requests overlap at IMDS.
-    let sim = with_slow_aad(1500, 7).await;
+    // Four seconds: all seven must reach IMDS before the first is answered, on a slow runner too.
+    let sim = with_slow_aad(4000, 7).await;
     let endpoint = sim.sim.connection.imds.clone().expect("demo imds");
     let url = format!("{endpoint}{TOKEN}&bypass_cache=true");
     let requests: Vec<_> = (0..7)
@@ -897,8 +898,9 @@ async fn a_vm_whose_port_was_taken_listens_elsewhere_and_says_so() {
         .and_then(|p| p.parse().ok())
         .expect("port");
     let dir = first.stop().await;
-    // Another process takes the demo VM's port while misim is down.
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    // Another process takes the demo VM's port while misim is down. (Should a parallel test
+    // have taken it first, that one is the squatter.)
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
     let sim = TestSim::start_in(dir, |_| {}).await;
     // connection.json tells the new address.
     let moved_to = sim.sim.connection.imds.clone().expect("still hosted");

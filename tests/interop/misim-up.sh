@@ -22,17 +22,20 @@ rg="/subscriptions/$sub/resourceGroups/demo-rg"
 # user_assigned_vm IDENTITY VM: a user-assigned identity and a VM carrying it, in demo-rg, the VM
 # provisioned; sets client_id, principal_id and identity_id.
 user_assigned_vm() {
-  local state
+  local ids state
   curl -sf --cacert "$ca" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -X PUT \
     "$arm$rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/$1?api-version=2023-01-31" \
     -d '{"location":"eastus"}' >"$data/$1.json" || fail "cannot create the identity $1"
-  read -r client_id principal_id identity_id < <(python3 -c "import json; d=json.load(open('$data/$1.json')); print(d['properties']['clientId'], d['properties']['principalId'], d['id'])")
+  ids="$(python3 -c "import json; d=json.load(open('$data/$1.json')); print(d['properties']['clientId'], d['properties']['principalId'], d['id'])")" \
+    || fail "the identity $1 has no clientId/principalId: $(cat "$data/$1.json")"
+  read -r client_id principal_id identity_id <<<"$ids"
   curl -sf --cacert "$ca" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -X PUT \
     "$arm$rg/providers/Microsoft.Compute/virtualMachines/$2?api-version=2024-07-01" \
     -d "{\"location\":\"eastus\",\"identity\":{\"type\":\"UserAssigned\",\"userAssignedIdentities\":{\"$identity_id\":{}}},\"properties\":{\"hardwareProfile\":{\"vmSize\":\"Standard_B1s\"}}}" \
     >/dev/null || fail "cannot create $2"
   for _ in $(seq 50); do
-    state="$(curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$arm$rg/providers/Microsoft.Compute/virtualMachines/$2?api-version=2024-07-01" | python3 -c 'import json,sys; print(json.load(sys.stdin)["properties"]["provisioningState"])')"
+    state="$(curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$arm$rg/providers/Microsoft.Compute/virtualMachines/$2?api-version=2024-07-01" | python3 -c 'import json,sys; print(json.load(sys.stdin)["properties"]["provisioningState"])')" \
+      || fail "cannot read $2's provisioning state"
     [[ "$state" == Succeeded ]] && return; sleep 0.2
   done
   fail "$2 was not provisioned"

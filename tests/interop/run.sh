@@ -7,11 +7,20 @@
 # else target/debug/misim). PYTHON selects the interpreter for the venv
 # (default: python3). The venv lives in tests/interop/.venv and is rebuilt
 # whenever requirements.txt or the interpreter changes (venv.sh).
+#
+# pytest, and the misim processes its fixtures start, run in a new network namespace holding
+# only loopback (as the other suites do): the clients' defaults are real Azure hosts and
+# 169.254.169.254, so a missed redirection fails at once, besides the suite's socket guard.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 python="$("$here/venv.sh")"
+unshare -n -- true 2>/dev/null || {
+  echo "interop: 'unshare -n' is not permitted here (run as root or with CAP_SYS_ADMIN)" >&2
+  exit 1
+}
 
 cd "$repo"
-exec "$python" -m pytest -q tests/interop "$@"
+exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
+  "$python" -m pytest -q tests/interop "$@"

@@ -273,13 +273,14 @@ impl Imds {
             .map_err(|e| ImdsError::Internal(e.to_string()))?
             .port();
         if let Some(error) = taken {
-            // The VM's address changed: apps configured with the old one must hear of it.
-            tracing::warn!(vm_id, preferred, port, %error, "a VM's IMDS port is taken; it listens on another");
+            // The VM's address is not the one asked for (taken by another process, a port this
+            // user may not bind...): apps configured with it must hear of it.
+            tracing::warn!(vm_id, preferred, port, %error, "a VM's IMDS port could not be bound; it listens on another");
             self.inner.events.record(
                 Draft::new(
                     "imds.listener.moved",
                     format!(
-                        "port {preferred} is taken ({error}); the VM's IMDS listens on port {port}"
+                        "port {preferred} could not be bound ({error}); the VM's IMDS listens on port {port}"
                     ),
                 )
                 .vm(vm_id)

@@ -107,13 +107,17 @@ async fn handle_by_source(State(imds): State<Imds>, request: Request) -> Respons
     let vm_id = peer.and_then(|ip| imds.vm_at(ip));
     match vm_id {
         Some(vm_id) => handle(State(VmState { imds, vm_id }), request).await,
-        // A probe without `Metadata` still reads IMDS's 400 (spec/tokens.md §2.2), so that the
-        // client goes on to the real request and shows the user why no VM answers.
+        // A v1 probe without `Metadata` still reads IMDS's 400 (spec/tokens.md §2.2), so that
+        // the client goes on to the real request and shows the user why no VM answers; IMDSv2
+        // probes and other paths read the 404, as from a known VM (§2.1).
         None => {
-            let path = request.uri().path();
+            let path = request.uri().path().trim_end_matches('/');
             if request.headers().contains_key(&X_FORWARDED_FOR) {
                 ImdsError::Forwarded
-            } else if path.starts_with("/metadata/") && !metadata_header_ok(request.headers()) {
+            } else if request.method() == Method::GET
+                && is_imds_path(path)
+                && !metadata_header_ok(request.headers())
+            {
                 ImdsError::MissingMetadataHeader
             } else {
                 ImdsError::UnknownSource(peer.map(|ip| ip.to_string()).unwrap_or_default())
@@ -140,9 +144,12 @@ fn single_header<'a>(
     }
 }
 
-/// `Metadata: true`, once and in lower case as IMDS documents it (spec/tokens.md §1.1).
+/// `Metadata: true`, sent once. IMDS documents lower case, but callers that Azure answers send
+/// `True` (Google's workload identity federation, Microsoft's own guest-proxy tests), so the
+/// value's case is not checked (spec/tokens.md §1.1).
 fn metadata_header_ok(headers: &axum::http::HeaderMap) -> bool {
-    single_header(headers, &METADATA).is_some_and(|value| value == "true")
+    single_header(headers, &METADATA)
+        .is_some_and(|value| value.to_str().is_ok_and(|v| v.eq_ignore_ascii_case("true")))
 }
 
 fn json_ok(body: impl serde::Serialize) -> Response {
@@ -154,6 +161,17 @@ fn json_ok(body: impl serde::Serialize) -> Response {
     );
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
     response
+}
+
+/// The IMDS paths served (after trailing slashes are trimmed); IMDSv2's and any other are 404.
+fn is_imds_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/metadata/identity/oauth2/token"
+            | "/metadata/identity/info"
+            | "/metadata/versions"
+            | "/metadata/instance"
+    ) || path.starts_with("/metadata/instance/")
 }
 
 fn is_identity_path(path: &str) -> bool {
@@ -230,12 +248,7 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
     if path == EXTENSION_PATH {
         return extension(state, request).await;
     }
-    let known = path == "/metadata/identity/oauth2/token"
-        || path == "/metadata/identity/info"
-        || path == "/metadata/versions"
-        || path == "/metadata/instance"
-        || path.starts_with("/metadata/instance/");
-    if !known {
+    if !is_imds_path(&path) {
         // IMDSv2 probes (getPlatformMetadata, credential) and anything else: not here.
         return Err(ImdsError::NotFound);
     }
@@ -268,17 +281,21 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
             token(state, &identities, &pairs).await
         }
         "/metadata/identity/info" => {
-            // The system-assigned identity's tenant, else any identity's (spec/tokens.md §1.8).
-            let tenant = identities
-                .iter()
-                .find(|i| !i.user_assigned)
-                .or(identities.first())
-                .map(|i| i.tenant_id.clone())
-                .ok_or(ImdsError::IdentityNotFound)?;
+            let tenant = info_tenant(&identities).ok_or(ImdsError::IdentityNotFound)?;
             Ok(json_ok(json!({"tenantId": tenant})))
         }
         _ => instance(state, &path, param("format")).await,
     }
+}
+
+/// The tenant `/metadata/identity/info` reports: the system-assigned identity's, else the first
+/// user-assigned one's (spec/tokens.md §1.8).
+fn info_tenant(identities: &[IdentityRow]) -> Option<&str> {
+    identities
+        .iter()
+        .find(|i| !i.user_assigned)
+        .or(identities.first())
+        .map(|i| i.tenant_id.as_str())
 }
 
 /// Which identity a request selects (spec/tokens.md §1.3).
@@ -434,7 +451,7 @@ async fn token(
         .ok_or(ImdsError::MissingResource)?;
     let bypass = match param("bypass_cache") {
         None => false,
-        Some("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
         Some(_) => return Err(ImdsError::BadBypassCache),
     };
     let identity = select(identities, pairs)?;
@@ -711,6 +728,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn identity_info_reports_the_system_assigned_tenant_first() {
+        let mut user = identity("u", "cu", true);
+        user.tenant_id = "tenant-of-user".into();
+        let mut system = identity("s", "cs", false);
+        system.tenant_id = "tenant-of-system".into();
+        assert_eq!(
+            info_tenant(&[user.clone(), system]),
+            Some("tenant-of-system")
+        );
+        assert_eq!(info_tenant(&[user]), Some("tenant-of-user"));
+        assert_eq!(info_tenant(&[]), None);
+    }
+
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -805,7 +836,7 @@ mod tests {
     }
 
     #[test]
-    fn the_metadata_header_is_lower_case_true_once() {
+    fn the_metadata_header_is_true_in_any_case_once() {
         let headers = |values: &[&str]| {
             let mut map = axum::http::HeaderMap::new();
             for value in values {
@@ -813,14 +844,15 @@ mod tests {
             }
             map
         };
-        assert!(metadata_header_ok(&headers(&["true"])));
+        for good in ["true", "True", "TRUE"] {
+            assert!(metadata_header_ok(&headers(&[good])), "{good}");
+        }
         for odd in [
             &[][..],
-            &["True"],
-            &["TRUE"],
             &["false"],
             &[""],
             &["true "],
+            &["yes"],
             &["true", "true"],
         ] {
             assert!(!metadata_header_ok(&headers(odd)), "{odd:?}");
