@@ -239,11 +239,11 @@ fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> 
 
 async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError> {
     let path = request.uri().path().trim_end_matches('/').to_string();
-    if request.headers().contains_key(&X_FORWARDED_FOR) {
-        return Err(ImdsError::Forwarded);
-    }
     if path == APP_SERVICE_PATH {
         return app_service(state, request).await;
+    }
+    if request.headers().contains_key(&X_FORWARDED_FOR) {
+        return Err(ImdsError::Forwarded);
     }
     if path == EXTENSION_PATH {
         return extension(state, request).await;
@@ -385,6 +385,13 @@ fn app_service_error(status: StatusCode, message: &str) -> Response {
 /// The App Service / Functions protocol (2019-08-01) on the VM's listener: `X-IDENTITY-HEADER`
 /// instead of `Metadata`, `mi_res_id`/`principal_id` selectors, epoch-string `expires_on`.
 async fn app_service(state: &VmState, request: Request) -> Result<Response, ImdsError> {
+    // Proxied requests are refused as on IMDS, in this endpoint's own dialect.
+    if request.headers().contains_key(&X_FORWARDED_FOR) {
+        return Ok(app_service_error(
+            StatusCode::BAD_REQUEST,
+            &ImdsError::Forwarded.to_string(),
+        ));
+    }
     if request.method() != Method::GET {
         return Ok(app_service_error(
             StatusCode::METHOD_NOT_ALLOWED,
