@@ -28,6 +28,9 @@ struct Args {
     server_workers: Option<usize>,
 }
 
+/// What `--only` can name.
+const GROUPS: [&str; 4] = ["aad", "arm", "imds", "startup"];
+
 impl Args {
     fn runs(&self, group: &str) -> bool {
         self.only
@@ -53,12 +56,12 @@ fn parse_args() -> Args {
             "--concurrency" => args.concurrency = value().parse().unwrap_or(8).clamp(1, 64),
             "--only" => {
                 let only = value();
-                if let Some(unknown) = only
-                    .split(',')
-                    .map(str::trim)
-                    .find(|g| !["aad", "arm", "imds", "startup"].contains(g))
+                if let Some(unknown) = only.split(',').map(str::trim).find(|g| !GROUPS.contains(g))
                 {
-                    eprintln!("misim-bench: unknown group '{unknown}' (aad, arm, imds, startup)");
+                    eprintln!(
+                        "misim-bench: unknown group '{unknown}' ({})",
+                        GROUPS.join(", ")
+                    );
                     std::process::exit(2);
                 }
                 args.only = Some(only);

@@ -665,19 +665,20 @@ async fn instance(
 /// VM without one is reached on loopback, its per-VM listener), each IPv4 one in its /24; a MAC
 /// address derived from the vmId, stable and distinct per VM.
 fn network_document(hosted: &misim_core::internal::HostedVm, vm_id: &str) -> Value {
-    let (mut v4, v6): (Vec<_>, Vec<_>) = tagged_addresses(hosted).partition(|ip| ip.is_ipv4());
-    if v4.is_empty() && v6.is_empty() {
-        v4.push(std::net::IpAddr::from([127, 0, 0, 1]));
+    use std::net::{IpAddr, Ipv4Addr};
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for ip in tagged_addresses(hosted) {
+        match ip {
+            IpAddr::V4(ip) => v4.push(ip),
+            IpAddr::V6(ip) => v6.push(ip),
+        }
     }
-    let subnet = |ip: &std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(v4) if v4.is_loopback() => {
-            json!({"address": "127.0.0.0", "prefix": "8"})
-        }
-        std::net::IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            json!({"address": format!("{a}.{b}.{c}.0"), "prefix": "24"})
-        }
-        std::net::IpAddr::V6(_) => Value::Null,
+    if v4.is_empty() && v6.is_empty() {
+        v4.push(Ipv4Addr::LOCALHOST);
+    }
+    let subnet = |ip: &Ipv4Addr| match ip.octets() {
+        [127, ..] => json!({"address": "127.0.0.0", "prefix": "8"}),
+        [a, b, c, _] => json!({"address": format!("{a}.{b}.{c}.0"), "prefix": "24"}),
     };
     let digest = misim_core::crypto::sha256(vm_id.as_bytes());
     json!({"interface": [{
@@ -829,6 +830,24 @@ mod tests {
             Err(ImdsError::DuplicateParameter(_))
         ));
         assert_eq!(query_pairs(Some("a=1&b=2")).expect("ok").len(), 2);
+    }
+
+    #[test]
+    fn app_service_errors_say_when_to_retry_only_when_a_retry_can_help() {
+        for (status, retry) in [
+            (StatusCode::TOO_MANY_REQUESTS, true),
+            (StatusCode::INTERNAL_SERVER_ERROR, true),
+            (StatusCode::SERVICE_UNAVAILABLE, true),
+            (StatusCode::BAD_REQUEST, false),
+            (StatusCode::UNAUTHORIZED, false),
+        ] {
+            let response = app_service_error(status, "m");
+            assert_eq!(
+                response.headers().get(header::RETRY_AFTER).is_some(),
+                retry,
+                "{status}"
+            );
+        }
     }
 
     #[test]
