@@ -490,6 +490,32 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["statusCode"], 500, "{body}");
+    // A fault plan on the VM answers the App Service endpoint in that endpoint's dialect too,
+    // with the plan's Retry-After.
+    let (_, plan) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 429, "retryAfter": 7, "count": 1})).await;
+    let response = sim
+        .http
+        .get(format!(
+            "{}?api-version=2019-08-01&resource=https://vault.azure.net",
+            var("IDENTITY_ENDPOINT")
+        ))
+        .header("X-IDENTITY-HEADER", var("IDENTITY_HEADER"))
+        .send()
+        .await
+        .expect("app service");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["statusCode"], 429, "{body}");
+    let plan_id = plan["id"].as_str().expect("plan id");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(plan_id)),
+        "{body}"
+    );
+    assert!(body["correlationId"].is_string(), "{body}");
+    assert!(body.get("error").is_none(), "not IMDS's dialect: {body}");
     let admin_again = sim
         .admin_token("https://management.azure.com/.default")
         .await;
@@ -550,7 +576,11 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     let (status, cleared) = sim_call(&sim, &admin, Method::DELETE, "/_sim/faults", None).await;
     assert_eq!(status, 200, "{cleared}");
     let injected = events(&sim, &admin, "kind=imds.fault.injected").await;
-    assert_eq!(injected.len(), 4, "2 statuses, 1 drop, 1 latency");
+    assert_eq!(
+        injected.len(),
+        5,
+        "2 statuses, 1 on the App Service endpoint, 1 drop, 1 latency"
+    );
 
     // Nobody but the admin.
     let (_, token) = imds_token(&sim, "").await;

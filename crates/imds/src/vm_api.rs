@@ -179,9 +179,11 @@ fn is_identity_path(path: &str) -> bool {
 }
 
 async fn handle(State(state): State<VmState>, request: Request) -> Response {
-    if is_identity_path(request.uri().path().trim_end_matches('/'))
+    let path = request.uri().path().trim_end_matches('/');
+    if is_identity_path(path)
         && let Some(fault) = state.imds.inner.faults.hit(Some(&state.vm_id))
     {
+        let app_service_dialect = path == APP_SERVICE_PATH;
         state.imds.inner.events.record(
             misim_core::events::Draft::new(
                 "imds.fault.injected",
@@ -190,12 +192,18 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
             .vm(&state.vm_id)
             .details(json!({"faultId": fault.id, "plan": fault.request})),
         );
+        // Each endpoint fails in its own dialect, as the client it serves expects to parse.
         let answer = misim_core::faults::apply(fault.request.action(), |status| {
-            ImdsError::Fault {
+            let error = ImdsError::Fault {
                 status,
                 id: fault.id.clone(),
+            };
+            if app_service_dialect {
+                let (status, _) = error.parts();
+                app_service_error(status, &error.to_string())
+            } else {
+                error.into_response()
             }
-            .into_response()
         })
         .await;
         if let Some(response) = answer {
