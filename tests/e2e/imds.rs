@@ -960,6 +960,41 @@ async fn legacy_extension_endpoint_answers_like_imds() {
     assert_eq!(post["resource"], "https://vault.azure.net");
     let (status, _, _) = imds_get(&sim, &endpoint, "/oauth2/token?resource=x", false).await;
     assert_eq!(status, 400, "Metadata: true is required here too");
+    // Bad forms: a parameter repeated in the form or across query and form, an oversized form.
+    let post_form = |query: &'static str, body: String| {
+        let (sim, endpoint) = (&sim, &endpoint);
+        async move {
+            let response = sim
+                .http
+                .post(format!("{endpoint}/oauth2/token{query}"))
+                .header("Metadata", "true")
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("IMDS's JSON"))
+        }
+    };
+    let resource = "resource=https%3A%2F%2Fvault.azure.net";
+    for (query, body) in [
+        ("", format!("{resource}&{resource}")),
+        ("?resource=x", resource.to_string()),
+    ] {
+        let (status, body) = post_form(query, body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+    let (status, body) = post_form("", format!("{resource}&pad={}", "a".repeat(70_000))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_request", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("longer than 65536 bytes")),
+        "{body}"
+    );
     sim.stop().await;
 }
 

@@ -37,6 +37,11 @@ pub enum ImdsError {
         crate::vm_api::MAX_QUERY_BYTES
     )]
     QueryTooLong,
+    #[error(
+        "Bad request. The form body is longer than {} bytes",
+        crate::vm_api::MAX_FORM_BYTES
+    )]
+    FormTooLong,
     #[error("Bad request. Leaf nodes need the format=text query parameter")]
     LeafNeedsText,
     #[error("The requested path was not found")]
@@ -91,9 +96,13 @@ impl ImdsError {
             | MultipleIdentities
             | BadBypassCache
             | QueryTooLong
+            | FormTooLong
             | LeafNeedsText => (
                 StatusCode::BAD_REQUEST,
-                if matches!(self, ApiVersion | LeafNeedsText | QueryTooLong) {
+                if matches!(
+                    self,
+                    ApiVersion | LeafNeedsText | QueryTooLong | FormTooLong
+                ) {
                     "bad_request"
                 } else {
                     "invalid_request"

@@ -92,6 +92,8 @@ pub(crate) fn tagged_addresses(
 /// Longest query string IMDS reads: real clients send a few hundred bytes; anything near this
 /// is a mistake, answered in IMDS's dialect rather than left to the HTTP layer.
 pub const MAX_QUERY_BYTES: usize = 8192;
+/// The longest form the VM-extension endpoint reads from a POST.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// One listener for many VMs (e.g. 169.254.169.254:80 on a VM network): the caller's source
 /// address names the VM (its `misim-ip` tag).
@@ -357,9 +359,9 @@ async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsEr
     match *request.method() {
         Method::GET => {}
         Method::POST => {
-            let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+            let body = axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES)
                 .await
-                .map_err(|_| ImdsError::MissingResource)?;
+                .map_err(|_| ImdsError::FormTooLong)?;
             let form: Vec<(String, String)> =
                 serde_urlencoded::from_bytes(&body).unwrap_or_default();
             for (name, value) in form {
