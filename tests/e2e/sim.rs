@@ -476,16 +476,16 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
             .map(|(_, v)| v.clone())
             .expect(name)
     };
-    let response = sim
-        .http
-        .get(format!(
-            "{}?api-version=2019-08-01&resource=https://vault.azure.net",
-            var("IDENTITY_ENDPOINT")
-        ))
-        .header("X-IDENTITY-HEADER", var("IDENTITY_HEADER"))
-        .send()
-        .await
-        .expect("app service");
+    let app_service_token = || {
+        sim.http
+            .get(format!(
+                "{}?api-version=2019-08-01&resource=https://vault.azure.net",
+                var("IDENTITY_ENDPOINT")
+            ))
+            .header("X-IDENTITY-HEADER", var("IDENTITY_HEADER"))
+            .send()
+    };
+    let response = app_service_token().await.expect("app service");
     assert_eq!(response.status(), 500);
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.expect("json");
@@ -493,16 +493,7 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     // A fault plan on the VM answers the App Service endpoint in that endpoint's dialect too,
     // with the plan's Retry-After.
     let (_, plan) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 429, "retryAfter": 7, "count": 1})).await;
-    let response = sim
-        .http
-        .get(format!(
-            "{}?api-version=2019-08-01&resource=https://vault.azure.net",
-            var("IDENTITY_ENDPOINT")
-        ))
-        .header("X-IDENTITY-HEADER", var("IDENTITY_HEADER"))
-        .send()
-        .await
-        .expect("app service");
+    let response = app_service_token().await.expect("app service");
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
     let body: Value = response.json().await.expect("json");
