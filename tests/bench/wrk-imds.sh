@@ -43,16 +43,16 @@ threads_cpu() {
 }
 hz=$(getconf CLK_TCK)
 # Waits until the simulator is idle: after start-up ARM fills its pool of RSA keys (48 by
-# default) on tokio's blocking threads, which share the async worker's thread name and took a
-# fifth of each uncached token's measured CPU on a slow machine when the run overlapped them.
+# default) on tokio's blocking threads, which share the async worker's thread name; a measure
+# that overlaps them counts key generation as the worker's CPU.
 wait_idle() {
     local began=$SECONDS last now
     last=$(ticks)
     while (( SECONDS - began < 300 )); do
-        sleep 0.5
+        sleep 1
         now=$(ticks)
-        # At most 1 % of a core over the half second.
-        if (( (now - last) * 200 <= hz )); then
+        # At most 1 % of a core over the second (one tick at the usual CLK_TCK of 100).
+        if (( (now - last) * 100 <= hz )); then
             echo "simulator idle after $((SECONDS - began)) s" >&2
             return 0
         fi
@@ -71,7 +71,7 @@ run() {
 }
 
 curl -sf -H "Metadata: true" "$token" >/dev/null # the first token: AAD's answer cached
-# Warm-up: connections, caches, the key pool refilled after start-up.
+# Warm-up: connections and caches.
 wrk -t1 -c8 -d2s -H "Metadata: true" "$token" >/dev/null
 # Versions and the cached token alternate for three rounds each and the medians are compared:
 # this kind of machine's speed drifts within seconds by more than the difference measured.

@@ -933,6 +933,24 @@ async fn source_address_mode_maps_callers_to_their_vm() {
     sim.stop().await;
 }
 
+/// Sends `request` as raw bytes to an `http://host:port` endpoint and reads the answer until
+/// the server closes (at most 10 s).
+async fn raw_exchange(endpoint: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn legacy_extension_endpoint_answers_like_imds() {
     let sim = TestSim::start().await;
@@ -995,6 +1013,14 @@ async fn legacy_extension_endpoint_answers_like_imds() {
             .is_some_and(|d| d.contains("longer than 65536 bytes")),
         "{body}"
     );
+    // A body that cannot be read (a malformed chunk) is a 400 of its own, not "too long".
+    let answer = raw_exchange(
+        &endpoint,
+        "POST /oauth2/token HTTP/1.1\r\nHost: imds\r\nMetadata: true\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("could not be read"), "{answer}");
     sim.stop().await;
 }
 

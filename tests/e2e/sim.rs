@@ -492,7 +492,8 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     assert_eq!(body["statusCode"], 500, "{body}");
     // A fault plan on the VM answers the App Service endpoint in that endpoint's dialect too,
     // with the plan's Retry-After.
-    let (_, plan) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 429, "retryAfter": 7, "count": 1})).await;
+    let (status, plan) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 429, "retryAfter": 7, "count": 1})).await;
+    assert_eq!(status, 201, "{plan}");
     let response = app_service_token().await.expect("app service");
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");

@@ -42,6 +42,8 @@ pub enum ImdsError {
         crate::vm_api::MAX_FORM_BYTES
     )]
     FormTooLong,
+    #[error("Bad request. The form body could not be read")]
+    UnreadableForm,
     #[error("Bad request. Leaf nodes need the format=text query parameter")]
     LeafNeedsText,
     #[error("The requested path was not found")]
@@ -97,6 +99,7 @@ impl ImdsError {
             | BadBypassCache
             | QueryTooLong
             | FormTooLong
+            | UnreadableForm
             | LeafNeedsText => (
                 StatusCode::BAD_REQUEST,
                 if matches!(

@@ -361,7 +361,16 @@ async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsEr
         Method::POST => {
             let body = axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES)
                 .await
-                .map_err(|_| ImdsError::FormTooLong)?;
+                .map_err(|e| {
+                    // Too long, or broken off / badly chunked by the client.
+                    match e
+                        .into_inner()
+                        .downcast::<http_body_util::LengthLimitError>()
+                    {
+                        Ok(_) => ImdsError::FormTooLong,
+                        Err(_) => ImdsError::UnreadableForm,
+                    }
+                })?;
             let form: Vec<(String, String)> =
                 serde_urlencoded::from_bytes(&body).unwrap_or_default();
             for (name, value) in form {
