@@ -1003,6 +1003,10 @@ async fn legacy_extension_endpoint_answers_like_imds() {
         let (status, body) = post_form(query, body).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"], "invalid_request", "{body}");
+        assert_eq!(
+            body["error_description"],
+            "Parameter 'resource' is given more than once in the query and form"
+        );
     }
     let (status, body) = post_form("", format!("{resource}&pad={}", "a".repeat(70_000))).await;
     assert_eq!(status, 400, "{body}");

@@ -16,6 +16,9 @@ pub enum ImdsError {
     Forwarded,
     #[error("Query parameter '{0}' is repeated")]
     DuplicateParameter(String),
+    /// The VM-extension endpoint reads the query and a POSTed form as one list.
+    #[error("Parameter '{0}' is given more than once in the query and form")]
+    DuplicateFormParameter(String),
     #[error(
         "Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds"
     )]
@@ -91,6 +94,7 @@ impl ImdsError {
             MissingMetadataHeader
             | Forwarded
             | DuplicateParameter(_)
+            | DuplicateFormParameter(_)
             | ApiVersion
             | MissingResource
             | SeveralSelectors

@@ -375,7 +375,7 @@ async fn extension(state: &VmState, request: Request) -> Result<Response, ImdsEr
                 serde_urlencoded::from_bytes(&body).unwrap_or_default();
             for (name, value) in form {
                 if pairs.iter().any(|(n, _)| *n == name) {
-                    return Err(ImdsError::DuplicateParameter(name));
+                    return Err(ImdsError::DuplicateFormParameter(name));
                 }
                 pairs.push((name, value));
             }
