@@ -927,14 +927,9 @@ async fn a_vm_whose_port_was_taken_listens_elsewhere_and_says_so() {
     // connection.json tells the new address.
     let moved_to = sim.sim.connection.imds.clone().expect("still hosted");
     assert_ne!(moved_to, endpoint);
-    let response = sim
-        .http
-        .get(format!("{moved_to}{TOKEN}"))
-        .header("Metadata", "true")
-        .send()
-        .await
-        .expect("imds");
-    assert_eq!(response.status(), 200);
+    // imds_token asks connection.json's address: the moved one.
+    let (status, body) = imds_token(&sim, "").await;
+    assert_eq!(status, 200, "{body}");
     let admin = sim
         .admin_token("https://management.azure.com/.default")
         .await;

@@ -15,12 +15,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+source "$here/isolated.sh" interop
 python="$("$here/venv.sh")"
-unshare -n -- true 2>/dev/null || {
-  echo "interop: 'unshare -n' is not permitted here (run as root or with CAP_SYS_ADMIN)" >&2
-  exit 1
-}
 
 cd "$repo"
-exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
-  "$python" -m pytest -q tests/interop "$@"
+exec_isolated "$python" -m pytest -q tests/interop "$@"

@@ -18,22 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
 
-export MISIM_BIN="${MISIM_BIN:-$repo/target/debug/misim}"
-if [[ ! -x "$MISIM_BIN" ]]; then
-  echo "az interop: misim binary not found: $MISIM_BIN (build it, or set MISIM_BIN)" >&2
-  exit 1
-fi
-for tool in unshare ip; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "az interop: '$tool' is needed to isolate the network (apt-get install util-linux iproute2)" >&2
-    exit 1
-  fi
-done
-if ! unshare -n -- true 2>/dev/null; then
-  echo "az interop: 'unshare -n' is not permitted here; the scenario must run in a network" \
-       "namespace of its own (run as root, or with CAP_SYS_ADMIN)" >&2
-  exit 1
-fi
+source "$repo/tests/interop/isolated.sh" "az interop" --misim
 
 # The az venv (tests/interop/az/.venv from its requirements.txt; azure-cli takes a few minutes
 # to install the first time).
@@ -43,6 +28,5 @@ venv="$(dirname "$(dirname "$venv_python")")"
 cd "$repo"
 # AZ_SUITE_TIMEOUT bounds the whole scenario (default 900 s; a passing run takes
 # well under a minute); on expiry the scenario gets SIGTERM and stops misim.
-exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
-  timeout --kill-after=30 "${AZ_SUITE_TIMEOUT:-900}" \
+exec_isolated timeout --kill-after=30 "${AZ_SUITE_TIMEOUT:-900}" \
   env AZ="$venv/bin/az" "$venv/bin/python" "$here/scenario.py"

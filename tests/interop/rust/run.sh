@@ -11,16 +11,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
-export MISIM_BIN="${MISIM_BIN:-$repo/target/debug/misim}"
-[[ -x "$MISIM_BIN" ]] || { echo "rust interop: misim binary not found: $MISIM_BIN" >&2; exit 1; }
-unshare -n -- true 2>/dev/null || {
-  echo "rust interop: 'unshare -n' is not permitted here (run as root or with CAP_SYS_ADMIN)" >&2
-  exit 1
-}
+source "$repo/tests/interop/isolated.sh" "rust interop" --misim
 
 target="$repo/target/interop-rust"
 CARGO_TARGET_DIR="$target" cargo build --quiet --locked --manifest-path "$here/Cargo.toml"
 export PROBE="$target/debug/misim-rust-probe"
 
-exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
-  timeout --kill-after=10 300 bash "$here/scenario.sh"
+exec_isolated timeout --kill-after=10 300 bash "$here/scenario.sh"

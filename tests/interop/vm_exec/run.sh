@@ -12,16 +12,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
-export MISIM_BIN="${MISIM_BIN:-$repo/target/debug/misim}"
-[[ -x "$MISIM_BIN" ]] || { echo "vm_exec interop: misim binary not found: $MISIM_BIN" >&2; exit 1; }
-unshare -n -- true 2>/dev/null || {
-  echo "vm_exec interop: 'unshare -n' is not permitted here (run as root or with CAP_SYS_ADMIN)" >&2
-  exit 1
-}
+source "$repo/tests/interop/isolated.sh" "vm_exec interop" --misim
 
 # The venv of tests/interop (the official Python clients).
 venv_python="$("$repo/tests/interop/venv.sh")"
 export PYTHON="$venv_python"
 
-exec unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ \
-  timeout --kill-after=10 300 bash "$here/scenario.sh"
+exec_isolated timeout --kill-after=10 300 bash "$here/scenario.sh"
