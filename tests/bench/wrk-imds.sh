@@ -74,50 +74,78 @@ curl -sf -H "Metadata: true" "$token" >/dev/null # the first token: AAD's answer
 # Warm-up: connections and caches.
 wrk -t1 -c8 -d2s -H "Metadata: true" "$token" >/dev/null
 # Versions and the cached token alternate for three rounds each and the medians are compared:
-# this kind of machine's speed drifts within seconds by more than the difference measured.
+# this kind of machine's speed drifts within seconds by more than the difference measured. The
+# simulator's CPU per request (from /proc) is compared too: it moves less with where the kernel
+# happens to place wrk and the async worker than requests/s do.
 versions=() cached=()
+measured() { local before; before=$(ticks); printf '%s|%s' "$(run "$@")" "$(( $(ticks) - before ))"; }
 for _ in 1 2 3; do
-    versions+=("$(run 8 "$imds/metadata/versions")")
-    cached+=("$(run 8 "$token")")
+    versions+=("$(measured 8 "$imds/metadata/versions")")
+    cached+=("$(measured 8 "$token")")
 done
-median() { printf '%s\n' "$@" | sort -t/ -k1,1g | sed -n 2p; }
-echo "versions, 8 connections:      $(median "${versions[@]}") (median of 3)"
-echo "cached token, 8 connections:  $(median "${cached[@]}") (median of 3)"
-python3 -c 'import sys; v, c = (float(a.split("/s")[0]) for a in sys.argv[1:]); print(f"  cached / versions requests/s: {c / v:.2f} (target >= 0.9)")' \
-    "$(median "${versions[@]}")" "$(median "${cached[@]}")"
+python3 - "$hz" "$seconds" "${versions[@]}" "${cached[@]}" <<'EOF'
+import statistics, sys
+hz, seconds, runs = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+def summary(lines):
+    parsed = [(line.split("|")[0].strip(), float(line.split("/s")[0]), int(line.split("|")[1])) for line in lines]
+    middle = sorted(parsed, key=lambda p: p[1])[len(parsed) // 2]
+    cost = statistics.median(ticks / hz / (rate * seconds) * 1e6 for _, rate, ticks in parsed)
+    return middle, cost
+(versions, versions_cost), (cached, cached_cost) = summary(runs[:3]), summary(runs[3:])
+print(f"versions, 8 connections:      {versions[0]} (median of 3)")
+print(f"cached token, 8 connections:  {cached[0]} (median of 3)")
+print(f"  cached / versions requests/s: {cached[1] / versions[1]:.2f} (target >= 0.9)")
+print(f"  simulator CPU per request: versions {versions_cost:.1f} us, cached token {cached_cost:.1f} us;"
+      f" cost ratio {versions_cost / cached_cost:.2f}")
+EOF
 echo "cached token, 32 connections: $(run 32 "$token")"
-# The reference is measured just before and just after the uncached run and averaged: this
-# kind of machine drifts (docs/performance.md).
-signs_before=$(./target/release/misim-bench --sign-rate 2>/dev/null)
-before=$(ticks)
+# The uncached token in five rounds, each compared with the reference measured just before and
+# just after it (averaged; neighbouring rounds share one): this kind of machine's signing rate
+# drifts by more than the simulator's figures between runs (docs/performance.md). Medians of
+# the rounds are reported, and the CPU per token by thread over all of them.
+rounds=5
+signs=("$(./target/release/misim-bench --sign-rate 2>/dev/null)")
 threads_cpu >"$dir/threads.before"
-uncached=$(run 8 "$token&bypass_cache=true")
-used=$(( $(ticks) - before ))
+round_lines=()
+for round in $(seq "$rounds"); do
+    before=$(ticks)
+    uncached=$(run 8 "$token&bypass_cache=true")
+    used=$(( $(ticks) - before ))
+    signs+=("$(./target/release/misim-bench --sign-rate 2>/dev/null)")
+    round_lines+=("$uncached|$used|${signs[round - 1]}|${signs[round]}")
+done
 threads_cpu >"$dir/threads.after"
-signs_after=$(./target/release/misim-bench --sign-rate 2>/dev/null)
-echo "uncached token, 8 connections: $uncached"
-python3 - "$uncached" "$used" "$hz" "$seconds" "$signs_before" "$signs_after" "$(nproc)" "$dir" <<'EOF'
-import collections, sys
-rate = float(sys.argv[1].split('/s')[0])
-cpu = int(sys.argv[2]) / int(sys.argv[3])
-seconds = float(sys.argv[4])
-signs = (float(sys.argv[5]) + float(sys.argv[6])) / 2
-cores = int(sys.argv[7])
-capacity = rate * seconds / cpu * cores
-print(f"  RSA-2048 signatures/s on {cores} threads (before and after, averaged): {signs:.0f}; "
-      f"two per token allow {signs / 2:.0f}/s")
-print(f"  throughput ratio {rate / (signs / 2):.2f}; server capacity {capacity:.0f}/s "
-      f"(tokens per simulator CPU-second x {cores} cores), ratio {capacity / (signs / 2):.2f}")
-# Where each token's CPU went, by thread name (threads alive at both ends of the run).
+python3 - "$hz" "$seconds" "$(nproc)" "$dir" "${round_lines[@]}" <<'EOF'
+import collections, statistics, sys
+hz, seconds, cores, folder = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rounds = []
+for line in sys.argv[5:]:
+    wrk, ticks, before, after = line.split("|")
+    rate = float(wrk.split("/s")[0])
+    signs = (float(before) + float(after)) / 2
+    capacity = rate * seconds / (int(ticks) / hz) * cores
+    rounds.append((wrk.strip(), rate, signs, rate / (signs / 2), capacity / (signs / 2)))
+for number, (wrk, _, signs, throughput, capacity) in enumerate(rounds, 1):
+    print(f"uncached token, 8 connections, round {number}: {wrk}")
+    print(f"  against {signs:.0f} RSA-2048 signatures/s on {cores} threads: "
+          f"throughput ratio {throughput:.2f}, server capacity ratio {capacity:.2f}")
+median = lambda i: statistics.median(r[i] for r in rounds)
+print(f"uncached token, medians of {len(rounds)} rounds: {median(1):.0f}/s against "
+      f"{median(2):.0f} signatures/s (two per token allow {median(2) / 2:.0f}/s)")
+print(f"  throughput ratio {median(3):.2f}; server capacity ratio {median(4):.2f} "
+      f"(tokens per simulator CPU-second x {cores} cores; target >= 0.8)")
+# Where each token's CPU went, by thread name (threads alive at both ends of the rounds).
 def by_name(path):
     totals = collections.Counter()
     for line in open(path):
         name, ns = line.split()
         totals[name] += int(ns)
     return totals
-before, after = by_name(f"{sys.argv[8]}/threads.before"), by_name(f"{sys.argv[8]}/threads.after")
-tokens = rate * seconds
+before, after = by_name(f"{folder}/threads.before"), by_name(f"{folder}/threads.after")
+tokens = sum(r[1] for r in rounds) * seconds
 parts = {name: (after[name] - before.get(name, 0)) / tokens / 1000 for name in after}
 print("  CPU per token by thread: " + ", ".join(
     f"{name} {us:.0f} us" for name, us in sorted(parts.items(), key=lambda p: -p[1]) if us >= 1))
+# The reference loop's CPU per signature and thread, to set beside the signing threads'.
+print(f"  reference loop: {cores / median(2) * 1e6:.0f} us per signature and thread")
 EOF

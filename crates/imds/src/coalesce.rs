@@ -3,7 +3,6 @@
 //! next one recorded. A busy app asks IMDS thousands of times a second; recording each would
 //! cost the cached path a quarter of its throughput and drown the timeline.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,8 +11,8 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct HitCoalescer {
-    windows: Mutex<HashMap<u64, (Instant, u64)>>,
-    hasher: std::collections::hash_map::RandomState,
+    windows: Mutex<crate::FastMap<u64, (Instant, u64)>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl HitCoalescer {

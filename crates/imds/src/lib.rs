@@ -22,6 +22,10 @@ use misim_core::internal::{HostedIdentity, HostedVm, HostedVmStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A map for the token path's lookups: foldhash is seeded per process like std's SipHash but
+/// several times cheaper on the short keys (ids, resources) looked up for every cached token.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use error::{ImdsError, SERVER_HEADER};
 pub use host_api::router as host_router;
 pub use store::{MIGRATOR, Store};
@@ -62,7 +66,7 @@ struct Inner {
     /// Source addresses of VMs (their `misim-ip` tag), for source-address mode.
     addresses: std::sync::RwLock<HashMap<std::net::IpAddr, String>>,
     /// Identities per VM, so a cached token costs no SQL; refreshed on every host API write.
-    identities: std::sync::RwLock<HashMap<String, Arc<Vec<store::IdentityRow>>>>,
+    identities: std::sync::RwLock<FastMap<String, Arc<Vec<store::IdentityRow>>>>,
     throttle: throttle::Throttle,
     /// `None`: no per-VM listeners (split mode serving source-address mode only).
     factory: Option<Arc<dyn ListenerFactory>>,
@@ -104,7 +108,7 @@ impl Imds {
                 config,
                 http,
                 cache: relay::TokenCache::default(),
-                identities: std::sync::RwLock::new(HashMap::new()),
+                identities: std::sync::RwLock::new(FastMap::default()),
                 addresses: std::sync::RwLock::new(HashMap::new()),
                 throttle: throttle::Throttle::default(),
                 factory,

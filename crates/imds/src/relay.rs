@@ -2,7 +2,6 @@
 //! identity's key, posted to AAD's token endpoint over HTTPS, and a per-(identity, resource)
 //! cache until shortly before expiry.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use misim_core::crypto::{JwsAlg, RsaKey, sha1, signing};
@@ -10,6 +9,7 @@ use misim_core::jose::b64url;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::FastMap;
 use crate::error::ImdsError;
 use crate::store::IdentityRow;
 
@@ -45,7 +45,7 @@ impl Token {
 /// Tokens by lower-case principal id, then resource: a lookup allocates nothing.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: Mutex<HashMap<String, HashMap<String, Token>>>,
+    tokens: Mutex<FastMap<String, FastMap<String, Token>>>,
 }
 
 fn lower(id: &str) -> std::borrow::Cow<'_, str> {
@@ -84,11 +84,12 @@ impl TokenCache {
     }
 }
 
-/// Parsed identity keys: parsing PKCS#8 (with aws-lc's key checks) costs more than the
-/// signature itself, so each credential is parsed once.
+/// Parsed identity keys by lower-case principal id, then key id: parsing PKCS#8 (with aws-lc's
+/// key checks) costs more than the signature itself, so each credential is parsed once, and a
+/// lookup allocates nothing.
 #[derive(Default)]
 pub struct KeyCache {
-    keys: Mutex<HashMap<(String, String), IdentityKey>>,
+    keys: Mutex<FastMap<String, FastMap<String, IdentityKey>>>,
 }
 
 /// An identity's parsed key, the encoded JWS header of its assertions (its certificate's
@@ -147,18 +148,12 @@ struct AssertionClaims<'a> {
 }
 
 impl KeyCache {
-    fn slot(identity: &IdentityRow) -> (String, String) {
-        (
-            identity.principal_id.to_ascii_lowercase(),
-            identity.key_id.clone(),
-        )
-    }
-
     fn get(&self, identity: &IdentityRow) -> Option<IdentityKey> {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&Self::slot(identity))
+            .get(lower(&identity.principal_id).as_ref())?
+            .get(&identity.key_id)
             .cloned()
     }
 
@@ -166,7 +161,9 @@ impl KeyCache {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Self::slot(identity), key);
+            .entry(identity.principal_id.to_ascii_lowercase())
+            .or_default()
+            .insert(identity.key_id.clone(), key);
     }
 
     /// Forgets a principal's keys (its credential changed or went away).
@@ -174,7 +171,7 @@ impl KeyCache {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(p, _), _| !p.eq_ignore_ascii_case(principal_id));
+            .remove(lower(principal_id).as_ref());
     }
 }
 
@@ -373,6 +370,38 @@ mod tests {
                 .get("abc-principal", "https://management.azure.com/", 0)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn parsed_keys_are_found_by_principal_in_any_case_and_key_id_and_forgotten_together() {
+        let key = RsaKey::generate().expect("key");
+        let endpoint = Endpoint::of("https://login.example/", "tenant").expect("endpoint");
+        let parsed = IdentityKey::parse(key.pkcs8_der(), b"certificate", endpoint).expect("parsed");
+        assert_eq!(
+            &*parsed.endpoint.text,
+            "https://login.example/tenant/oauth2/token"
+        );
+        let identity = |principal: &str, key_id: &str| IdentityRow {
+            vm_id: "vm".into(),
+            principal_id: principal.into(),
+            client_id: "client".into(),
+            tenant_id: "tenant".into(),
+            resource_id: "id".into(),
+            user_assigned: false,
+            key_id: key_id.into(),
+            cert_der: Vec::new(),
+            private_pkcs8: Vec::new(),
+            installed_at: 0,
+        };
+        let keys = KeyCache::default();
+        keys.put(&identity("ABC-Principal", "key-1"), parsed.clone());
+        keys.put(&identity("other", "key-1"), parsed);
+        assert!(keys.get(&identity("abc-PRINCIPAL", "key-1")).is_some());
+        // A rolled credential has a new key id: its key is parsed afresh.
+        assert!(keys.get(&identity("abc-principal", "key-2")).is_none());
+        keys.forget("ABC-PRINCIPAL");
+        assert!(keys.get(&identity("abc-principal", "key-1")).is_none());
+        assert!(keys.get(&identity("other", "key-1")).is_some());
     }
 
     #[test]
