@@ -75,10 +75,16 @@ curl -sf -H "Metadata: true" "$token" >/dev/null # the first token: AAD's answer
 wrk -t1 -c8 -d2s -H "Metadata: true" "$token" >/dev/null
 # Versions and the cached token alternate for three rounds each and the medians are compared:
 # this kind of machine's speed drifts within seconds by more than the difference measured. The
-# simulator's CPU per request (from /proc) is compared too: it moves less with where the kernel
-# happens to place wrk and the async worker than requests/s do.
+# simulator's CPU per request (from /proc) is printed too, to set beside misim-bench's cost
+# ratio.
 versions=() cached=()
-measured() { local before; before=$(ticks); printf '%s|%s' "$(run "$@")" "$(( $(ticks) - before ))"; }
+# A failed wrk stops the script here (set -e does not reach into the $( ) of a caller).
+measured() {
+    local before out
+    before=$(ticks)
+    out=$(run "$@") || return
+    printf '%s|%s' "$out" "$(( $(ticks) - before ))"
+}
 for _ in 1 2 3; do
     versions+=("$(measured 8 "$imds/metadata/versions")")
     cached+=("$(measured 8 "$token")")
@@ -146,6 +152,7 @@ tokens = sum(r[1] for r in rounds) * seconds
 parts = {name: (after[name] - before.get(name, 0)) / tokens / 1000 for name in after}
 print("  CPU per token by thread: " + ", ".join(
     f"{name} {us:.0f} us" for name, us in sorted(parts.items(), key=lambda p: -p[1]) if us >= 1))
-# The reference loop's CPU per signature and thread, to set beside the signing threads'.
+# The reference loop's time per signature and thread (its CPU, if it was not preempted), to set
+# beside the signing threads' CPU per signature.
 print(f"  reference loop: {cores / median(2) * 1e6:.0f} us per signature and thread")
 EOF

@@ -22,8 +22,9 @@ use misim_core::internal::{HostedIdentity, HostedVm, HostedVmStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A map for the token path's lookups: foldhash is seeded per process like std's SipHash but
-/// several times cheaper on the short keys (ids, resources) looked up for every cached token.
+/// A map for the token path's lookups: foldhash is several times cheaper than std's SipHash on
+/// the short keys (ids, resources) looked up for every token request. It is seeded per process
+/// but does not resist deliberate collisions, which is acceptable for keys from the user's apps.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use error::{ImdsError, SERVER_HEADER};
