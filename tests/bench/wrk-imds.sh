@@ -8,9 +8,12 @@ set -euo pipefail
 self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
 # Everything below (misim, wrk, the reference loop) runs in a network namespace holding only
-# loopback: nothing here has a reason to leave the machine.
+# loopback (the interop suites' tests/interop/isolated.sh): nothing here has a reason to leave
+# the machine.
 if [[ -z "${WRK_IMDS_ISOLATED:-}" ]]; then
-    exec unshare -n -- env WRK_IMDS_ISOLATED=1 bash -c 'ip link set lo up && exec "$@"' _ "$self" "$@"
+    source tests/interop/isolated.sh wrk-imds
+    export WRK_IMDS_ISOLATED=1
+    exec_isolated "$self" "$@"
 fi
 misim=${1:-./target/release/misim}
 seconds=${2:-5}

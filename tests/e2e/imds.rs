@@ -1025,6 +1025,7 @@ async fn legacy_extension_endpoint_answers_like_imds() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("could not be read"), "{answer}");
+    assert!(answer.contains(r#""error":"bad_request""#), "{answer}");
     sim.stop().await;
 }
 

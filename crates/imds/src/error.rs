@@ -108,7 +108,7 @@ impl ImdsError {
                 StatusCode::BAD_REQUEST,
                 if matches!(
                     self,
-                    ApiVersion | LeafNeedsText | QueryTooLong | FormTooLong
+                    ApiVersion | LeafNeedsText | QueryTooLong | FormTooLong | UnreadableForm
                 ) {
                     "bad_request"
                 } else {

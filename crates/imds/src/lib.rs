@@ -65,7 +65,7 @@ struct Inner {
     http: reqwest::Client,
     cache: relay::TokenCache,
     /// Source addresses of VMs (their `misim-ip` tag), for source-address mode.
-    addresses: std::sync::RwLock<HashMap<std::net::IpAddr, String>>,
+    addresses: std::sync::RwLock<FastMap<std::net::IpAddr, String>>,
     /// Identities per VM, so a cached token costs no SQL; refreshed on every host API write.
     identities: std::sync::RwLock<FastMap<String, Arc<Vec<store::IdentityRow>>>>,
     throttle: throttle::Throttle,
@@ -110,7 +110,7 @@ impl Imds {
                 http,
                 cache: relay::TokenCache::default(),
                 identities: std::sync::RwLock::new(FastMap::default()),
-                addresses: std::sync::RwLock::new(HashMap::new()),
+                addresses: std::sync::RwLock::new(FastMap::default()),
                 throttle: throttle::Throttle::default(),
                 factory,
                 listeners: Mutex::new(HashMap::new()),
@@ -169,7 +169,7 @@ impl Imds {
 
     /// Rebuilds the address map from the stored VMs.
     async fn refresh_addresses(&self) -> Result<(), ImdsError> {
-        let mut map = HashMap::new();
+        let mut map = FastMap::default();
         for vm in self.inner.store.vms().await? {
             let Ok(hosted) = serde_json::from_str::<HostedVm>(&vm.metadata) else {
                 continue;

@@ -1,7 +1,6 @@
 //! Azure's documented IMDS limits for the identity category: 20 requests per second and 5
 //! concurrent requests per VM (spec/tokens.md §1.5); excess gets 429 with `Retry-After`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ struct Bucket {
 
 #[derive(Default)]
 pub struct Throttle {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<crate::FastMap<String, Bucket>>,
 }
 
 /// Held while a request is served; dropping it frees its concurrency slot.
@@ -30,11 +29,18 @@ impl Throttle {
     /// Admits one identity request of `vm_id`, or `None` when it is over a limit.
     pub fn admit(&self, vm_id: &str, now: Instant) -> Option<Admission> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(vm_id.to_string()).or_insert_with(|| Bucket {
-            tokens: REQUESTS_PER_SECOND,
-            refilled: now,
-            in_flight: Arc::new(Semaphore::new(CONCURRENT_REQUESTS)),
-        });
+        // The VM's id is copied only the first time: this runs for every identity request.
+        if !buckets.contains_key(vm_id) {
+            buckets.insert(
+                vm_id.to_string(),
+                Bucket {
+                    tokens: REQUESTS_PER_SECOND,
+                    refilled: now,
+                    in_flight: Arc::new(Semaphore::new(CONCURRENT_REQUESTS)),
+                },
+            );
+        }
+        let bucket = buckets.get_mut(vm_id)?;
         let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * REQUESTS_PER_SECOND).min(REQUESTS_PER_SECOND);
         bucket.refilled = now;

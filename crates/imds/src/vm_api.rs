@@ -201,8 +201,7 @@ async fn handle(State(state): State<VmState>, request: Request) -> Response {
                 id: fault.id.clone(),
             };
             if app_service_dialect {
-                let (status, _) = error.parts();
-                app_service_error(status, &error.to_string())
+                app_service_failure(&error)
             } else {
                 error.into_response()
             }
@@ -401,15 +400,17 @@ fn app_service_error(status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// An IMDS error told in the App Service dialect, with IMDS's status and message.
+fn app_service_failure(error: &ImdsError) -> Response {
+    app_service_error(error.parts().0, &error.to_string())
+}
+
 /// The App Service / Functions protocol (2019-08-01) on the VM's listener: `X-IDENTITY-HEADER`
 /// instead of `Metadata`, `mi_res_id`/`principal_id` selectors, epoch-string `expires_on`.
 async fn app_service(state: &VmState, request: Request) -> Result<Response, ImdsError> {
     // Proxied requests are refused as on IMDS, in this endpoint's own dialect.
     if request.headers().contains_key(&X_FORWARDED_FOR) {
-        return Ok(app_service_error(
-            StatusCode::BAD_REQUEST,
-            &ImdsError::Forwarded.to_string(),
-        ));
+        return Ok(app_service_failure(&ImdsError::Forwarded));
     }
     if request.method() != Method::GET {
         return Ok(app_service_error(
@@ -429,16 +430,11 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
     }
     let _admission = match admit(state, APP_SERVICE_PATH) {
         Ok(admission) => admission,
-        Err(e) => {
-            return Ok(app_service_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &e.to_string(),
-            ));
-        }
+        Err(e) => return Ok(app_service_failure(&e)),
     };
     let pairs = match query_pairs(request.uri().query()) {
         Ok(pairs) => pairs,
-        Err(e) => return Ok(app_service_error(StatusCode::BAD_REQUEST, &e.to_string())),
+        Err(e) => return Ok(app_service_failure(&e)),
     };
     if pairs
         .iter()
@@ -457,7 +453,7 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
         Err(ImdsError::AadUnavailable(m)) => {
             Ok(app_service_error(StatusCode::INTERNAL_SERVER_ERROR, &m))
         }
-        Err(e) => Ok(app_service_error(e.parts().0, &e.to_string())),
+        Err(e) => Ok(app_service_failure(&e)),
     }
 }
 
