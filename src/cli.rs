@@ -249,8 +249,8 @@ pub struct ArmArgs {
     /// RSA-2048 keys kept generated ahead for new identities.
     #[arg(long, env = "MISIM_KEY_POOL", default_value_t = 48, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub key_pool: u16,
-    /// How long to wait for AAD at start, in seconds.
-    #[arg(long, env = "MISIM_PEER_WAIT", default_value_t = 120)]
+    /// How long to wait for AAD at start, in seconds (at most a day).
+    #[arg(long, env = "MISIM_PEER_WAIT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub peer_wait: u64,
     /// Subscription id of a new data dir (so compose files and apps can name it); random
     /// when absent. A data dir keeps the one it was created with.
@@ -329,8 +329,8 @@ pub struct SeedArgs {
     /// Use these services instead of the data dir's connection.json.
     #[command(flatten)]
     pub peers: PeerArgs,
-    /// How long to wait for VMs to finish provisioning, in seconds.
-    #[arg(long, default_value_t = 120)]
+    /// How long to wait for VMs to finish provisioning, in seconds (at most a day).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
 }
 
@@ -500,5 +500,37 @@ mod tests {
             OnOff::Off
         );
         assert!(up(&["--imds-throttle", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn waits_longer_than_a_day_are_refused_by_the_parser() {
+        // Unbounded, they overflowed `Instant + Duration` at the first poll (a panic).
+        let seed = |wait: &str| {
+            Cli::try_parse_from(["misim", "seed", "seed.json", "--wait", wait]).map(|_| ())
+        };
+        assert!(seed("86400").is_ok());
+        assert!(seed("86401").is_err());
+        assert!(seed("18446744073709551615").is_err());
+        let arm = |wait: &str| {
+            Cli::try_parse_from([
+                "misim",
+                "arm",
+                "--aad-url",
+                "https://a",
+                "--imds-url",
+                "http://i",
+                "--ca-cert",
+                "ca.pem",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--peer-wait",
+                wait,
+            ])
+            .map(|_| ())
+        };
+        assert!(arm("0").is_ok());
+        assert!(arm("18446744073709551615").is_err());
     }
 }

@@ -79,6 +79,8 @@ async fn token_endpoints_reject_garbage_with_aadsts_errors() {
         ("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 90002),
         ("/contoso.onmicrosoft.com/oauth2/token", FORM, b"grant_type=client_credentials".to_vec(), 90002),
         ("/consumers/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 50059),
+        // A tenant whose escapes decode to bytes that are not UTF-8: no route of this service.
+        ("/%FF/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 90000),
     ];
     for (path, content_type, body, code) in cases {
         let preview = String::from_utf8_lossy(&body[..body.len().min(80)]).to_string();
@@ -213,6 +215,9 @@ async fn graph_and_internal_routes_reject_garbage_in_graph_dialect() {
         ),
         (Method::PUT, "/v1.0/applications".to_string()),
         (Method::GET, "/v1.0/nothing/here".to_string()),
+        // Escapes that decode to bytes that are not UTF-8, in a path part.
+        (Method::GET, "/v1.0/applications/%FF".to_string()),
+        (Method::DELETE, "/v1.0/servicePrincipals/%C3".to_string()),
     ] {
         expect_client_error(
             &sim,

@@ -149,6 +149,18 @@ async fn graph_crud_and_authorization() {
         .expect("json");
     assert_eq!(rest["value"].as_array().map(Vec::len), Some(1));
     assert!(rest.get("@odata.nextLink").is_none());
+    // A skip token at the end of usize: past everything, an empty last page.
+    let (status, past) = sim
+        .graph(
+            Method::GET,
+            "applications?$top=2&$skiptoken=18446744073709551615",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{past}");
+    assert_eq!(past["value"].as_array().map(Vec::len), Some(0));
+    assert!(past.get("@odata.nextLink").is_none());
     let (status, body) = sim
         .graph(
             Method::GET,

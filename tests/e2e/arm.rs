@@ -42,7 +42,7 @@ fn sub_path(sim: &TestSim) -> String {
 
 /// Every identity ARM holds has its principal in AAD, and no managed-identity principal in AAD
 /// lacks its identity.
-async fn assert_directory_matches(sim: &TestSim) {
+pub(crate) async fn assert_directory_matches(sim: &TestSim) {
     assert_eq!(
         sim.sim.arm.pending_work().await.expect("outbox"),
         0,
@@ -564,6 +564,23 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
             400,
             "InvalidApiVersionParameter",
         ),
+        // Byte 10 of the version inside a character ("€€€€"; "2022-01-0é"), before any auth.
+        (
+            Method::GET,
+            format!("{sub}/resourcegroups"),
+            "%E2%82%AC%E2%82%AC%E2%82%AC%E2%82%AC",
+            None,
+            400,
+            "InvalidApiVersionParameter",
+        ),
+        (
+            Method::GET,
+            format!("{sub}/resourcegroups"),
+            "2022-01-0%C3%A9",
+            None,
+            400,
+            "InvalidApiVersionParameter",
+        ),
         (
             Method::PUT,
             identity("a"),
@@ -706,6 +723,18 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
             "",
         ),
     ];
+    // A skip token at the end of usize: past everything, an empty last page.
+    let (status, past) = arm
+        .call(
+            Method::GET,
+            "/tenants",
+            "2022-12-01&$skiptoken=18446744073709551615&$top=1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{past}");
+    assert_eq!(past["value"].as_array().map(Vec::len), Some(0), "{past}");
+    assert!(past.get("nextLink").is_none(), "{past}");
     for (method, path, api, body, status, code) in cases {
         let (got, json) = arm.call(method.clone(), &path, api, body).await;
         assert_eq!(got, status, "{method} {path} ({api}): {json}");

@@ -8,6 +8,7 @@ mod arm;
 mod arm_vms;
 mod imds;
 mod lifecycle;
+mod random_input;
 mod sim;
 mod split;
 mod support;

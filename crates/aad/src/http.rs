@@ -105,6 +105,7 @@ pub fn router(aad: Aad) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(undecodable_path))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(aad)
 }
@@ -163,6 +164,20 @@ async fn unknown_route(uri: Uri, headers: HeaderMap) -> Response {
         AadError::UnknownEndpoint
     };
     axum::response::IntoResponse::into_response(ctx.fail(error))
+}
+
+/// A path whose escapes decode to bytes that are not UTF-8 names no tenant and no object: it is
+/// an unknown route in the route's dialect, not axum's plain-text rejection of the path part.
+async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path();
+    if path.contains('%')
+        && percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
+    {
+        return unknown_route(request.uri().clone(), request.headers().clone()).await;
+    }
+    next.run(request).await
 }
 
 async fn method_not_allowed(request: Request) -> Response {

@@ -112,8 +112,10 @@ impl Call {
         let total = items.len();
         let page: Vec<Value> = items.iter().skip(skip).take(top).map(render).collect();
         let mut body = json!({"value": page});
-        if skip + top < total {
-            let mut extra = format!("$skiptoken={}", skip + top);
+        // Saturating: the skip token is the caller's number, up to usize::MAX.
+        let next_skip = skip.saturating_add(top);
+        if next_skip < total {
+            let mut extra = format!("$skiptoken={next_skip}");
             if self.query.contains_key("$top") {
                 extra.push_str(&format!("&$top={top}"));
             }

@@ -62,7 +62,7 @@ impl TokenCache {
         tokens
             .get(lower(principal_id).as_ref())?
             .get(resource)
-            .filter(|t| t.expires_on - REFRESH_BEFORE_EXPIRY_SECS > now)
+            .filter(|t| t.expires_on.saturating_sub(REFRESH_BEFORE_EXPIRY_SECS) > now)
             .cloned()
     }
 

@@ -550,7 +550,7 @@ async fn token(
             token
         }
     };
-    let expires_in = (token.expires_on - now).max(0);
+    let expires_in = token.expires_on.saturating_sub(now).max(0);
     let expires_in = expires_in.to_string();
     Ok(json_ok(TokenBody {
         access_token: &token.access_token,

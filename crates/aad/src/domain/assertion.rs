@@ -266,8 +266,10 @@ pub fn validate(token: &str, ctx: &AssertionContext<'_>) -> Result<ValidAssertio
     }
     let exp = a.exp.clone()?.ok_or(AssertionError::MissingExpiry)?;
     let nbf = a.nbf.clone()?;
-    let too_early = nbf.is_some_and(|nbf| ctx.wall_now + ASSERTION_CLOCK_SKEW_SECS < nbf);
-    if too_early || exp + ASSERTION_CLOCK_SKEW_SECS < ctx.wall_now {
+    // Saturating: `exp` is the client's number, up to i64::MAX (or a huge float, floored to it).
+    let too_early =
+        nbf.is_some_and(|nbf| ctx.wall_now.saturating_add(ASSERTION_CLOCK_SKEW_SECS) < nbf);
+    if too_early || exp.saturating_add(ASSERTION_CLOCK_SKEW_SECS) < ctx.wall_now {
         return Err(AssertionError::TimeRange {
             now: ctx.wall_now,
             nbf,
@@ -375,6 +377,35 @@ mod tests {
         claims: serde_json::Value,
     ) -> String {
         f.key.sign_jws(alg, &header, &claims).expect("sign")
+    }
+
+    #[test]
+    fn extreme_times_are_judged_without_overflowing() {
+        let f = fixture();
+        let header = json!({"alg":"RS256","x5t": b64url(&f.credential.sha1)});
+        let with = |exp: serde_json::Value, nbf: serde_json::Value| {
+            let mut claims = claims();
+            claims["exp"] = exp;
+            claims["nbf"] = nbf;
+            check(
+                &f,
+                &sign(&f, JwsAlg::Rs256, header.clone(), claims),
+                NOW,
+                NOW,
+            )
+        };
+        // Expiring at the end of time (or a float beyond it) is valid now.
+        assert!(with(json!(i64::MAX), json!(NOW)).is_ok());
+        assert!(with(json!(1e300), json!(i64::MIN)).is_ok());
+        // Expired since the start of time; not before the end of time: refused, not a panic.
+        assert!(matches!(
+            with(json!(i64::MIN), json!(NOW)),
+            Err(AssertionError::TimeRange { .. })
+        ));
+        assert!(matches!(
+            with(json!(i64::MAX), json!(i64::MAX)),
+            Err(AssertionError::TimeRange { .. })
+        ));
     }
 
     #[test]

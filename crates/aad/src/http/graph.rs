@@ -272,11 +272,12 @@ fn collection(
     let total = items.len();
     let page: Vec<Value> = items.into_iter().skip(skip).take(top).collect();
     let mut body = json!({"@odata.context": call.context_url(entity), "value": page});
-    if skip + top < total {
+    // Saturating: the skip token is the caller's number, up to usize::MAX.
+    let next_skip = skip.saturating_add(top);
+    if next_skip < total {
         let mut next = format!(
-            "{}/v1.0/{entity}?$top={top}&$skiptoken={}",
+            "{}/v1.0/{entity}?$top={top}&$skiptoken={next_skip}",
             call.aad.config().graph_url,
-            skip + top
         );
         if let Some(filter) = query.get("$filter") {
             next.push_str("&$filter=");

@@ -125,7 +125,12 @@ pub fn api_version_ok(family: ApiFamily, version: &str) -> bool {
     if family == ApiFamily::Metadata {
         return !version.is_empty() && version.len() <= 32;
     }
-    let (date, suffix) = version.split_at(version.len().min(10));
+    // `get`, not `split_at`: the version is the caller's text and byte 10 may fall inside a
+    // character.
+    let (date, suffix) = match (version.get(..10), version.get(10..)) {
+        (Some(date), Some(suffix)) => (date, suffix),
+        _ => return false,
+    };
     let well_formed = date.len() == 10
         && date.bytes().enumerate().all(|(i, b)| {
             if i == 4 || i == 7 {
@@ -440,6 +445,10 @@ mod tests {
         assert!(!api_version_ok(ApiFamily::Resources, "2021-4-01"));
         assert!(!api_version_ok(ApiFamily::Resources, "latest"));
         assert!(!api_version_ok(ApiFamily::Resources, "2021-04-01-garbage"));
+        // Byte 10 inside a character: refused, not a panic.
+        assert!(!api_version_ok(ApiFamily::Resources, "€€€€"));
+        assert!(!api_version_ok(ApiFamily::Resources, "2022-01-0é"));
+        assert!(!api_version_ok(ApiFamily::Resources, "2022-01-01é"));
     }
 
     #[test]
