@@ -105,6 +105,10 @@ pub fn router(aad: Aad) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            panic_answer as misim_core::serve::PanicAnswer,
+            misim_core::serve::contain_panics,
+        ))
         .layer(axum::middleware::from_fn(undecodable_path))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(aad)
@@ -166,6 +170,18 @@ async fn unknown_route(uri: Uri, headers: HeaderMap) -> Response {
     axum::response::IntoResponse::into_response(ctx.fail(error))
 }
 
+/// What a request whose handler panicked gets: a retryable 500 in the route's dialect.
+fn panic_answer(uri: &Uri) -> Response {
+    let failure = RequestContext::from_headers(&HeaderMap::new()).fail(AadError::Internal(
+        "a handler failed; the simulator's log says why".into(),
+    ));
+    if uri.path().starts_with("/v1.0") || uri.path().starts_with("/_internal") {
+        axum::response::IntoResponse::into_response(failure.graph())
+    } else {
+        axum::response::IntoResponse::into_response(failure)
+    }
+}
+
 /// A path whose escapes decode to bytes that are not UTF-8 names no tenant and no object: it is
 /// an unknown route in the route's dialect, not axum's plain-text rejection of the path part.
 async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Response {
@@ -189,4 +205,28 @@ async fn method_not_allowed(request: Request) -> Response {
         AadError::PostOnly(request.method().to_string())
     };
     axum::response::IntoResponse::into_response(ctx.fail(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_in_its_routes_dialect() {
+        let read = |response: Response| async move {
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 8192)
+                .await
+                .expect("body");
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            (status, json)
+        };
+        let uri = |path: &str| path.parse::<Uri>().expect("uri");
+        let (status, sts) = read(panic_answer(&uri("/t/oauth2/v2.0/token"))).await;
+        assert_eq!(status, 500);
+        assert_eq!(sts["error_codes"][0], 90033, "{sts}");
+        let (status, graph) = read(panic_answer(&uri("/v1.0/applications"))).await;
+        assert_eq!(status, 500);
+        assert!(graph["error"]["code"].is_string(), "{graph}");
+    }
 }

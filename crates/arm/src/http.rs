@@ -36,7 +36,20 @@ pub struct ArmState {
 pub fn router(arm: Arm, validator: TokenValidator) -> Router {
     Router::new()
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            panic_answer as misim_core::serve::PanicAnswer,
+            misim_core::serve::contain_panics,
+        ))
         .with_state(ArmState { arm, validator })
+}
+
+/// What a request whose handler panicked gets: ARM's 500 envelope.
+fn panic_answer(_: &axum::http::Uri) -> Response {
+    Failure {
+        error: ArmError::Internal("a handler failed; the simulator's log says why".into()),
+        authority: String::new(),
+    }
+    .into_response()
 }
 
 /// What every handler gets: the parsed request.
@@ -338,4 +351,20 @@ fn arm_headers(response: &mut Response, correlation: &str, method: &Method) {
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000; includeSubDomains"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_with_arms_envelope() {
+        let response = panic_answer(&"/subscriptions".parse().expect("uri"));
+        assert_eq!(response.status().as_u16(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let json: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"]["code"], "InternalServerError", "{json}");
+    }
 }

@@ -111,6 +111,43 @@ fn collapse_slashes<B>(req: &mut http::Request<B>) {
     }
 }
 
+/// The answer a service gives for a request whose handler panicked: its own 500, in its own
+/// dialect (the URI tells which of a service's dialects the route speaks).
+pub type PanicAnswer = fn(&http::Uri) -> axum::response::Response;
+
+/// Middleware (`axum::middleware::from_fn_with_state(answer, contain_panics)`): a handler that
+/// panics gets `answer` instead of the connection closing with no answer at all. A panic is a
+/// bug (every input has a documented answer, and the tests send random ones); this keeps the
+/// client's view of one Azure-shaped and retryable, and logs it.
+pub async fn contain_panics(
+    axum::extract::State(answer): axum::extract::State<PanicAnswer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::future::Future;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::task::Poll;
+    let uri = request.uri().clone();
+    let mut running = std::pin::pin!(next.run(request));
+    let outcome = std::future::poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(response)) => Poll::Ready(Ok(response)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(path = uri.path(), %message, "a handler panicked; answered 500");
+        answer(&uri)
+    })
+}
+
 /// Peer address of a request served by [`serve`].
 pub fn peer_addr(req: &axum::extract::Request) -> Option<SocketAddr> {
     req.extensions()
@@ -121,6 +158,65 @@ pub fn peer_addr(req: &axum::extract::Request) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_the_services_answer_and_others_are_untouched() {
+        fn answer(uri: &http::Uri) -> axum::response::Response {
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("contained at {}", uri.path()),
+            )
+                .into_response()
+        }
+        use axum::response::IntoResponse;
+        async fn panics_after_a_wait() -> &'static str {
+            tokio::task::yield_now().await;
+            // Indexing past the end: a panic the compiler cannot see coming.
+            let words = ["fine"];
+            words[std::hint::black_box(1)]
+        }
+        async fn after_a_wait() -> &'static str {
+            tokio::task::yield_now().await;
+            "fine"
+        }
+        let router = Router::new()
+            .route("/boom", axum::routing::get(panics_after_a_wait))
+            .route("/fine", axum::routing::get(after_a_wait))
+            .layer(axum::middleware::from_fn_with_state(
+                answer as PanicAnswer,
+                contain_panics,
+            ));
+        let call = |path: &'static str| {
+            let router = router.clone();
+            async move {
+                let response = router
+                    .oneshot(
+                        http::Request::builder()
+                            .uri(path)
+                            .body(axum::body::Body::empty())
+                            .expect("request"),
+                    )
+                    .await
+                    .expect("infallible");
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1024)
+                    .await
+                    .expect("body");
+                (status, String::from_utf8_lossy(&body).to_string())
+            }
+        };
+        assert_eq!(
+            call("/boom").await,
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "contained at /boom".to_string()
+            )
+        );
+        assert_eq!(
+            call("/fine").await,
+            (http::StatusCode::OK, "fine".to_string())
+        );
+    }
 
     #[test]
     fn repeated_slashes_collapse_and_query_survives() {

@@ -44,6 +44,10 @@ pub fn router(imds: Imds) -> Router {
         )
         .fallback(|| async { ImdsError::NotFound })
         .method_not_allowed_fallback(|| async { ImdsError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            crate::vm_api::panic_answer as misim_core::serve::PanicAnswer,
+            misim_core::serve::contain_panics,
+        ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(imds)
 }

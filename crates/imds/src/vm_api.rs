@@ -68,6 +68,10 @@ struct VmState {
 pub fn router(imds: Imds, vm_id: String) -> Router {
     Router::new()
         .fallback(handle)
+        .layer(axum::middleware::from_fn_with_state(
+            panic_answer as misim_core::serve::PanicAnswer,
+            misim_core::serve::contain_panics,
+        ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(VmState { imds, vm_id })
 }
@@ -100,6 +104,10 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 pub fn source_router(imds: Imds) -> Router {
     Router::new()
         .fallback(handle_by_source)
+        .layer(axum::middleware::from_fn_with_state(
+            panic_answer as misim_core::serve::PanicAnswer,
+            misim_core::serve::contain_panics,
+        ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(imds)
 }
@@ -401,6 +409,16 @@ fn app_service_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// An IMDS error told in the App Service dialect, with IMDS's status and message.
+/// What a request whose handler panicked gets: a retryable 500 in its route's dialect.
+pub(crate) fn panic_answer(uri: &axum::http::Uri) -> Response {
+    let error = ImdsError::Internal("a handler failed; the simulator's log says why".into());
+    if uri.path() == APP_SERVICE_PATH {
+        app_service_failure(&error)
+    } else {
+        error.into_response()
+    }
+}
+
 fn app_service_failure(error: &ImdsError) -> Response {
     app_service_error(error.parts().0, &error.to_string())
 }
@@ -709,6 +727,32 @@ fn network_document(hosted: &misim_core::internal::HostedVm, vm_id: &str) -> Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_in_its_routes_dialect() {
+        let read = |response: Response| async move {
+            let status = response.status().as_u16();
+            let server = response.headers().get(header::SERVER).cloned();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .expect("body");
+            let json: Value = serde_json::from_slice(&body).expect("json");
+            (status, server, json)
+        };
+        let uri = |path: &str| path.parse::<axum::http::Uri>().expect("uri");
+        let (status, server, body) = read(panic_answer(&uri(
+            "/metadata/identity/oauth2/token?resource=x",
+        )))
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (500, Some("server_error"))
+        );
+        assert!(server.is_some_and(|s| s.as_bytes().starts_with(b"IMDS/")));
+        let (status, _, body) = read(panic_answer(&uri(APP_SERVICE_PATH))).await;
+        assert_eq!((status, body["statusCode"].as_u64()), (500, Some(500)));
+        assert!(body["message"].is_string(), "{body}");
+    }
 
     #[test]
     fn the_token_answer_is_all_strings_and_echoes_only_the_selector_given() {
