@@ -79,8 +79,8 @@ async fn token_endpoints_reject_garbage_with_aadsts_errors() {
         ("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 90002),
         ("/contoso.onmicrosoft.com/oauth2/token", FORM, b"grant_type=client_credentials".to_vec(), 90002),
         ("/consumers/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 50059),
-        // A tenant whose escapes decode to bytes that are not UTF-8: no route of this service.
-        ("/%FF/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 90000),
+        // A tenant whose escapes decode to bytes that are not UTF-8: refused as a tenant.
+        ("/%FF/oauth2/v2.0/token", FORM, b"grant_type=client_credentials".to_vec(), 900023),
     ];
     for (path, content_type, body, code) in cases {
         let preview = String::from_utf8_lossy(&body[..body.len().min(80)]).to_string();

@@ -1147,15 +1147,7 @@ async fn every_imds_route_answers_bad_input_in_its_dialect() {
     })
     .await;
     let endpoint = sim.sim.connection.imds.clone().expect("imds");
-    let app = misim::vm_env::vm_env(sim.dir.path(), "demo-vm", true)
-        .await
-        .expect("app service env");
-    let identity_header = app
-        .set
-        .iter()
-        .find(|(n, _)| n == "IDENTITY_HEADER")
-        .map(|(_, v)| v.clone())
-        .expect("IDENTITY_HEADER");
+    let identity_header = sim.identity_header("demo-vm").await;
     let arm = "https%3A%2F%2Fmanagement.azure.com%2F";
     let routes = [
         (

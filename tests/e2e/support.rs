@@ -121,6 +121,19 @@ impl TestSim {
         .expect("token verifies")
     }
 
+    /// The `IDENTITY_HEADER` secret of a VM's App Service-style endpoint (`misim vm env
+    /// --app-service`).
+    pub async fn identity_header(&self, vm: &str) -> String {
+        let app = misim::vm_env::vm_env(self.dir.path(), vm, true)
+            .await
+            .expect("app service env");
+        app.set
+            .into_iter()
+            .find(|(name, _)| name == "IDENTITY_HEADER")
+            .map(|(_, value)| value)
+            .expect("IDENTITY_HEADER")
+    }
+
     pub fn internal_secret(&self) -> String {
         std::fs::read_to_string(
             self.dir

@@ -162,7 +162,7 @@ pub async fn read_body(body: Body, ctx: &RequestContext) -> Result<bytes::Bytes,
 
 async fn unknown_route(uri: Uri, headers: HeaderMap) -> Response {
     let ctx = RequestContext::from_headers(&headers);
-    let error = if uri.path().starts_with("/v1.0") || uri.path().starts_with("/_internal") {
+    let error = if is_graph_path(uri.path()) {
         AadError::GraphUnknownRoute
     } else {
         AadError::UnknownEndpoint
@@ -170,20 +170,25 @@ async fn unknown_route(uri: Uri, headers: HeaderMap) -> Response {
     axum::response::IntoResponse::into_response(ctx.fail(error))
 }
 
+/// Whether a path is Graph's or the internal API's (answered in Graph's dialect).
+fn is_graph_path(path: &str) -> bool {
+    path.starts_with("/v1.0") || path.starts_with("/_internal")
+}
+
 /// What a request whose handler panicked gets: a retryable 500 in the route's dialect.
-fn panic_answer(uri: &Uri) -> Response {
-    let failure = RequestContext::from_headers(&HeaderMap::new()).fail(AadError::Internal(
-        "a handler failed; the simulator's log says why".into(),
-    ));
-    if uri.path().starts_with("/v1.0") || uri.path().starts_with("/_internal") {
+fn panic_answer(uri: &Uri, message: &str) -> Response {
+    let failure = RequestContext::from_headers(&HeaderMap::new())
+        .fail(AadError::Internal(format!("a handler panicked: {message}")));
+    if is_graph_path(uri.path()) {
         axum::response::IntoResponse::into_response(failure.graph())
     } else {
         axum::response::IntoResponse::into_response(failure)
     }
 }
 
-/// A path whose escapes decode to bytes that are not UTF-8 names no tenant and no object: it is
-/// an unknown route in the route's dialect, not axum's plain-text rejection of the path part.
+/// A path whose escapes decode to bytes that are not UTF-8 names no tenant and no object. It
+/// gets the token service's invalid-tenant error, or Graph's unknown route, instead of axum's
+/// plain-text rejection of the path part.
 async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path();
     if path.contains('%')
@@ -191,7 +196,15 @@ async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Res
             .decode_utf8()
             .is_err()
     {
-        return unknown_route(request.uri().clone(), request.headers().clone()).await;
+        if is_graph_path(path) {
+            return unknown_route(request.uri().clone(), request.headers().clone()).await;
+        }
+        // Elsewhere the first segment is the tenant: refused as a tenant name would be.
+        let tenant = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let tenant = percent_encoding::percent_decode_str(tenant).decode_utf8_lossy();
+        let failure = RequestContext::from_headers(request.headers())
+            .fail(AadError::InvalidTenant(tenant.into_owned()));
+        return axum::response::IntoResponse::into_response(failure);
     }
     next.run(request).await
 }
@@ -199,7 +212,7 @@ async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Res
 async fn method_not_allowed(request: Request) -> Response {
     let ctx = RequestContext::from_headers(request.headers());
     let path = request.uri().path();
-    let error = if path.starts_with("/v1.0") || path.starts_with("/_internal") {
+    let error = if is_graph_path(path) {
         AadError::GraphMethodNotAllowed
     } else {
         AadError::PostOnly(request.method().to_string())
@@ -222,10 +235,10 @@ mod tests {
             (status, json)
         };
         let uri = |path: &str| path.parse::<Uri>().expect("uri");
-        let (status, sts) = read(panic_answer(&uri("/t/oauth2/v2.0/token"))).await;
+        let (status, sts) = read(panic_answer(&uri("/t/oauth2/v2.0/token"), "a bug")).await;
         assert_eq!(status, 500);
         assert_eq!(sts["error_codes"][0], 90033, "{sts}");
-        let (status, graph) = read(panic_answer(&uri("/v1.0/applications"))).await;
+        let (status, graph) = read(panic_answer(&uri("/v1.0/applications"), "a bug")).await;
         assert_eq!(status, 500);
         assert!(graph["error"]["code"].is_string(), "{graph}");
     }

@@ -111,41 +111,43 @@ fn collapse_slashes<B>(req: &mut http::Request<B>) {
     }
 }
 
-/// The answer a service gives for a request whose handler panicked: its own 500, in its own
-/// dialect (the URI tells which of a service's dialects the route speaks).
-pub type PanicAnswer = fn(&http::Uri) -> axum::response::Response;
+/// Runs `future`; a panic inside it comes back as `Err(message)` instead of unwinding into the
+/// connection's task (which closes the connection with no answer). A panic is a bug: every
+/// input has a documented answer, and the tests send random ones. This keeps what the client
+/// sees of one an error in the service's own dialect.
+pub async fn catch_panic<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::task::Poll;
+    let mut running = std::pin::pin!(future);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into()))),
+        },
+    )
+    .await
+}
 
-/// Middleware (`axum::middleware::from_fn_with_state(answer, contain_panics)`): a handler that
-/// panics gets `answer` instead of the connection closing with no answer at all. A panic is a
-/// bug (every input has a documented answer, and the tests send random ones); this keeps the
-/// client's view of one Azure-shaped and retryable, and logs it.
+/// The answer a service gives for a request whose handler panicked (the panic's message):
+/// its own 500, in the dialect of the route the URI names.
+pub type PanicAnswer = fn(&http::Uri, &str) -> axum::response::Response;
+
+/// Middleware (`axum::middleware::from_fn_with_state(answer, contain_panics)`) for routers with
+/// many handlers: [`catch_panic`] around the rest of the stack, a panic answered by `answer`.
 pub async fn contain_panics(
     axum::extract::State(answer): axum::extract::State<PanicAnswer>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use std::future::Future;
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-    use std::task::Poll;
     let uri = request.uri().clone();
-    let mut running = std::pin::pin!(next.run(request));
-    let outcome = std::future::poll_fn(|cx| {
-        match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(response)) => Poll::Ready(Ok(response)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    })
-    .await;
-    outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(path = uri.path(), %message, "a handler panicked; answered 500");
-        answer(&uri)
-    })
+    catch_panic(next.run(request))
+        .await
+        .unwrap_or_else(|message| answer(&uri, &message))
 }
 
 /// Peer address of a request served by [`serve`].
@@ -161,10 +163,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_gets_the_services_answer_and_others_are_untouched() {
-        fn answer(uri: &http::Uri) -> axum::response::Response {
+        fn answer(uri: &http::Uri, message: &str) -> axum::response::Response {
             (
                 http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("contained at {}", uri.path()),
+                format!(
+                    "contained at {}: {}",
+                    uri.path(),
+                    message.contains("out of bounds")
+                ),
             )
                 .into_response()
         }
@@ -209,7 +215,7 @@ mod tests {
             call("/boom").await,
             (
                 http::StatusCode::INTERNAL_SERVER_ERROR,
-                "contained at /boom".to_string()
+                "contained at /boom: true".to_string()
             )
         );
         assert_eq!(

@@ -408,17 +408,17 @@ fn app_service_error(status: StatusCode, message: &str) -> Response {
     response
 }
 
-/// An IMDS error told in the App Service dialect, with IMDS's status and message.
 /// What a request whose handler panicked gets: a retryable 500 in its route's dialect.
-pub(crate) fn panic_answer(uri: &axum::http::Uri) -> Response {
-    let error = ImdsError::Internal("a handler failed; the simulator's log says why".into());
-    if uri.path() == APP_SERVICE_PATH {
+pub(crate) fn panic_answer(uri: &axum::http::Uri, message: &str) -> Response {
+    let error = ImdsError::Internal(format!("a handler panicked: {message}"));
+    if uri.path().trim_end_matches('/') == APP_SERVICE_PATH {
         app_service_failure(&error)
     } else {
         error.into_response()
     }
 }
 
+/// An IMDS error told in the App Service dialect, with IMDS's status and message.
 fn app_service_failure(error: &ImdsError) -> Response {
     app_service_error(error.parts().0, &error.to_string())
 }
@@ -740,16 +740,17 @@ mod tests {
             (status, server, json)
         };
         let uri = |path: &str| path.parse::<axum::http::Uri>().expect("uri");
-        let (status, server, body) = read(panic_answer(&uri(
-            "/metadata/identity/oauth2/token?resource=x",
-        )))
+        let (status, server, body) = read(panic_answer(
+            &uri("/metadata/identity/oauth2/token?resource=x"),
+            "a bug",
+        ))
         .await;
         assert_eq!(
             (status, body["error"].as_str()),
             (500, Some("server_error"))
         );
         assert!(server.is_some_and(|s| s.as_bytes().starts_with(b"IMDS/")));
-        let (status, _, body) = read(panic_answer(&uri(APP_SERVICE_PATH))).await;
+        let (status, _, body) = read(panic_answer(&uri("/msi/token/"), "a bug")).await;
         assert_eq!((status, body["statusCode"].as_u64()), (500, Some(500)));
         assert!(body["message"].is_string(), "{body}");
     }

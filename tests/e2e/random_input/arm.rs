@@ -1,6 +1,6 @@
 //! ARM calls four at a time over a few shared names, then the directory and a restart checked.
 
-use super::{Rng, junk, odd_value, random_uuid, settings, upper_one};
+use super::{Rng, Statuses, junk, odd_value, random_uuid, settings, upper_one};
 use crate::support::TestSim;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -349,7 +349,7 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
         assert_eq!(send_arm(&sim, &token, &call).await.expect("group").0, 201);
     }
     let (seed, cases) = settings();
-    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    let mut statuses = Statuses::default();
     // Four calls at a time: interleavings that sequential calls never make.
     for batch in 0..cases.div_ceil(4) {
         let calls: Vec<ArmCall> = (0..4)
@@ -364,7 +364,7 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
         for (i, outcome) in [a, b, c, d].into_iter().enumerate() {
             match outcome {
                 Ok((status, body)) => {
-                    *statuses.entry(status).or_default() += 1;
+                    statuses.record(status);
                     principals_in(&body, &mut universe.principals);
                 }
                 Err(failure) => panic!(
@@ -375,16 +375,8 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
             }
         }
     }
-    eprintln!("ARM answers by status over {cases} random calls: {statuses:?}");
-    assert!(
-        statuses
-            .iter()
-            .filter(|(s, _)| **s < 300)
-            .map(|(_, n)| *n)
-            .sum::<u32>() as u64
-            >= cases / 5,
-        "{statuses:?}"
-    );
+    statuses.print("ARM's answers", cases);
+    assert!(statuses.successes() >= cases / 5, "{statuses:?}");
     // Whatever succeeded or failed, ARM and AAD agree once provisioning is delivered.
     for _ in 0..100 {
         if sim.sim.arm.pending_work().await.expect("outbox") == 0 {
@@ -392,6 +384,9 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Delivered rows leave their resources `Updating` until the next delivery pass settles
+    // them; one more pass now, so that nothing changes state across the restart by itself.
+    sim.sim.arm.deliver().await;
     crate::arm::assert_directory_matches(&sim).await;
     // And a restart serves exactly what was there.
     let mut paths = Vec::new();
@@ -426,6 +421,15 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
         };
         before.push(send_arm(&sim, &token, &call).await.expect("GET"));
     }
+    // Something was there to compare, not only 404s.
+    let found = before
+        .iter()
+        .filter(|(status, body)| *status == 200 && body["id"].is_string())
+        .count();
+    assert!(
+        found > 0,
+        "no identity or VM survived the random calls to compare"
+    );
     let dir = sim.stop().await;
     let sim = TestSim::start_in(dir, |_| {}).await;
     let token = sim

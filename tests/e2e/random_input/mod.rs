@@ -115,3 +115,33 @@ pub fn odd_value(rng: &mut Rng, good: Value) -> Value {
     ])
     .clone()
 }
+
+/// How many answers had each status: printed, and checked by the tests so that a generator gone
+/// astray (every case refused at the door, say) fails instead of passing vacuously.
+#[derive(Default)]
+pub struct Statuses(std::collections::BTreeMap<u16, u64>);
+
+impl Statuses {
+    pub fn record(&mut self, status: u16) {
+        *self.0.entry(status).or_default() += 1;
+    }
+
+    pub fn of(&self, status: u16) -> u64 {
+        self.0.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Answers below 300.
+    pub fn successes(&self) -> u64 {
+        self.0.range(..300).map(|(_, n)| n).sum()
+    }
+
+    pub fn print(&self, what: &str, cases: u64) {
+        eprintln!("{what} by status over {cases} random cases: {:?}", self.0);
+    }
+}
+
+impl std::fmt::Debug for Statuses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
