@@ -419,6 +419,40 @@ async fn advancing_the_clock_rolls_certificates_and_keys_and_expires_tokens() {
 }
 
 #[tokio::test]
+async fn clock_moves_asked_for_at_once_all_happen_one_after_another() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let advance = || {
+        sim_call(
+            &sim,
+            &admin,
+            Method::POST,
+            "/_sim/clock/advance",
+            Some(json!({"by": "1d"})),
+        )
+    };
+    // Each reads the offset and sets offset + 1 day on every service. Unserialised, moves
+    // overtook each other and were refused as moving backwards (a 400, or a 500 from AAD).
+    let answers = tokio::join!(advance(), advance(), advance(), advance());
+    let mut offsets = Vec::new();
+    for (status, body) in [answers.0, answers.1, answers.2, answers.3] {
+        assert_eq!(status, 200, "{body}");
+        offsets.push(body["offsetSecs"].as_i64().expect("offsetSecs"));
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, [86_400, 2 * 86_400, 3 * 86_400, 4 * 86_400]);
+    // The admin's token expired with the first day: a new one.
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, clock) = sim_call(&sim, &admin, Method::GET, "/_sim/clock", None).await;
+    assert_eq!(clock["offsetSecs"], 4 * 86_400, "{clock}");
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     let sim = TestSim::start_in(tempfile::tempdir().expect("dir"), |c| {
         c.imds_throttle = false

@@ -78,6 +78,9 @@ struct Inner {
     writes: tokio::sync::Mutex<()>,
     /// One delivery pass at a time keeps outbox order.
     delivery: tokio::sync::Mutex<()>,
+    /// One clock move at a time: each reads the offset and sets offset + by on every service,
+    /// and two at once would set them out of order (the later one refused as backwards).
+    clock_moves: tokio::sync::Mutex<()>,
     wake_worker: Notify,
     /// Role assignments by lower-case principal id; cleared on every write.
     assignments: ReadCache<Arc<Vec<AssignmentRow>>>,
@@ -204,6 +207,7 @@ impl Arm {
                 host,
                 writes: tokio::sync::Mutex::new(()),
                 delivery: tokio::sync::Mutex::new(()),
+                clock_moves: tokio::sync::Mutex::new(()),
                 wake_worker: Notify::new(),
                 assignments: ReadCache::new(CACHED_READS),
                 resources: ReadCache::new(CACHED_READS),

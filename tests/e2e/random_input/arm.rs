@@ -125,7 +125,7 @@ fn arm_call(rng: &mut Rng, universe: &Universe) -> ArmCall {
         let good = json!({"team": "misim", "n": rng.pick(&["1", ""])});
         odd_value(rng, good)
     };
-    let (method, path, api, body) = match rng.below(14) {
+    let (method, path, api, body) = match rng.below(16) {
         0 => (
             reqwest::Method::PUT,
             universe.group(rng),
@@ -221,6 +221,59 @@ fn arm_call(rng: &mut Rng, universe: &Universe) -> ArmCall {
             let body = json!({ "properties": properties });
             (reqwest::Method::PUT, path, MSI_API, Some(body))
         }
+        // The simulator's own API, in flight with the rest: the clock moves (credentials roll
+        // and are delivered meanwhile), faults and explanations are asked for oddly.
+        14 => {
+            let by = rng.pick(&[
+                "1d", "46d", "1d12h", "90m", "0s", "-1d", "1y", "10000w", "", "soon",
+            ]);
+            let by = odd_value(rng, json!(by));
+            (
+                reqwest::Method::POST,
+                "/_sim/clock/advance".to_string(),
+                "",
+                Some(json!({ "by": by })),
+            )
+        }
+        15 => match rng.below(4) {
+            0 => {
+                let token = rng.pick(&["eyJhbGciOiJub25lIn0.e30.", "not a token", ""]);
+                let token = odd_value(rng, json!(token));
+                (
+                    reqwest::Method::POST,
+                    "/_sim/explain".to_string(),
+                    "",
+                    Some(json!({ "token": token })),
+                )
+            }
+            1 => {
+                // Plans only at IMDS, for a VM of the sequence or none: AAD plans would delay
+                // ARM's own deliveries past the end of the test.
+                let kind = rng.pick(&["status", "latency", "drop", "teapot"]);
+                let vm = rng.pick(&["v1", "nowhere"]);
+                let status = rng
+                    .pick(&[json!(503), json!(200), json!(600), json!("503")])
+                    .clone();
+                let count = rng
+                    .pick(&[json!(1), json!(0), json!(-1), json!(1e20)])
+                    .clone();
+                let plan = json!({"target": "imds", "vm": vm, "kind": kind, "status": status,
+                    "count": count, "latencyMs": rng.pick(&[1, 0, 500_000])});
+                (
+                    reqwest::Method::POST,
+                    "/_sim/faults".to_string(),
+                    "",
+                    Some(odd_value(rng, plan)),
+                )
+            }
+            2 => (
+                reqwest::Method::DELETE,
+                format!("/_sim/faults/{}", junk(rng).replace(['/', '?'], "")),
+                "",
+                None,
+            ),
+            _ => (reqwest::Method::GET, "/_sim/events".to_string(), "", None),
+        },
         _ => {
             let path = match rng.below(4) {
                 0 => format!(
@@ -256,7 +309,18 @@ fn arm_call(rng: &mut Rng, universe: &Universe) -> ArmCall {
     } else {
         api.to_string()
     };
-    // Paging parameters ride on the api-version (the URL is `…?api-version={api}`).
+    // Query parameters ride on the api-version (the URL is `…?api-version={api}`).
+    if path == "/_sim/events" {
+        let limit = rng.pick(&["1", "0", "10001", "x", "-5"]);
+        let after = rng.pick(&[
+            "arm:0,aad:0,imds:0",
+            "junk",
+            "arm:-1",
+            "arm:99999999999999999999",
+        ]);
+        let kind = rng.pick(&["arm.", "imds.token.requested", "%FF"]);
+        api.push_str(&format!("&limit={limit}&after={after}&kind={kind}"));
+    }
     if method == reqwest::Method::GET && rng.chance(30) {
         let skip = rng.pick(&["1", "2", "-1", "x", "18446744073709551615"]);
         let top = rng.pick(&["1", "1000", "0", "1001", "18446744073709551615"]);
@@ -332,7 +396,7 @@ fn principals_in(body: &Value, into: &mut Vec<String>) {
 #[tokio::test]
 async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_restart() {
     let sim = TestSim::start().await;
-    let token = sim
+    let mut token = sim
         .admin_token("https://management.azure.com/.default")
         .await;
     let mut universe = Universe {
@@ -352,6 +416,10 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
     let mut statuses = Statuses::default();
     // Four calls at a time: interleavings that sequential calls never make.
     for batch in 0..cases.div_ceil(4) {
+        // A fresh token each batch: a clock advance in the last one may have expired the old.
+        token = sim
+            .admin_token("https://management.azure.com/.default")
+            .await;
         let calls: Vec<ArmCall> = (0..4)
             .map(|i| arm_call(&mut Rng::new(seed, batch * 4 + i), &universe))
             .collect();
@@ -388,8 +456,48 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
     // them; one more pass now, so that nothing changes state across the restart by itself.
     sim.sim.arm.deliver().await;
     crate::arm::assert_directory_matches(&sim).await;
-    // And a restart serves exactly what was there.
-    let mut paths = Vec::new();
+    // And a restart serves exactly what was there: whatever the sequence left, and one VM with
+    // both kinds of identity made now, so that there is always something to compare.
+    let kept_identity = format!(
+        "{}/resourceGroups/kept/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kept-id",
+        universe.sub
+    );
+    let kept_vm = format!(
+        "{}/resourceGroups/kept/providers/Microsoft.Compute/virtualMachines/kept-vm",
+        universe.sub
+    );
+    let token = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    for (path, api, body) in [
+        (
+            format!("{}/resourceGroups/kept", universe.sub),
+            RG_API,
+            json!({"location": "eastus"}),
+        ),
+        (
+            kept_identity.clone(),
+            MSI_API,
+            json!({"location": "eastus"}),
+        ),
+        (
+            kept_vm.clone(),
+            VM_API,
+            json!({"location": "eastus", "identity": {"type": "SystemAssigned, UserAssigned",
+                "userAssignedIdentities": {kept_identity.clone(): {}}}}),
+        ),
+    ] {
+        let call = ArmCall {
+            method: reqwest::Method::PUT,
+            path,
+            api: api.into(),
+            body: Some(body.to_string()),
+        };
+        let (status, answer) = send_arm(&sim, &token, &call).await.expect("PUT");
+        assert!(status < 300, "{}: {status} {answer}", call.shown());
+    }
+    sim.sim.arm.deliver().await;
+    let mut paths = vec![(kept_identity, MSI_API), (kept_vm, VM_API)];
     let probe = Universe {
         sub: universe.sub.clone(),
         principals: Vec::new(),
@@ -421,15 +529,12 @@ async fn random_arm_calls_in_flight_together_leave_arm_and_aad_in_step_across_a_
         };
         before.push(send_arm(&sim, &token, &call).await.expect("GET"));
     }
-    // Something was there to compare, not only 404s.
+    // The kept identity and VM at least were there to compare, not only 404s.
     let found = before
         .iter()
         .filter(|(status, body)| *status == 200 && body["id"].is_string())
         .count();
-    assert!(
-        found > 0,
-        "no identity or VM survived the random calls to compare"
-    );
+    assert!(found >= 2, "the kept identity and VM are missing");
     let dir = sim.stop().await;
     let sim = TestSim::start_in(dir, |_| {}).await;
     let token = sim

@@ -344,6 +344,7 @@ impl Arm {
                 "The clock moves forward by 1 second to 10 years; {by_secs} s is not allowed."
             )));
         }
+        let _one_at_a_time = self.inner.clock_moves.lock().await;
         let before = self.inner.clock.now();
         let target = self.inner.clock.offset_secs() + by_secs;
         if target > misim_core::clock::MAX_OFFSET_SECS {
