@@ -68,10 +68,19 @@ pub(crate) async fn assert_directory_matches(sim: &TestSim) {
             .find(|sp| sp["id"] == identity.principal_id.as_str())
             .expect("principal exists");
         assert_eq!(sp["appId"], identity.client_id.as_str());
-        // Its certificate, and after a roll the one it replaced until that one expires.
-        let registered = sp["keyCredentials"].as_array().map_or(0, Vec::len);
+        // Its current certificate, and after a roll the one that roll replaced (kept until
+        // the next roll).
+        let registered: Vec<&str> = sp["keyCredentials"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["keyId"].as_str())
+            .collect();
         assert!(
-            (1..=2).contains(&registered),
+            registered
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&identity.cert_key_id))
+                && registered.len() <= 2,
             "its certificate is registered: {sp}"
         );
     }

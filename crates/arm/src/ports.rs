@@ -127,6 +127,10 @@ impl Directory for HttpDirectory {
         if response.status().as_u16() == 404 {
             return Ok(());
         }
+        // Any other failure is a failed step (retried), not a principal without certificates.
+        if !response.status().is_success() {
+            return Err(format!("AAD answered {}", response.status()));
+        }
         let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
         let stale: Vec<String> = body["keyIds"]
             .as_array()
@@ -355,5 +359,42 @@ impl SimPeers {
                 .unwrap_or_else(|| body.to_string());
             Err(format!("{} answered {status}: {message}", peer.name()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AAD's internal API answering every request with `status`, on a loopback port.
+    async fn aad_answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let code = axum::http::StatusCode::from_u16(status).expect("status");
+        let router = axum::Router::new().fallback(move || async move { (code, "{}") });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn trimming_certificates_fails_when_aad_cannot_list_them() {
+        let directory = |aad_url| HttpDirectory {
+            http: reqwest::Client::new(),
+            aad_url,
+            secret: "s".into(),
+        };
+        // A failure to list is a failed step (retried), not a principal with no certificates.
+        let failing = directory(aad_answering(503).await);
+        assert!(
+            failing
+                .retain_certificates("p", &["k".into()])
+                .await
+                .is_err()
+        );
+        // A principal AAD no longer has has nothing to trim.
+        let gone = directory(aad_answering(404).await);
+        assert!(gone.retain_certificates("p", &["k".into()]).await.is_ok());
     }
 }

@@ -225,7 +225,7 @@ fn arm_call(rng: &mut Rng, universe: &Universe) -> ArmCall {
         // and are delivered meanwhile), faults and explanations are asked for oddly.
         14 => {
             let by = rng.pick(&[
-                "1d", "46d", "1d12h", "90m", "0s", "-1d", "1y", "10000w", "", "soon",
+                "1d", "46d", "1w", "2w", "1d12h", "90m", "0s", "-1d", "1y", "10000w", "", "soon",
             ]);
             let by = odd_value(rng, json!(by));
             (

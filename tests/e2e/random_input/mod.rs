@@ -47,7 +47,8 @@ impl Rng {
     }
 }
 
-/// The run's seed and number of cases per route family (environment, else fixed).
+/// The run's seed and number of cases per route family (environment, else fixed), the
+/// number rounded up to a multiple of four (cases run four at a time).
 pub fn settings() -> (u64, u64) {
     let number = |name: &str, default: u64| {
         std::env::var(name)
@@ -57,7 +58,7 @@ pub fn settings() -> (u64, u64) {
     };
     (
         number("MISIM_RANDOM_SEED", 20_261_129),
-        number("MISIM_RANDOM_CASES", 300),
+        number("MISIM_RANDOM_CASES", 300).div_ceil(4) * 4,
     )
 }
 

@@ -344,6 +344,21 @@ impl Arm {
                 "The clock moves forward by 1 second to 10 years; {by_secs} s is not allowed."
             )));
         }
+        // The move runs to its end even if the caller goes away: dropped between AAD's and
+        // ARM's own step, it would leave AAD and IMDS ahead of ARM, and later, shorter moves
+        // would be refused as going backwards. Events keep the request's correlation id.
+        let arm = self.clone();
+        let correlation = misim_core::events::current_correlation()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        tokio::spawn(misim_core::events::with_correlation(
+            correlation,
+            async move { arm.move_clock(by_secs).await },
+        ))
+        .await
+        .map_err(|e| ArmError::Internal(format!("the clock move failed: {e}")))?
+    }
+
+    async fn move_clock(&self, by_secs: i64) -> Result<Value, ArmError> {
         let _one_at_a_time = self.inner.clock_moves.lock().await;
         let before = self.inner.clock.now();
         let target = self.inner.clock.offset_secs() + by_secs;
