@@ -1,6 +1,6 @@
 //! Token requests at AAD's v1 and v2 endpoints with client assertions made and broken at random.
 
-use super::{Rng, Statuses, junk, random_uuid, settings, upper_one};
+use super::{Rng, Statuses, four_at_a_time, junk, random_uuid, settings, upper_one};
 use crate::support::{ClientCert, TestSim, register_app};
 use misim_core::crypto::{JwsAlg, RsaKey, sha1, sha256};
 use misim_core::jose::{b64std, b64url};
@@ -508,17 +508,8 @@ async fn random_token_requests_at_aad_get_tokens_or_aadsts_errors() {
             status
         }
     };
-    // Four at a time, as a busy app's threads ask.
-    for batch in 0..cases.div_ceil(4) {
-        let (a, b, c, d) = tokio::join!(
-            run(batch * 4),
-            run(batch * 4 + 1),
-            run(batch * 4 + 2),
-            run(batch * 4 + 3)
-        );
-        for status in [a, b, c, d] {
-            statuses.record(status);
-        }
+    for status in four_at_a_time(cases, run).await {
+        statuses.record(status);
     }
     statuses.print("AAD's token answers", cases);
     sim.stop().await;

@@ -1,6 +1,6 @@
 //! Raw HTTP at every IMDS route of the demo VM: paths, queries, headers and methods mangled.
 
-use super::{Rng, Statuses, escape_all, junk, random_uuid, settings, upper_one};
+use super::{Rng, Statuses, escape_all, four_at_a_time, junk, random_uuid, settings, upper_one};
 use crate::support::TestSim;
 use serde_json::Value;
 use std::time::Duration;
@@ -578,20 +578,10 @@ async fn random_requests_at_imds_get_answers_in_its_dialect() {
             })
         }
     };
-    // Four at a time, as apps with several threads ask: the cache, its coalescing and the
-    // relay see interleavings that one at a time never makes.
-    for batch in 0..cases.div_ceil(4) {
-        let (a, b, c, d) = tokio::join!(
-            run(batch * 4),
-            run(batch * 4 + 1),
-            run(batch * 4 + 2),
-            run(batch * 4 + 3)
-        );
-        for outcome in [a, b, c, d] {
-            match outcome {
-                Ok(status) => statuses.record(status),
-                Err(failure) => panic!("{failure}"),
-            }
+    for outcome in four_at_a_time(cases, run).await {
+        match outcome {
+            Ok(status) => statuses.record(status),
+            Err(failure) => panic!("{failure}"),
         }
     }
     // The random cases reached refusals, or the generator went astray (the known-good fifth
