@@ -393,7 +393,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        // A principal AAD no longer has has nothing to trim.
+        // Nothing to trim on a principal AAD no longer has.
         let gone = directory(aad_answering(404).await);
         assert!(gone.retain_certificates("p", &["k".into()]).await.is_ok());
     }
