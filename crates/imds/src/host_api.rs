@@ -45,11 +45,16 @@ pub fn router(imds: Imds) -> Router {
         .fallback(|| async { ImdsError::NotFound })
         .method_not_allowed_fallback(|| async { ImdsError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
-            crate::vm_api::panic_answer as misim_core::serve::PanicAnswer,
+            host_panic_answer as misim_core::serve::PanicAnswer,
             misim_core::serve::contain_panics,
         ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(imds)
+}
+
+/// What a host-API request whose handler panicked gets: IMDS's retryable 500.
+fn host_panic_answer(_: &axum::http::Uri, message: &str) -> axum::response::Response {
+    crate::vm_api::panic_answer(false, message)
 }
 
 fn authorize(imds: &Imds, headers: &HeaderMap) -> Result<(), ImdsError> {

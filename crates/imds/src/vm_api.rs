@@ -68,10 +68,6 @@ struct VmState {
 pub fn router(imds: Imds, vm_id: String) -> Router {
     Router::new()
         .fallback(handle)
-        .layer(axum::middleware::from_fn_with_state(
-            panic_answer as misim_core::serve::PanicAnswer,
-            misim_core::serve::contain_panics,
-        ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(VmState { imds, vm_id })
 }
@@ -104,10 +100,6 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 pub fn source_router(imds: Imds) -> Router {
     Router::new()
         .fallback(handle_by_source)
-        .layer(axum::middleware::from_fn_with_state(
-            panic_answer as misim_core::serve::PanicAnswer,
-            misim_core::serve::contain_panics,
-        ))
         .layer(axum::middleware::from_fn(misim_core::events::correlate))
         .with_state(imds)
 }
@@ -189,6 +181,15 @@ fn is_identity_path(path: &str) -> bool {
 }
 
 async fn handle(State(state): State<VmState>, request: Request) -> Response {
+    // A panic (a bug) answers a retryable 500 in the route's dialect, not a closed connection;
+    // caught here rather than by a middleware layer, which would box every request's future.
+    let app_service = request.uri().path().trim_end_matches('/') == APP_SERVICE_PATH;
+    misim_core::serve::catch_panic(serve_vm(state, request))
+        .await
+        .unwrap_or_else(|message| panic_answer(app_service, &message))
+}
+
+async fn serve_vm(state: VmState, request: Request) -> Response {
     let path = request.uri().path().trim_end_matches('/');
     if is_identity_path(path)
         && let Some(fault) = state.imds.inner.faults.hit(Some(&state.vm_id))
@@ -408,10 +409,11 @@ fn app_service_error(status: StatusCode, message: &str) -> Response {
     response
 }
 
-/// What a request whose handler panicked gets: a retryable 500 in its route's dialect.
-pub(crate) fn panic_answer(uri: &axum::http::Uri, message: &str) -> Response {
+/// What a request whose handler panicked gets: a retryable 500 in IMDS's dialect, or in the
+/// App Service endpoint's.
+pub(crate) fn panic_answer(app_service: bool, message: &str) -> Response {
     let error = ImdsError::Internal(format!("a handler panicked: {message}"));
-    if uri.path().trim_end_matches('/') == APP_SERVICE_PATH {
+    if app_service {
         app_service_failure(&error)
     } else {
         error.into_response()
@@ -739,18 +741,13 @@ mod tests {
             let json: Value = serde_json::from_slice(&body).expect("json");
             (status, server, json)
         };
-        let uri = |path: &str| path.parse::<axum::http::Uri>().expect("uri");
-        let (status, server, body) = read(panic_answer(
-            &uri("/metadata/identity/oauth2/token?resource=x"),
-            "a bug",
-        ))
-        .await;
+        let (status, server, body) = read(panic_answer(false, "a bug")).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (500, Some("server_error"))
         );
         assert!(server.is_some_and(|s| s.as_bytes().starts_with(b"IMDS/")));
-        let (status, _, body) = read(panic_answer(&uri("/msi/token/"), "a bug")).await;
+        let (status, _, body) = read(panic_answer(true, "a bug")).await;
         assert_eq!((status, body["statusCode"].as_u64()), (500, Some(500)));
         assert!(body["message"].is_string(), "{body}");
     }
