@@ -489,6 +489,7 @@ async fn the_reconcile_pass_removes_what_arm_does_not_hold() {
         tags: Default::default(),
         preferred_port: 0,
         os_type: "Linux".into(),
+        properties: Default::default(),
     };
     sim.sim
         .imds

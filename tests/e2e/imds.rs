@@ -162,6 +162,16 @@ async fn demo_vm_token_verifies_and_rbac_decides() {
         (status, info["tenantId"].as_str()),
         (200, Some(sim.tenant()))
     );
+    // The identity category starts at 2018-02-01; the instance documents are older.
+    let (status, old, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/identity/info?api-version=2017-12-01",
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "{old}");
+    assert!(old["newest-versions"].is_array(), "{old}");
     let (status, vm_id, _) = imds_get(
         &sim,
         &endpoint,
@@ -183,6 +193,56 @@ async fn demo_vm_token_verifies_and_rbac_decides() {
     assert_eq!(status, 200);
     assert_eq!(compute["compute"]["resourceId"], demo.as_str());
     assert_eq!(compute["compute"]["name"], "demo-vm");
+    // What ARM is told of the VM's OS, image and security shows in the document at once, as
+    // strings; its secrets never reach the host.
+    let (status, patched) = arm(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &demo,
+        "2024-11-01",
+        Some(json!({"properties": {
+            "osProfile": {"computerName": "demo-host", "adminUsername": "azureuser", "adminPassword": "Not-4-IMDS!", "linuxConfiguration": {"disablePasswordAuthentication": false}},
+            "storageProfile": {
+                "imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "24.04.202411030"},
+                "osDisk": {"osType": "Linux", "createOption": "FromImage", "diskSizeGB": 64},
+            },
+            "securityProfile": {"securityType": "TrustedLaunch", "uefiSettings": {"secureBootEnabled": true}},
+        }})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    for (leaf, expected) in [
+        ("osProfile/computerName", "demo-host"),
+        ("osProfile/disablePasswordAuthentication", "false"),
+        ("sku", "server"),
+        ("storageProfile/imageReference/version", "24.04.202411030"),
+        ("storageProfile/osDisk/diskSizeGB", "64"),
+        ("securityProfile/secureBootEnabled", "true"),
+        ("securityProfile/virtualTpmEnabled", "false"),
+        ("zone", ""),
+    ] {
+        let (status, text, _) = imds_get(
+            &sim,
+            &endpoint,
+            &format!("/metadata/instance/compute/{leaf}?api-version=2021-02-01&format=text"),
+            true,
+        )
+        .await;
+        // (imds_get parses what parses as JSON: "64" comes back a number.)
+        let text = text
+            .as_str()
+            .map_or_else(|| text.to_string(), str::to_string);
+        assert_eq!((status, text.as_str()), (200, expected), "{leaf}");
+    }
+    let (_, whole, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/instance?api-version=2021-02-01",
+        true,
+    )
+    .await;
+    assert!(!whole.to_string().contains("Not-4-IMDS!"), "{whole}");
     let (status, versions, _) = imds_get(&sim, &endpoint, "/metadata/versions", true).await;
     assert!(
         status == 200
@@ -976,6 +1036,33 @@ async fn legacy_extension_endpoint_answers_like_imds() {
         .await
         .expect("json");
     assert_eq!(post["resource"], "https://vault.azure.net");
+    // Older .NET clients post an empty `client_id=` for the system-assigned identity: it counts
+    // as no selector, here and on IMDS's own path, and is not echoed.
+    let empty_selector: Value = sim
+        .http
+        .post(format!("{endpoint}/oauth2/token"))
+        .header("Metadata", "true")
+        .form(&[("resource", "https://vault.azure.net"), ("client_id", "")])
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        empty_selector["client_id"], get["client_id"],
+        "{empty_selector}"
+    );
+    let (status, on_imds, _) = imds_get(
+        &sim,
+        &endpoint,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net&object_id=",
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{on_imds}");
+    assert_eq!(on_imds["client_id"], get["client_id"], "{on_imds}");
+    assert!(on_imds.get("object_id").is_none(), "{on_imds}");
     let (status, _, _) = imds_get(&sim, &endpoint, "/oauth2/token?resource=x", false).await;
     assert_eq!(status, 400, "Metadata: true is required here too");
     // Bad forms: a parameter repeated in the form or across query and form, an oversized form.

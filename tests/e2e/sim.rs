@@ -467,8 +467,46 @@ async fn fault_plans_make_imds_and_aad_fail_as_asked() {
     // A status for the next two requests of the demo VM, with Retry-After; then normal again.
     let (status, fault) = add(json!({"target": "imds", "vm": "demo-vm", "kind": "status", "status": 410, "retryAfter": 3, "count": 2})).await;
     assert_eq!(status, 201, "{fault}");
+    // IMDSv2's probes and the metadata routes pass by the plan without using it up: a planned
+    // 4xx on MSAL.NET's credential probe would read as "IMDSv2 available".
+    let endpoint = sim.sim.connection.imds.clone().expect("imds");
+    let probe = |method: Method, path: &str, metadata: bool| {
+        let request = sim
+            .http
+            .request(method, format!("{endpoint}{path}"))
+            .body(".");
+        if metadata {
+            request.header("Metadata", "true").send()
+        } else {
+            request.send()
+        }
+    };
+    for (method, path, metadata, expected) in [
+        (
+            Method::GET,
+            "/metadata/identity/getPlatformMetadata?api-version=2018-02-01",
+            true,
+            404,
+        ),
+        (
+            Method::POST,
+            "/metadata/identity/credential?cred-api-version=1.0",
+            false,
+            404,
+        ),
+        (Method::GET, "/metadata/versions", true, 200),
+        (
+            Method::GET,
+            "/metadata/instance/compute/name?api-version=2021-02-01&format=text",
+            true,
+            200,
+        ),
+    ] {
+        let response = probe(method, path, metadata).await.expect("probe");
+        assert_eq!(response.status(), expected, "{path}");
+        assert!(response.headers().get("retry-after").is_none(), "{path}");
+    }
     for _ in 0..2 {
-        let endpoint = sim.sim.connection.imds.clone().expect("imds");
         let response = sim
             .http
             .get(format!("{endpoint}{TOKEN}"))

@@ -56,6 +56,11 @@ pub struct HostedVm {
     /// `Linux` or `Windows`, for the instance document (hosts installed before it: Linux).
     #[serde(default = "linux")]
     pub os_type: String,
+    /// The VM's ARM `properties` as stored (secrets already removed), from which the instance
+    /// document takes its OS, image, storage and security profiles (hosts installed before it:
+    /// none, so those leaves are empty strings, as IMDS shows unset values).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub properties: serde_json::Map<String, serde_json::Value>,
 }
 
 fn linux() -> String {

@@ -6,6 +6,7 @@
 mod coalesce;
 pub mod error;
 mod host_api;
+mod instance;
 pub mod relay;
 pub mod store;
 pub mod throttle;

@@ -176,8 +176,17 @@ fn is_imds_path(path: &str) -> bool {
     ) || path.starts_with("/metadata/instance/")
 }
 
+/// The identity endpoints served: what fault plans and rate limits apply to. IMDSv2's probe
+/// paths are not among them: a plan must not answer MSAL.NET's probe (a 400 there reads as
+/// "IMDSv2 available") nor be used up by it.
 fn is_identity_path(path: &str) -> bool {
-    path.starts_with("/metadata/identity") || path == APP_SERVICE_PATH || path == EXTENSION_PATH
+    matches!(
+        path,
+        "/metadata/identity/oauth2/token"
+            | "/metadata/identity/info"
+            | APP_SERVICE_PATH
+            | EXTENSION_PATH
+    )
 }
 
 async fn handle(State(state): State<VmState>, request: Request) -> Response {
@@ -258,7 +267,7 @@ fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ImdsError> 
 async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError> {
     let path = request.uri().path().trim_end_matches('/').to_string();
     if path == APP_SERVICE_PATH {
-        return app_service(state, request).await;
+        return Ok(app_service(state, request).await);
     }
     if request.headers().contains_key(&X_FORWARDED_FOR) {
         return Err(ImdsError::Forwarded);
@@ -299,6 +308,10 @@ async fn route(state: &VmState, request: Request) -> Result<Response, ImdsError>
             token(state, &identities, &pairs).await
         }
         "/metadata/identity/info" => {
+            // The identity category exists from 2018-02-01 (spec/tokens.md §1.7–1.8).
+            if version < "2018-02-01" {
+                return Err(ImdsError::ApiVersion);
+            }
             let tenant = info_tenant(&identities).ok_or(ImdsError::IdentityNotFound)?;
             Ok(json_ok(json!({"tenantId": tenant})))
         }
@@ -321,13 +334,16 @@ pub fn select<'a>(
     identities: &'a [IdentityRow],
     pairs: &[(String, String)],
 ) -> Result<&'a IdentityRow, ImdsError> {
+    // An empty selector counts as none: clients treat `client_id=""` as unset, and older .NET
+    // clients sent an empty `client_id=` for the system-assigned identity (spec/tokens.md §2.7).
     let selectors: Vec<(&str, &str)> = pairs
         .iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "client_id" | "object_id" | "msi_res_id" | "mi_res_id" | "principal_id"
-            )
+        .filter(|(k, v)| {
+            !v.is_empty()
+                && matches!(
+                    k.as_str(),
+                    "client_id" | "object_id" | "msi_res_id" | "mi_res_id" | "principal_id"
+                )
         })
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
@@ -427,34 +443,31 @@ fn app_service_failure(error: &ImdsError) -> Response {
 
 /// The App Service / Functions protocol (2019-08-01) on the VM's listener: `X-IDENTITY-HEADER`
 /// instead of `Metadata`, `mi_res_id`/`principal_id` selectors, epoch-string `expires_on`.
-async fn app_service(state: &VmState, request: Request) -> Result<Response, ImdsError> {
+async fn app_service(state: &VmState, request: Request) -> Response {
     // Proxied requests are refused as on IMDS, in this endpoint's own dialect.
     if request.headers().contains_key(&X_FORWARDED_FOR) {
-        return Ok(app_service_failure(&ImdsError::Forwarded));
+        return app_service_failure(&ImdsError::Forwarded);
     }
     if request.method() != Method::GET {
-        return Ok(app_service_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Only GET is supported.",
-        ));
+        return app_service_error(StatusCode::METHOD_NOT_ALLOWED, "Only GET is supported.");
     }
     let presented = single_header(request.headers(), &X_IDENTITY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let expected = state.imds.identity_header(&state.vm_id);
     if !misim_core::crypto::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        return Ok(app_service_error(
+        return app_service_error(
             StatusCode::UNAUTHORIZED,
             "The X-IDENTITY-HEADER header is missing or wrong.",
-        ));
+        );
     }
     let _admission = match admit(state, APP_SERVICE_PATH) {
         Ok(admission) => admission,
-        Err(e) => return Ok(app_service_failure(&e)),
+        Err(e) => return app_service_failure(&e),
     };
     let pairs = match query_pairs(request.uri().query()) {
         Ok(pairs) => pairs,
-        Err(e) => return Ok(app_service_failure(&e)),
+        Err(e) => return app_service_failure(&e),
     };
     if pairs
         .iter()
@@ -462,18 +475,21 @@ async fn app_service(state: &VmState, request: Request) -> Result<Response, Imds
         .map(|(_, v)| v.as_str())
         != Some("2019-08-01")
     {
-        return Ok(app_service_error(
+        return app_service_error(
             StatusCode::BAD_REQUEST,
             "The api-version must be 2019-08-01.",
-        ));
+        );
     }
-    let identities = state.imds.vm_identities(&state.vm_id).await?;
+    let identities = match state.imds.vm_identities(&state.vm_id).await {
+        Ok(identities) => identities,
+        Err(e) => return app_service_failure(&e),
+    };
     match token(state, &identities, &pairs).await {
-        Ok(response) => Ok(response),
+        Ok(response) => response,
         Err(ImdsError::AadUnavailable(m)) => {
-            Ok(app_service_error(StatusCode::INTERNAL_SERVER_ERROR, &m))
+            app_service_error(StatusCode::INTERNAL_SERVER_ERROR, &m)
         }
-        Err(e) => Ok(app_service_failure(&e)),
+        Err(e) => app_service_failure(&e),
     }
 }
 
@@ -488,6 +504,8 @@ async fn token(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
+    // Only a selector that selected is echoed; an empty one counts as none (see `select`).
+    let echoed = |name: &str| param(name).filter(|v| !v.is_empty());
     let resource = param("resource")
         .filter(|r| !r.is_empty())
         .ok_or(ImdsError::MissingResource)?;
@@ -579,11 +597,11 @@ async fn token(
         expires_in,
         expires_on: token.expires_on.to_string(),
         // Echo the selector the client used (Arc-style clients check it).
-        mi_res_id: param("mi_res_id"),
-        msi_res_id: param("msi_res_id"),
+        mi_res_id: echoed("mi_res_id"),
+        msi_res_id: echoed("msi_res_id"),
         not_before: token.not_before.to_string(),
-        object_id: param("object_id"),
-        principal_id: param("principal_id"),
+        object_id: echoed("object_id"),
+        principal_id: echoed("principal_id"),
         refresh_token: "",
         resource,
         token_type: "Bearer",
@@ -627,40 +645,7 @@ async fn instance(
         .ok_or(ImdsError::NotFound)?;
     let hosted: misim_core::internal::HostedVm =
         serde_json::from_str(&vm.metadata).map_err(|e| ImdsError::Internal(e.to_string()))?;
-    let tags = hosted
-        .tags
-        .iter()
-        .map(|(k, v)| format!("{k}:{v}"))
-        .collect::<Vec<_>>()
-        .join(";");
-    let tags_list: Vec<Value> = hosted
-        .tags
-        .iter()
-        .map(|(k, v)| json!({"name": k, "value": v}))
-        .collect();
-    let document = json!({
-        "compute": {
-            "azEnvironment": "AzurePublicCloud",
-            "location": hosted.location,
-            "name": hosted.name,
-            "osType": hosted.os_type,
-            "provider": "Microsoft.Compute",
-            "resourceGroupName": hosted.resource_group,
-            "resourceId": hosted.resource_id,
-            "subscriptionId": hosted.subscription_id,
-            "vmId": vm.vm_id,
-            "vmSize": hosted.vm_size,
-            "tags": tags,
-            "tagsList": tags_list,
-            "zone": "",
-            "priority": "",
-            "platformFaultDomain": "0",
-            "platformUpdateDomain": "0",
-            "userData": "",
-            "vmScaleSetName": "",
-        },
-        "network": network_document(&hosted, &vm.vm_id),
-    });
+    let document = crate::instance::document(&vm.vm_id, &hosted);
     let mut node = &document;
     for segment in path
         .trim_start_matches("/metadata/instance")
@@ -694,36 +679,6 @@ async fn instance(
         (true, _) => Err(ImdsError::LeafNeedsText),
         (false, _) => Ok(json_ok(node.clone())),
     }
-}
-
-/// The instance document's network interface: the addresses of the VM's `misim-ip` tag (a
-/// VM without one is reached on loopback, its per-VM listener), each IPv4 one in its /24; a MAC
-/// address derived from the vmId, stable and distinct per VM.
-fn network_document(hosted: &misim_core::internal::HostedVm, vm_id: &str) -> Value {
-    use std::net::{IpAddr, Ipv4Addr};
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for ip in tagged_addresses(hosted) {
-        match ip {
-            IpAddr::V4(ip) => v4.push(ip),
-            IpAddr::V6(ip) => v6.push(ip),
-        }
-    }
-    if v4.is_empty() && v6.is_empty() {
-        v4.push(Ipv4Addr::LOCALHOST);
-    }
-    let subnet = |ip: &Ipv4Addr| match ip.octets() {
-        [127, ..] => json!({"address": "127.0.0.0", "prefix": "8"}),
-        [a, b, c, _] => json!({"address": format!("{a}.{b}.{c}.0"), "prefix": "24"}),
-    };
-    let digest = misim_core::crypto::sha256(vm_id.as_bytes());
-    json!({"interface": [{
-        "ipv4": {
-            "ipAddress": v4.iter().map(|ip| json!({"privateIpAddress": ip.to_string(), "publicIpAddress": ""})).collect::<Vec<_>>(),
-            "subnet": v4.first().map(subnet).into_iter().collect::<Vec<_>>(),
-        },
-        "ipv6": {"ipAddress": v6.iter().map(|ip| json!({"privateIpAddress": ip.to_string()})).collect::<Vec<_>>()},
-        "macAddress": format!("000D3A{:02X}{:02X}{:02X}", digest[0], digest[1], digest[2]),
-    }]})
 }
 
 #[cfg(test)]
@@ -881,6 +836,61 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_selector_counts_as_none() {
+        let all = [
+            identity("sys", "c-sys", false),
+            identity("one", "c-one", true),
+        ];
+        for name in [
+            "client_id",
+            "object_id",
+            "msi_res_id",
+            "mi_res_id",
+            "principal_id",
+        ] {
+            assert_eq!(
+                select(&all, &q(&[(name, "")]))
+                    .expect("the default identity")
+                    .principal_id,
+                "sys",
+                "{name}="
+            );
+        }
+        assert_eq!(
+            select(&all, &q(&[("client_id", ""), ("object_id", "one")]))
+                .expect("the one selector with a value")
+                .principal_id,
+            "one"
+        );
+        assert!(matches!(
+            select(&all[1..], &q(&[("client_id", ""), ("object_id", "nope")])),
+            Err(ImdsError::IdentityNotFound)
+        ));
+    }
+
+    #[test]
+    fn only_the_served_identity_endpoints_take_faults_and_limits() {
+        for path in [
+            "/metadata/identity/oauth2/token",
+            "/metadata/identity/info",
+            APP_SERVICE_PATH,
+            EXTENSION_PATH,
+        ] {
+            assert!(is_identity_path(path), "{path}");
+        }
+        for path in [
+            "/metadata/identity/getPlatformMetadata",
+            "/metadata/identity/credential",
+            "/metadata/identity/issuecredential",
+            "/metadata/identity",
+            "/metadata/versions",
+            "/metadata/instance",
+        ] {
+            assert!(!is_identity_path(path), "{path}");
+        }
+    }
+
+    #[test]
     fn repeated_parameters_are_refused() {
         assert!(matches!(
             query_pairs(Some("resource=a&resource=b")),
@@ -940,57 +950,5 @@ mod tests {
         ] {
             assert!(!metadata_header_ok(&headers(odd)), "{odd:?}");
         }
-    }
-
-    fn hosted_vm(tags: &[(&str, &str)]) -> misim_core::internal::HostedVm {
-        misim_core::internal::HostedVm {
-            resource_id:
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
-                    .into(),
-            name: "vm".into(),
-            resource_group: "rg".into(),
-            subscription_id: "s".into(),
-            location: "eastus".into(),
-            vm_size: "Standard_B1s".into(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            preferred_port: 0,
-            os_type: "Linux".into(),
-        }
-    }
-
-    #[test]
-    fn the_network_document_comes_from_the_vms_addresses() {
-        let tagged = network_document(
-            &hosted_vm(&[(SOURCE_IP_TAG, "172.28.5.7, fd00::7")]),
-            "vm-a",
-        );
-        let interface = &tagged["interface"][0];
-        assert_eq!(
-            interface["ipv4"]["ipAddress"][0]["privateIpAddress"],
-            "172.28.5.7"
-        );
-        assert_eq!(
-            interface["ipv4"]["subnet"][0],
-            json!({"address": "172.28.5.0", "prefix": "24"})
-        );
-        assert_eq!(
-            interface["ipv6"]["ipAddress"][0]["privateIpAddress"],
-            "fd00::7"
-        );
-        let untagged = network_document(&hosted_vm(&[]), "vm-b");
-        assert_eq!(
-            untagged["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"],
-            "127.0.0.1"
-        );
-        assert_eq!(untagged["interface"][0]["ipv4"]["subnet"][0]["prefix"], "8");
-        // One MAC per VM, the same every time.
-        let mac =
-            |vm_id| network_document(&hosted_vm(&[]), vm_id)["interface"][0]["macAddress"].clone();
-        assert_eq!(mac("vm-a"), mac("vm-a"));
-        assert_ne!(mac("vm-a"), mac("vm-b"));
-        assert_eq!(mac("vm-a").as_str().map(str::len), Some(12));
     }
 }

@@ -164,6 +164,7 @@ impl Arm {
             tags,
             preferred_port,
             os_type: os_type(&state.properties).into(),
+            properties: state.properties.clone(),
         }
     }
 
