@@ -633,6 +633,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_field_comes_back_as_recorded() {
+        let log = log().await;
+        let details = serde_json::json!({"quote": "a \"b\" \\ c\n", "unicode": "é€😀", "nested": [1, -2, 3.5, null, true], "big": 9_007_199_254_740_993_i64});
+        log.record_with(
+            Draft::new("imds.token.requested", "a “quoted” summary, é")
+                .vm("vm-1")
+                .resource("/subscriptions/s/x")
+                .principal("p-1")
+                .details(details.clone()),
+            "c-1".into(),
+        );
+        log.record_with(
+            Draft::new("imds.credential.installed", "bare"),
+            "c-2".into(),
+        );
+        log.record_with(
+            Draft::new("aad.token.issued", "a string").details(Value::String("just text".into())),
+            "c-3".into(),
+        );
+        log.flush().await;
+        let all = log
+            .list(&EventFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(all.len(), 3);
+        let full = &all[0];
+        assert_eq!(
+            (
+                full.kind.as_str(),
+                full.summary.as_str(),
+                full.correlation_id.as_str()
+            ),
+            ("imds.token.requested", "a “quoted” summary, é", "c-1")
+        );
+        assert_eq!(full.vm_id.as_deref(), Some("vm-1"));
+        assert_eq!(full.resource_id.as_deref(), Some("/subscriptions/s/x"));
+        assert_eq!(full.principal_id.as_deref(), Some("p-1"));
+        assert_eq!(full.details, details);
+        assert_eq!(full.service, "imds");
+        assert!(!full.time.is_empty());
+        let bare = &all[1];
+        assert_eq!(
+            (&bare.vm_id, &bare.resource_id, &bare.principal_id),
+            (&None, &None, &None)
+        );
+        assert_eq!(bare.details, Value::Null);
+        assert_eq!(all[2].details, Value::String("just text".into()));
+    }
+
+    #[tokio::test]
     async fn retention_is_bounded() {
         let log = log().await;
         for i in 0..1200 {
