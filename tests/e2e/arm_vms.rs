@@ -165,6 +165,39 @@ async fn vm_identity_transitions_follow_azure() {
     .await;
     assert_eq!(status, 200, "{default}");
     assert_eq!(default["properties"]["principalId"], system.as_str());
+    // A resource that does not exist has no system identity to show: 404, as SDKs expect.
+    let (status, missing) = call(
+        &sim,
+        &admin,
+        Method::GET,
+        &format!("{vm}-nope/providers/Microsoft.ManagedIdentity/identities/default"),
+        "2023-01-31",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["error"]["code"], "ResourceNotFound", "{missing}");
+
+    // PATCH merges properties at every depth: one field of osProfile keeps the others.
+    let (status, renamed) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"properties": {"osProfile": {"computerName": "vm1-renamed"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(
+        renamed["properties"]["osProfile"],
+        json!({"computerName": "vm1-renamed", "adminUsername": "azureuser"}),
+        "{renamed}"
+    );
+    assert_eq!(
+        renamed["properties"]["hardwareProfile"]["vmSize"],
+        "Standard_B1s"
+    );
 
     // PATCH merges a new identity; null removes one (case-insensitively); the system one stays.
     let (status, patched) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(json!({"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uami("two"): {}}}}))).await;
@@ -300,6 +333,62 @@ async fn vm_identity_transitions_follow_azure() {
     assert_eq!(
         two["properties"]["principalId"],
         stale["identity"]["userAssignedIdentities"][uami("two")]["principalId"]
+    );
+    // Any write that keeps the stale reference fails until the client removes it (spec/arm.md
+    // §4.5), and changes nothing.
+    let tag = |value: &str| json!({"tags": {"step": value}});
+    let (status, refused) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(tag("a"))).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "FailedIdentityOperation");
+    let (_, still) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert!(still["tags"].get("step").is_none(), "{still}");
+    // Recreated under the same name it is a new identity: the next write attaches it anew, with
+    // its own ids, on the VM and on its host.
+    let (status, two_again) = call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &uami("two"),
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{two_again}");
+    assert_ne!(
+        two_again["properties"]["principalId"],
+        two["properties"]["principalId"]
+    );
+    let (status, rebound) = call(&sim, &admin, Method::PATCH, &vm, VM_API, Some(tag("b"))).await;
+    assert_eq!(status, 200, "{rebound}");
+    assert_eq!(
+        rebound["identity"]["userAssignedIdentities"][uami("two")],
+        json!({"principalId": two_again["properties"]["principalId"], "clientId": two_again["properties"]["clientId"]}),
+        "{rebound}"
+    );
+    assert_in_step(&sim).await;
+    // Deleted again and removed from the VM, the VM is writable again.
+    assert_eq!(
+        call(&sim, &admin, Method::DELETE, &uami("two"), MSI_API, None)
+            .await
+            .0,
+        200
+    );
+    let (status, removed) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        // It is the VM's last user-assigned identity: dropping the type removes it.
+        Some(json!({"identity": {"type": "SystemAssigned"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{removed}");
+    assert!(
+        removed["identity"]["userAssignedIdentities"]
+            .get(uami("two"))
+            .is_none(),
+        "{removed}"
     );
 
     // Deleting the VM removes its system principal.

@@ -84,6 +84,8 @@ pub enum ArmError {
     InvalidRoleAssignmentId(String),
     #[error("The role assignment '{0}' is not found.")]
     RoleAssignmentNotFound(String),
+    #[error("The resource '{0}' does not exist or does not have a system-assigned identity.")]
+    SystemIdentityNotFound(String),
     #[error(
         "The resource type could not be found in the namespace for api version. The path '{0}' is not served by misim."
     )]
@@ -135,6 +137,8 @@ impl ArmError {
             SubscriptionNotFound(_) => (404, "SubscriptionNotFound"),
             ResourceGroupNotFound(_) => (404, "ResourceGroupNotFound"),
             ResourceNotFound { .. } => (404, "ResourceNotFound"),
+            // spec/arm.md §3.6: a 404; its code is unconfirmed, ARM's usual one is used.
+            SystemIdentityNotFound(_) => (404, "ResourceNotFound"),
             InvalidRequestContent(_) => (400, "InvalidRequestContent"),
             RequestTooLarge => (413, "RequestContentTooLarge"),
             LocationRequired => (400, "LocationRequired"),

@@ -94,6 +94,30 @@ fn scrub(mut properties: Map<String, Value>) -> Map<String, Value> {
     properties
 }
 
+/// A PATCH's properties merged into the stored ones (JSON merge patch, RFC 7386): objects merge
+/// key by key at every depth, `null` removes, anything else replaces. A PATCH of one field of
+/// `osProfile` keeps the rest of it.
+fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                target.remove(&key);
+            }
+            Value::Object(fields) => match target.get_mut(&key) {
+                Some(Value::Object(existing)) => merge_patch(existing, fields),
+                _ => {
+                    let mut fresh = Map::new();
+                    merge_patch(&mut fresh, fields);
+                    target.insert(key, Value::Object(fresh));
+                }
+            },
+            other => {
+                target.insert(key, other);
+            }
+        }
+    }
+}
+
 /// Tag naming the loopback port of a VM's IMDS listener (simulator-specific).
 pub const IMDS_PORT_TAG: &str = "misim-imds-port";
 
@@ -316,12 +340,41 @@ impl Arm {
             vm_identity::apply(&current, input.identity.as_ref(), patch).map_err(identity_error)?;
 
         // Newly attached user-assigned identities must exist, and the caller needs assign/action
-        // on each of them (spec/arm.md §4.2).
-        let added: Vec<&String> = desired
-            .user
-            .iter()
-            .filter(|u| !current.has_user(u))
-            .collect();
+        // on each of them (spec/arm.md §4.2). One that stays must still be the identity that was
+        // attached: a deleted one fails every write that keeps it until the client removes it
+        // with `null`, and one recreated under the same name is a new identity, attached anew
+        // (spec/arm.md §4.5).
+        let mut added: Vec<&String> = Vec::new();
+        for uami in &desired.user {
+            let Some(attached) = state
+                .attached
+                .iter()
+                .find(|a| a.id.eq_ignore_ascii_case(uami))
+            else {
+                added.push(uami);
+                continue;
+            };
+            let principal = match self
+                .resource_row(&scope_key(uami))
+                .await?
+                .filter(|r| r.kind == KIND_IDENTITY)
+            {
+                Some(row) => self.inner.store.identities_of(&row.id_key).await?,
+                None => Vec::new(),
+            };
+            match principal.first() {
+                None => {
+                    return Err(ArmError::FailedIdentityOperation {
+                        resource: id.clone(),
+                        identity: uami.to_ascii_lowercase(),
+                    });
+                }
+                Some(identity) if identity.principal_id != attached.principal_id => {
+                    added.push(uami)
+                }
+                Some(_) => {}
+            }
+        }
         let mut missing_rights = Vec::new();
         let mut resolved = Vec::new();
         for uami in &added {
@@ -369,15 +422,15 @@ impl Arm {
                 linked: missing_rights.join(","),
             });
         }
-        // Keep what stays attached (with the casing the client sent last), add the new ones.
+        // Keep what stays attached (with the casing the client sent last), add the new ones
+        // (a recreated identity's new ids replace the old).
         state.attached = desired
             .user
             .iter()
             .map(|u| {
-                state
-                    .attached
+                resolved
                     .iter()
-                    .chain(resolved.iter())
+                    .chain(state.attached.iter())
                     .find(|a| a.id.eq_ignore_ascii_case(u))
                     .map(|a| Attached {
                         id: u.clone(),
@@ -390,9 +443,7 @@ impl Arm {
         if let Some(properties) = input.properties {
             let properties = scrub(properties);
             if patch {
-                for (key, value) in properties {
-                    state.properties.insert(key, value);
-                }
+                merge_patch(&mut state.properties, properties);
             } else {
                 state.properties = properties;
             }
@@ -605,9 +656,7 @@ impl Arm {
         let row = self.resource_row(&scope_key(scope)).await?;
         match (row, identity) {
             (Some(row), Some(identity)) => Ok((row.location, identity)),
-            _ => Err(ArmError::InvalidParameter(format!(
-                "The resource '{scope}' does not have a system-assigned identity."
-            ))),
+            _ => Err(ArmError::SystemIdentityNotFound(scope.to_string())),
         }
     }
 }
