@@ -1167,3 +1167,223 @@ async fn futures_join_all<F: std::future::Future>(
         .map(|o| o.expect("every future finished"))
         .collect()
 }
+
+/// A list read with a `$filter`, as the SDKs and az send it.
+async fn filtered(sim: &TestSim, token: &str, path: &str, api: &str, filter: &str) -> (u16, Value) {
+    let response = sim
+        .http
+        .get(format!("{}{path}", sim.sim.connection.arm))
+        .query(&[("api-version", api), ("$filter", filter)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list["value"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|item| item["name"].as_str().expect("name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn lists_take_the_filters_clients_send() {
+    let sim = TestSim::start().await;
+    let token = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let arm = Arm {
+        sim: &sim,
+        token: token.clone(),
+    };
+    let sub = sub_path(&sim);
+    for (group, tags) in [
+        ("f-prod", json!({"env": "Prod"})),
+        ("f-dev", json!({"Env": "dev"})),
+        ("f-plain", json!({})),
+    ] {
+        let (status, body) = arm
+            .call(
+                Method::PUT,
+                &format!("{sub}/resourcegroups/{group}"),
+                RG_API,
+                Some(json!({"location": "eastus", "tags": tags})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // `az group list --tag env` and `--tag env=Prod`: tag names in any case, values exactly.
+    let groups = format!("{sub}/resourcegroups");
+    let (status, by_name) = filtered(&sim, &token, &groups, RG_API, "tagName eq 'env'").await;
+    assert_eq!(status, 200, "{by_name}");
+    assert_eq!(names(&by_name), ["f-dev", "f-prod"]);
+    let (_, by_value) = filtered(
+        &sim,
+        &token,
+        &groups,
+        RG_API,
+        "tagName eq 'ENV' and tagValue eq 'Prod'",
+    )
+    .await;
+    assert_eq!(names(&by_value), ["f-prod"]);
+    let (_, wrong_case) = filtered(
+        &sim,
+        &token,
+        &groups,
+        RG_API,
+        "tagName eq 'env' and tagValue eq 'prod'",
+    )
+    .await;
+    assert_eq!(names(&wrong_case), Vec::<String>::new());
+    for bad in [
+        "location eq 'eastus'",
+        "tagValue eq 'Prod'",
+        "tagName eq env",
+    ] {
+        let (status, body) = filtered(&sim, &token, &groups, RG_API, bad).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("InvalidParameter")),
+            "{bad}: {body}"
+        );
+    }
+
+    // A group's resources are its top-level ones: an identity's federated credential is not
+    // listed (as a phantom identity or otherwise); `$filter` by type and name.
+    let identity = format!(
+        "{sub}/resourceGroups/f-prod/providers/Microsoft.ManagedIdentity/userAssignedIdentities/f-mi"
+    );
+    arm.call(
+        Method::PUT,
+        &identity,
+        MSI_API,
+        Some(json!({"location": "eastus", "tags": {"env": "Prod"}})),
+    )
+    .await;
+    let (status, fic) = arm
+        .call(
+            Method::PUT,
+            &format!("{identity}/federatedIdentityCredentials/f-fic"),
+            "2023-01-31",
+            Some(json!({"properties": {"issuer": "https://issuer.example", "subject": "s", "audiences": ["api://AzureADTokenExchange"]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{fic}");
+    let vm =
+        format!("{sub}/resourceGroups/f-prod/providers/Microsoft.Compute/virtualMachines/f-vm");
+    let (status, body) = arm
+        .call(
+            Method::PUT,
+            &vm,
+            "2024-11-01",
+            Some(json!({"location": "eastus", "properties": {"hardwareProfile": {"vmSize": "Standard_B1s"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let resources = format!("{sub}/resourceGroups/f-prod/resources");
+    let (status, all) = arm.call(Method::GET, &resources, RG_API, None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(names(&all), ["f-mi", "f-vm"], "{all}");
+    let (_, vms) = filtered(
+        &sim,
+        &token,
+        &resources,
+        RG_API,
+        "resourceType eq 'microsoft.compute/virtualmachines'",
+    )
+    .await;
+    assert_eq!(names(&vms), ["f-vm"]);
+    assert_eq!(vms["value"][0]["type"], "Microsoft.Compute/virtualMachines");
+    let (_, tagged) = filtered(&sim, &token, &resources, RG_API, "tagName eq 'env'").await;
+    assert_eq!(names(&tagged), ["f-mi"]);
+    let (_, named) = filtered(&sim, &token, &resources, RG_API, "name eq 'F-MI'").await;
+    assert_eq!(names(&named), ["f-mi"]);
+
+    // `az role assignment list --scope S --assignee X --include-groups`: what applies at S to X.
+    let reader = format!(
+        "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+    );
+    let principal = {
+        let (_, mi) = arm.call(Method::GET, &identity, MSI_API, None).await;
+        mi["properties"]["principalId"]
+            .as_str()
+            .expect("principal")
+            .to_string()
+    };
+    let assign = |scope: String| {
+        let arm = &arm;
+        let (reader, principal) = (reader.clone(), principal.clone());
+        async move {
+            let path = format!(
+                "{scope}/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            );
+            let (status, body) = arm
+                .call(
+                    Method::PUT,
+                    &path,
+                    AUTH_API,
+                    Some(json!({"properties": {"roleDefinitionId": reader, "principalId": principal}})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().expect("id").to_string()
+        }
+    };
+    let on_group = assign(format!("{sub}/resourceGroups/f-prod")).await;
+    let below = assign(identity.clone()).await;
+    let assignments =
+        format!("{sub}/resourceGroups/f-prod/providers/Microsoft.Authorization/roleAssignments");
+    let ids = |list: &Value| -> Vec<String> {
+        list["value"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|a| a["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let (status, applying) = filtered(
+        &sim,
+        &token,
+        &assignments,
+        AUTH_API,
+        &format!("atScope() and assignedTo('{principal}')"),
+    )
+    .await;
+    assert_eq!(status, 200, "{applying}");
+    assert_eq!(
+        ids(&applying),
+        std::slice::from_ref(&on_group),
+        "not the one below the scope"
+    );
+    let (_, everywhere) = filtered(
+        &sim,
+        &token,
+        &assignments,
+        AUTH_API,
+        &format!("assignedTo('{principal}')"),
+    )
+    .await;
+    let mut both = ids(&everywhere);
+    both.sort();
+    let mut expected = vec![on_group, below];
+    expected.sort();
+    assert_eq!(both, expected);
+    let (status, body) = filtered(
+        &sim,
+        &token,
+        &assignments,
+        AUTH_API,
+        "atScope() and atScope()",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -2,6 +2,7 @@
 //! the path into a `Target` and hands it to a thin handler per resource kind.
 
 mod error;
+mod filter;
 mod rbac;
 mod resources;
 mod sim;

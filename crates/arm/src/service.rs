@@ -143,6 +143,8 @@ pub enum AssignmentFilter {
     None,
     AtScope,
     Principal(String),
+    /// Both: what applies at the scope to one principal.
+    AtScopePrincipal(String),
 }
 
 fn normalize_location(location: &str) -> String {
@@ -805,7 +807,8 @@ impl Arm {
         Ok(())
     }
 
-    /// Every resource in a group the caller may read (`.../resources`).
+    /// Every resource in a group the caller may read (`.../resources`): the top-level ones, as
+    /// ARM lists them (federated credentials are an identity's children, not the group's).
     pub async fn group_resources(
         &self,
         caller: &Caller,
@@ -813,11 +816,13 @@ impl Arm {
         rg: &str,
     ) -> Result<Vec<ResourceRow>, ArmError> {
         let group = self.group(caller, sub, rg).await?;
-        Ok(self
+        let mut members = self
             .inner
             .store
             .group_members(&group.resource_group)
-            .await?)
+            .await?;
+        members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
+        Ok(members)
     }
 
     pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {
@@ -1481,6 +1486,9 @@ impl Arm {
                     AssignmentFilter::AtScope => above,
                     AssignmentFilter::Principal(oid) => {
                         (above || below) && a.principal_id.eq_ignore_ascii_case(oid)
+                    }
+                    AssignmentFilter::AtScopePrincipal(oid) => {
+                        above && a.principal_id.eq_ignore_ascii_case(oid)
                     }
                 }
             })

@@ -4,6 +4,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::filter::{quoted, terms};
 use super::{Call, ok_json, put_status};
 use crate::domain::path::Target;
 use crate::domain::rbac::{BUILT_IN_ROLES, BuiltInRole, built_in};
@@ -48,32 +49,40 @@ pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
     }
 }
 
-fn quoted(text: &str) -> Option<String> {
-    Some(
-        text.trim()
-            .strip_prefix('\'')?
-            .strip_suffix('\'')?
-            .replace("''", "'"),
-    )
-}
-
 fn assignment_filter(filter: Option<&str>) -> Result<AssignmentFilter, ArmError> {
     let Some(filter) = filter.map(str::trim).filter(|f| !f.is_empty()) else {
         return Ok(AssignmentFilter::None);
     };
-    if filter.eq_ignore_ascii_case("atScope()") {
-        return Ok(AssignmentFilter::AtScope);
+    let refuse = || {
+        ArmError::InvalidParameter(format!(
+            "The filter '{filter}' is not supported. Supported: atScope(), principalId eq '{{id}}', assignedTo('{{id}}'), and atScope() with one of the others (as `az role assignment list --include-groups` sends)."
+        ))
+    };
+    let (mut at_scope, mut principal) = (false, None);
+    for term in terms(filter) {
+        if term.eq_ignore_ascii_case("atScope()") && !at_scope {
+            at_scope = true;
+            continue;
+        }
+        let id = term
+            .strip_prefix("principalId eq ")
+            .and_then(quoted)
+            .or_else(|| {
+                term.strip_prefix("assignedTo(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .and_then(quoted)
+            })
+            .ok_or_else(refuse)?;
+        if principal.replace(id).is_some() {
+            return Err(refuse());
+        }
     }
-    let principal = filter
-        .strip_prefix("principalId eq ")
-        .and_then(quoted)
-        .or_else(|| {
-            filter
-                .strip_prefix("assignedTo(")
-                .and_then(|r| r.strip_suffix(')'))
-                .and_then(quoted)
-        });
-    principal.map(AssignmentFilter::Principal).ok_or_else(|| ArmError::InvalidParameter(format!("The filter '{filter}' is not supported. Supported: atScope(), principalId eq '{{id}}', assignedTo('{{id}}').")))
+    Ok(match (at_scope, principal) {
+        (true, None) => AssignmentFilter::AtScope,
+        (false, Some(id)) => AssignmentFilter::Principal(id),
+        (true, Some(id)) => AssignmentFilter::AtScopePrincipal(id),
+        (false, None) => AssignmentFilter::None,
+    })
 }
 
 enum RoleFilter {

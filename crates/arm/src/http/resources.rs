@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use super::filter::ResourceFilter;
 use super::{Call, ok_json, put_status};
 use crate::domain::path::Target;
 use crate::error::ArmError;
@@ -38,12 +39,18 @@ pub async fn handle(
             ))
         }
         Target::ResourceGroups { sub } if *m == Method::GET => {
-            let groups = call.arm.groups(&call.caller, &sub).await?;
+            let filter =
+                ResourceFilter::parse(call.query.get("$filter").map(String::as_str), false)?;
+            let mut groups = call.arm.groups(&call.caller, &sub).await?;
+            groups.retain(|g| filter.matches(g, GROUP_TYPE));
             call.page(groups, group_json)
         }
         Target::ResourceGroup { sub, rg } => group(call, &sub, &rg).await,
         Target::GroupResources { sub, rg } if *m == Method::GET => {
-            let members = call.arm.group_resources(&call.caller, &sub, &rg).await?;
+            let filter =
+                ResourceFilter::parse(call.query.get("$filter").map(String::as_str), true)?;
+            let mut members = call.arm.group_resources(&call.caller, &sub, &rg).await?;
+            members.retain(|r| filter.matches(r, resource_type(r)));
             call.page(members, generic_json)
         }
         Target::OperationResult { sub, token } if *m == Method::GET => {
@@ -172,19 +179,25 @@ fn group_json(row: &ResourceRow) -> Value {
     json!({
         "id": row.id,
         "name": row.name,
-        "type": "Microsoft.Resources/resourceGroups",
+        "type": GROUP_TYPE,
         "location": row.location,
         "tags": tags_json(row),
         "properties": {"provisioningState": row.state},
     })
 }
 
-fn generic_json(row: &ResourceRow) -> Value {
-    let kind = match row.kind.as_str() {
+const GROUP_TYPE: &str = "Microsoft.Resources/resourceGroups";
+
+/// The ARM type of a group's top-level resource.
+fn resource_type(row: &ResourceRow) -> &'static str {
+    match row.kind.as_str() {
         crate::service::KIND_VM => "Microsoft.Compute/virtualMachines",
         _ => "Microsoft.ManagedIdentity/userAssignedIdentities",
-    };
-    json!({"id": row.id, "name": row.name, "type": kind, "location": row.location, "tags": tags_json(row)})
+    }
+}
+
+fn generic_json(row: &ResourceRow) -> Value {
+    json!({"id": row.id, "name": row.name, "type": resource_type(row), "location": row.location, "tags": tags_json(row)})
 }
 
 fn system_data(row: &ResourceRow) -> Value {

@@ -1,0 +1,194 @@
+//! The `$filter` subset ARM's lists take: `field eq 'value'` terms joined by `and` (OData
+//! quoting: `''` inside a value is one quote). Each list says which fields it knows; anything
+//! else is refused rather than ignored, since a client that sent a filter trusts the answer.
+
+use serde_json::Value;
+
+use crate::error::ArmError;
+use crate::store::ResourceRow;
+
+/// `'value'` → `value`, with OData's doubled quotes undone.
+pub fn quoted(text: &str) -> Option<String> {
+    Some(
+        text.trim()
+            .strip_prefix('\'')?
+            .strip_suffix('\'')?
+            .replace("''", "'"),
+    )
+}
+
+/// The terms of `a and b and c` (the keyword in any case; quoted values keep theirs).
+pub fn terms(filter: &str) -> Vec<&str> {
+    let lower = filter.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let bytes = filter.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\'' {
+            quoted = !quoted;
+        } else if !quoted && lower[i..].starts_with(" and ") {
+            out.push(filter[start..i].trim());
+            i += " and ".len();
+            start = i;
+            continue;
+        }
+        i += 1;
+    }
+    out.push(filter[start..].trim());
+    out
+}
+
+/// `$filter` of the resource-group and generic-resource lists: by tag (`tagName eq 'k'`,
+/// optionally `and tagValue eq 'v'`, as `az group list --tag` sends), by `resourceType` and by
+/// `name` (generic resources only).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResourceFilter {
+    tag_name: Option<String>,
+    tag_value: Option<String>,
+    resource_type: Option<String>,
+    name: Option<String>,
+}
+
+impl ResourceFilter {
+    /// `types` says whether `resourceType` and `name` are known to this list.
+    pub fn parse(filter: Option<&str>, types: bool) -> Result<Self, ArmError> {
+        let mut parsed = Self::default();
+        let Some(filter) = filter.map(str::trim).filter(|f| !f.is_empty()) else {
+            return Ok(parsed);
+        };
+        let supported = if types {
+            "tagName eq '{name}' [and tagValue eq '{value}'], resourceType eq '{type}', name eq '{name}'"
+        } else {
+            "tagName eq '{name}' [and tagValue eq '{value}']"
+        };
+        let refuse = || {
+            ArmError::InvalidParameter(format!(
+                "The filter '{filter}' is not supported. Supported: {supported}."
+            ))
+        };
+        for term in terms(filter) {
+            let (field, value) = term.split_once(" eq ").ok_or_else(refuse)?;
+            let value = quoted(value).ok_or_else(refuse)?;
+            let slot = match field.trim().to_ascii_lowercase().as_str() {
+                "tagname" => &mut parsed.tag_name,
+                "tagvalue" => &mut parsed.tag_value,
+                "resourcetype" if types => &mut parsed.resource_type,
+                "name" if types => &mut parsed.name,
+                _ => return Err(refuse()),
+            };
+            if slot.replace(value).is_some() {
+                return Err(refuse());
+            }
+        }
+        if parsed.tag_value.is_some() && parsed.tag_name.is_none() {
+            return Err(refuse());
+        }
+        Ok(parsed)
+    }
+
+    /// Tag names match in any case, values exactly (as ARM treats tags); types and names in
+    /// any case.
+    pub fn matches(&self, row: &ResourceRow, resource_type: &str) -> bool {
+        if let Some(name) = &self.tag_name {
+            let tags: serde_json::Map<String, Value> =
+                serde_json::from_str(&row.tags).unwrap_or_default();
+            let tag = tags.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+            let value_ok = match (&self.tag_value, tag) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(wanted), Some((_, value))) => value.as_str() == Some(wanted.as_str()),
+            };
+            if !value_ok {
+                return false;
+            }
+        }
+        self.resource_type
+            .as_ref()
+            .is_none_or(|t| t.eq_ignore_ascii_case(resource_type))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| n.eq_ignore_ascii_case(&row.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, tags: &str) -> ResourceRow {
+        ResourceRow {
+            id_key: name.into(),
+            id: name.into(),
+            kind: "resourceGroup".into(),
+            resource_group: name.into(),
+            name: name.into(),
+            location: "eastus".into(),
+            tags: tags.into(),
+            properties: "{}".into(),
+            state: "Succeeded".into(),
+            created_at: 0,
+            created_by: String::new(),
+            updated_at: 0,
+            updated_by: String::new(),
+        }
+    }
+
+    #[test]
+    fn terms_split_on_and_outside_quotes() {
+        assert_eq!(
+            terms("tagName eq 'a and b' AND tagValue eq 'x'"),
+            ["tagName eq 'a and b'", "tagValue eq 'x'"]
+        );
+        assert_eq!(terms("atScope()"), ["atScope()"]);
+    }
+
+    #[test]
+    fn tag_filters_match_names_in_any_case_and_values_exactly() {
+        let tagged = row("rg1", r#"{"Env": "Prod"}"#);
+        let untagged = row("rg2", "{}");
+        let by_name = ResourceFilter::parse(Some("tagname eq 'env'"), false).expect("ok");
+        assert!(by_name.matches(&tagged, ""));
+        assert!(!by_name.matches(&untagged, ""));
+        let by_value =
+            ResourceFilter::parse(Some("tagName eq 'env' and tagValue eq 'Prod'"), false)
+                .expect("ok");
+        assert!(by_value.matches(&tagged, ""));
+        let wrong_case =
+            ResourceFilter::parse(Some("tagName eq 'env' and tagValue eq 'prod'"), false)
+                .expect("ok");
+        assert!(!wrong_case.matches(&tagged, ""));
+        let quote = ResourceFilter::parse(Some("tagName eq 'it''s'"), false).expect("ok");
+        assert!(quote.matches(&row("rg3", r#"{"it's": ""}"#), ""));
+        assert!(
+            ResourceFilter::parse(None, false)
+                .expect("none")
+                .matches(&untagged, "")
+        );
+    }
+
+    #[test]
+    fn types_and_names_only_where_the_list_knows_them() {
+        let vm = row("vm1", "{}");
+        let filter = ResourceFilter::parse(
+            Some("resourceType eq 'microsoft.compute/virtualMachines' and name eq 'VM1'"),
+            true,
+        )
+        .expect("ok");
+        assert!(filter.matches(&vm, "Microsoft.Compute/virtualMachines"));
+        assert!(!filter.matches(&vm, "Microsoft.ManagedIdentity/userAssignedIdentities"));
+        for bad in [
+            "resourceType eq 'x'",
+            "tagValue eq 'v'",
+            "tagName eq 'a' and tagName eq 'b'",
+            "location eq 'eastus'",
+            "tagName eq unquoted",
+            "substringof('a', name)",
+        ] {
+            assert!(ResourceFilter::parse(Some(bad), false).is_err(), "{bad}");
+        }
+        assert!(ResourceFilter::parse(Some("location eq 'eastus'"), true).is_err());
+    }
+}
