@@ -574,6 +574,15 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
             400,
             "InvalidApiVersionParameter",
         ),
+        // Compute is a resource provider too: its own words, naming the bare type.
+        (
+            Method::GET,
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"),
+            "2010-01-01",
+            None,
+            400,
+            "NoRegisteredProviderFound",
+        ),
         // Byte 10 of the version inside a character ("€€€€"; "2022-01-0é"), before any auth.
         (
             Method::GET,
@@ -671,7 +680,7 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
             RG_API,
             None,
             400,
-            "InvalidParameter",
+            "InvalidSubscriptionId",
         ),
         (
             Method::PUT,
@@ -756,6 +765,25 @@ async fn arm_rejects_bad_tokens_and_bad_input_in_its_dialect() {
                     .is_some_and(|m| !m.is_empty())
             );
         }
+    }
+    // The provider's error names the bare type asked for.
+    for (path, kind) in [
+        (
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"),
+            "virtualMachines",
+        ),
+        (
+            format!("{}/federatedIdentityCredentials/f", identity("id1")),
+            "userAssignedIdentities/federatedIdentityCredentials",
+        ),
+    ] {
+        let (_, json) = arm.call(Method::GET, &path, "2010-01-01", None).await;
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("for type '{kind}'"))),
+            "{json}"
+        );
     }
     // Huge and malformed bodies.
     let huge = vec![b'{'; 2 * 1024 * 1024];

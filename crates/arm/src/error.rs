@@ -42,6 +42,8 @@ pub enum ArmError {
     },
     #[error("The subscription '{0}' could not be found.")]
     SubscriptionNotFound(String),
+    #[error("The provided subscription identifier '{0}' is malformed or invalid.")]
+    InvalidSubscriptionId(String),
     #[error("Resource group '{0}' could not be found.")]
     ResourceGroupNotFound(String),
     #[error(
@@ -135,6 +137,7 @@ impl ArmError {
             WrongIssuer(_) => (401, "InvalidAuthenticationTokenTenant"),
             AuthorizationFailed { .. } => (403, "AuthorizationFailed"),
             SubscriptionNotFound(_) => (404, "SubscriptionNotFound"),
+            InvalidSubscriptionId(_) => (400, "InvalidSubscriptionId"),
             ResourceGroupNotFound(_) => (404, "ResourceGroupNotFound"),
             ResourceNotFound { .. } => (404, "ResourceNotFound"),
             // spec/arm.md §3.6: a 404; its code is unconfirmed, ARM's usual one is used.

@@ -284,18 +284,16 @@ fn check_api_version(target: &Target, version: &str) -> Result<(), ArmError> {
     if path::api_version_ok(family, version) {
         return Ok(());
     }
+    // Resource-provider types say so in their own words; ARM's own types in ARM's.
     Err(match family {
-        ApiFamily::ManagedIdentity => ArmError::NoRegisteredProviderFound {
-            version: version.to_string(),
-            kind: "userAssignedIdentities",
-            supported: family.examples(),
-        },
-        ApiFamily::Authorization => ArmError::NoRegisteredProviderFound {
-            version: version.to_string(),
-            kind: "roleAssignments",
-            supported: family.examples(),
-        },
-        _ => ArmError::InvalidApiVersion {
+        ApiFamily::ManagedIdentity | ApiFamily::Authorization | ApiFamily::Compute => {
+            ArmError::NoRegisteredProviderFound {
+                version: version.to_string(),
+                kind: target.type_name(),
+                supported: family.examples(),
+            }
+        }
+        ApiFamily::Resources | ApiFamily::Metadata => ArmError::InvalidApiVersion {
             version: version.to_string(),
             supported: family.examples(),
         },

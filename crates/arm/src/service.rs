@@ -582,9 +582,7 @@ impl Arm {
         } else if is_guid(sub) {
             Err(ArmError::SubscriptionNotFound(sub.to_string()))
         } else {
-            Err(ArmError::InvalidParameter(format!(
-                "The provided subscription identifier '{sub}' is malformed or invalid."
-            )))
+            Err(ArmError::InvalidSubscriptionId(sub.to_string()))
         }
     }
 

@@ -147,6 +147,21 @@ pub fn api_version_ok(family: ApiFamily, version: &str) -> bool {
 }
 
 impl Target {
+    /// The bare type name ARM's `NoRegisteredProviderFound` names (spec/arm.md §1.2).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Identities { .. } | Self::Identity { .. } => "userAssignedIdentities",
+            Self::SystemIdentity { .. } => "identities",
+            Self::FederatedCredentials { .. } | Self::FederatedCredential { .. } => {
+                "userAssignedIdentities/federatedIdentityCredentials"
+            }
+            Self::VirtualMachines { .. } | Self::VirtualMachine { .. } => "virtualMachines",
+            Self::RoleAssignments { .. } | Self::RoleAssignment { .. } => "roleAssignments",
+            Self::RoleDefinitions { .. } | Self::RoleDefinition { .. } => "roleDefinitions",
+            _ => "resourceGroups",
+        }
+    }
+
     pub fn family(&self) -> ApiFamily {
         match self {
             Self::MetadataEndpoints => ApiFamily::Metadata,
