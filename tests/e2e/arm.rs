@@ -1316,6 +1316,39 @@ async fn lists_take_the_filters_clients_send() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    // HEAD answers existence (`check_existence_by_id`), for every kind of resource.
+    for (path, api, expected) in [
+        (vm.clone(), "2024-11-01", 204),
+        (format!("{vm}-nope"), "2024-11-01", 404),
+        (identity.clone(), MSI_API, 204),
+        (
+            format!("{identity}/federatedIdentityCredentials/f-fic"),
+            "2023-01-31",
+            204,
+        ),
+        (
+            format!("{identity}/federatedIdentityCredentials/nope"),
+            "2023-01-31",
+            404,
+        ),
+        (
+            format!("{sub}/resourceGroups/nope/providers/Microsoft.Compute/virtualMachines/x"),
+            "2024-11-01",
+            404,
+        ),
+    ] {
+        let response = sim
+            .http
+            .head(format!(
+                "{}{path}?api-version={api}",
+                sim.sim.connection.arm
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(response.status().as_u16(), expected, "HEAD {path}");
+    }
     let resources = format!("{sub}/resourceGroups/f-prod/resources");
     let (status, all) = arm.call(Method::GET, &resources, RG_API, None).await;
     assert_eq!(status, 200, "{all}");

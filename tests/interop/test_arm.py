@@ -321,6 +321,15 @@ def test_user_assigned_identity_lifecycle(sim, admin, graph, resource_group):
 
     fetched = identities.get(rg, name)
     assert_same_id(fetched.id, expected_id)
+    # The generic resources client: HEAD by id, and the group's resource list with filters.
+    generic = admin.resources.resources
+    assert generic.check_existence_by_id(expected_id, api_version=MSI_API) is True
+    assert generic.check_existence_by_id(expected_id + "-nope", api_version=MSI_API) is False
+    listed = list(generic.list_by_resource_group(rg, filter=f"resourceType eq '{MSI_TYPE}'"))
+    assert [r.name for r in listed] == [name]
+    assert list(generic.list_by_resource_group(rg, filter="tagName eq 'purpose' and tagValue eq 'other'")) == []
+    tagged = admin.resources.resource_groups.list(filter=f"tagName eq 'no-such-tag-{name}'")
+    assert list(tagged) == []
     assert (fetched.principal_id, fetched.client_id) == (created.principal_id, created.client_id)
 
     by_rg = {i.name: i for i in identities.list_by_resource_group(rg)}
@@ -356,6 +365,7 @@ def test_user_assigned_identity_lifecycle(sim, admin, graph, resource_group):
     with pytest.raises(ResourceNotFoundError) as excinfo:
         identities.get(rg, name)
     assert error_code(excinfo.value) == "ResourceNotFound"
+    assert admin.resources.resources.check_existence_by_id(expected_id, api_version=MSI_API) is False
     assert name not in {i.name for i in identities.list_by_resource_group(rg)}
 
     r = _graph_sp(graph, created.principal_id)

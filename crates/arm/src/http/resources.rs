@@ -270,11 +270,7 @@ async fn group(call: &Call, sub: &str, rg: &str) -> Result<Response, ArmError> {
             StatusCode::OK,
             group_json(&arm.group(&call.caller, sub, rg).await?),
         )),
-        Method::HEAD => match arm.group(&call.caller, sub, rg).await {
-            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(ArmError::ResourceGroupNotFound(_)) => Ok(StatusCode::NOT_FOUND.into_response()),
-            Err(e) => Err(e),
-        },
+        Method::HEAD => existence(arm.group(&call.caller, sub, rg).await),
         Method::PUT => {
             let input = tracked_input(&call.json_object()?)?;
             let (row, created) = arm.put_group(&call.caller, sub, rg, input).await?;
@@ -334,6 +330,18 @@ async fn operation_result(call: &Call, sub: &str, token: &str) -> Result<Respons
     }
 }
 
+/// HEAD on a group or resource (`check_existence[_by_id]`): 204 when it exists, 404 when it or
+/// its group does not (the dispatcher drops any body); anything else, a 403 say, as it is.
+fn existence<T>(found: Result<T, ArmError>) -> Result<Response, ArmError> {
+    match found {
+        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(ArmError::ResourceNotFound { .. } | ArmError::ResourceGroupNotFound(_)) => {
+            Ok(StatusCode::NOT_FOUND.into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn identity(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, ArmError> {
     let arm = &call.arm;
     match call.method {
@@ -341,6 +349,7 @@ async fn identity(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Respon
             StatusCode::OK,
             identity_json(call, &arm.identity(&call.caller, sub, rg, name).await?),
         )),
+        Method::HEAD => existence(arm.identity(&call.caller, sub, rg, name).await),
         Method::PUT => {
             let input = tracked_input(&call.json_object()?)?;
             let (view, created) = arm.put_identity(&call.caller, sub, rg, name, input).await?;
@@ -495,6 +504,7 @@ async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, Ar
             StatusCode::OK,
             vm_json(call, &arm.vm(&call.caller, sub, rg, name).await?),
         )),
+        Method::HEAD => existence(arm.vm(&call.caller, sub, rg, name).await),
         Method::PUT | Method::PATCH => {
             let patch = call.method == Method::PATCH;
             let input = vm_input(&call.json_object()?)?;
@@ -581,6 +591,7 @@ async fn fic(
             StatusCode::OK,
             fic_json(&arm.fic(&call.caller, sub, rg, identity, name).await?),
         )),
+        Method::HEAD => existence(arm.fic(&call.caller, sub, rg, identity, name).await),
         Method::PUT => {
             let input = fic_input(&call.json_object()?)?;
             let (row, created) = arm
