@@ -1367,6 +1367,24 @@ async fn lists_take_the_filters_clients_send() {
     assert_eq!(names(&tagged), ["f-mi"]);
     let (_, named) = filtered(&sim, &token, &resources, RG_API, "name eq 'F-MI'").await;
     assert_eq!(names(&named), ["f-mi"]);
+    // The subscription's list, by group (`az resource list -g`).
+    let (status, in_group) = filtered(
+        &sim,
+        &token,
+        &format!("{sub}/resources"),
+        RG_API,
+        "resourceGroup eq 'F-PROD'",
+    )
+    .await;
+    assert_eq!(status, 200, "{in_group}");
+    assert_eq!(names(&in_group), ["f-mi", "f-vm"]);
+    let (_, everything) = arm
+        .call(Method::GET, &format!("{sub}/resources"), RG_API, None)
+        .await;
+    assert!(
+        names(&everything).contains(&"demo-vm".to_string()) && names(&everything).len() >= 3,
+        "{everything}"
+    );
 
     // `az role assignment list --scope S --assignee X --include-groups`: what applies at S to X.
     let reader = format!(
@@ -1447,4 +1465,126 @@ async fn lists_take_the_filters_clients_send() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn providers_are_registered_and_list_their_types() {
+    let sim = TestSim::start().await;
+    let admin = Arm {
+        sim: &sim,
+        token: sim
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let sub = sub_path(&sim);
+    // The list: misim's namespaces, each type with api-versions newest first (what `az
+    // resource` picks from).
+    let (status, list) = admin
+        .call(Method::GET, &format!("{sub}/providers"), RG_API, None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let compute = list["value"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|p| p["namespace"] == "Microsoft.Compute")
+        .expect("Microsoft.Compute listed")
+        .clone();
+    assert_eq!(compute["registrationState"], "Registered");
+    assert_eq!(
+        compute["resourceTypes"][0]["resourceType"],
+        "virtualMachines"
+    );
+    let versions: Vec<&str> = compute["resourceTypes"][0]["apiVersions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v.as_str().expect("a version"))
+        .collect();
+    let mut sorted = versions.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert!(!versions.is_empty() && versions == sorted, "{versions:?}");
+    // One provider, in any case; a namespace misim does not serve is registered too, with no
+    // types, so tools that register a default set at start-up (Terraform) go on.
+    let (status, msi) = admin
+        .call(
+            Method::GET,
+            &format!("{sub}/providers/microsoft.managedidentity"),
+            RG_API,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{msi}");
+    assert_eq!(msi["namespace"], "Microsoft.ManagedIdentity");
+    assert!(
+        msi["resourceTypes"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["resourceType"] == "userAssignedIdentities"
+                && t["locations"].as_array().is_some_and(|l| !l.is_empty()))),
+        "{msi}"
+    );
+    for namespace in [
+        "Microsoft.Network",
+        "Microsoft.Authorization",
+        "Microsoft.Compute",
+    ] {
+        let (status, registered) = admin
+            .call(
+                Method::POST,
+                &format!("{sub}/providers/{namespace}/register"),
+                "2021-04-01",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{namespace}: {registered}");
+        assert_eq!(registered["registrationState"], "Registered");
+        assert_eq!(registered["namespace"], namespace);
+    }
+    // Registering is an action on the subscription: a principal without a role may not.
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = register_app(&sim, &graph, "no-roles", None).await;
+    let (_, secret) = sim
+        .graph(
+            Method::POST,
+            &format!("applications/{object_id}/addPassword"),
+            &graph,
+            Some(json!({})),
+        )
+        .await;
+    let (_, token) = sim
+        .secret_token(
+            &app_id,
+            secret["secretText"].as_str().expect("secret"),
+            "https://management.azure.com/.default",
+        )
+        .await;
+    let nobody = Arm {
+        sim: &sim,
+        token: token["access_token"].as_str().expect("token").to_string(),
+    };
+    let (status, refused) = nobody
+        .call(
+            Method::POST,
+            &format!("{sub}/providers/Microsoft.Network/register"),
+            "2021-04-01",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed")),
+        "{refused}"
+    );
+    // POST on the provider itself is not an operation.
+    let (status, _) = admin
+        .call(
+            Method::POST,
+            &format!("{sub}/providers/Microsoft.Network"),
+            "2021-04-01",
+            None,
+        )
+        .await;
+    assert!((400..500).contains(&status), "{status}");
 }

@@ -611,6 +611,23 @@ impl Arm {
         Ok(self.inner.subscription_id.clone())
     }
 
+    /// `POST .../providers/{namespace}/register`: every namespace is registered already, so
+    /// this only checks the caller may (`{namespace}/register/action` on the subscription).
+    pub async fn register_provider(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        namespace: &str,
+    ) -> Result<(), ArmError> {
+        self.check_subscription(sub)?;
+        self.authorize(
+            caller,
+            &format!("{namespace}/register/action"),
+            &self.subscription_scope(),
+        )
+        .await
+    }
+
     // ------------------------------------------------------------------ resource groups
 
     fn group_id(&self, rg: &str) -> String {
@@ -821,6 +838,25 @@ impl Arm {
             .await?;
         members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
         Ok(members)
+    }
+
+    /// Every top-level resource in the groups the caller may read (`/subscriptions/{sub}/resources`).
+    pub async fn subscription_resources(
+        &self,
+        caller: &Caller,
+        sub: &str,
+    ) -> Result<Vec<ResourceRow>, ArmError> {
+        let mut all = Vec::new();
+        for group in self.groups(caller, sub).await? {
+            let mut members = self
+                .inner
+                .store
+                .group_members(&group.resource_group)
+                .await?;
+            members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
+            all.extend(members);
+        }
+        Ok(all)
     }
 
     pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {

@@ -316,6 +316,17 @@ def scenario(workdir, misim):
     check(len(listed) == 1 and listed[0]["principalId"] == ident["principalId"],
           "az identity list -g rg-az has exactly id-az", json.dumps(listed))
 
+    # Generic resource commands: az asks the provider for an api-version, and sends $filter.
+    by_id = admin.ok("resource", "show", "--ids", ident["id"], label="resource-show-by-id")
+    check(by_id.get("name") == "id-az" and by_id.get("type") == "Microsoft.ManagedIdentity/userAssignedIdentities",
+          "az resource show --ids (api-version from the provider's resource types)", json.dumps(by_id)[:800])
+    resources = admin.ok("resource", "list", "-g", "rg-az")
+    check([r["name"] for r in resources] == ["id-az"], "az resource list -g rg-az", json.dumps(resources)[:800])
+    admin.ok("group", "update", "-n", "rg-az", "--tags", "purpose=az")
+    tagged = admin.ok("group", "list", "--tag", "purpose=az", label="group-list-by-tag")
+    check([g["name"] for g in tagged] == ["rg-az"], "az group list --tag purpose=az filters by tag",
+          json.dumps([g["name"] for g in tagged]))
+
     print("d. role assignment for the user-assigned identity", flush=True)
     create_args = ("role", "assignment", "create", "--assignee-object-id", ident["principalId"],
                    "--assignee-principal-type", "ServicePrincipal", "--role", "Reader",
@@ -347,6 +358,10 @@ def scenario(workdir, misim):
           f"principalName={ras[0].get('principalName') if ras else None!r}, "
           f"expected the client id {ident['clientId']}; see the getByIds request in "
           f"{ras_log}")
+    with_groups = admin.ok("role", "assignment", "list", "--scope", rg_scope, "--include-groups",
+                           "--assignee-object-id", ident["principalId"], label="role-assignment-list-include-groups")
+    check([r["id"] for r in with_groups] == [ra["id"]],
+          "az role assignment list --include-groups (atScope() and assignedTo())", json.dumps(with_groups)[:800])
     by_app = admin.ok("role", "assignment", "list", "--scope", rg_scope,
                       "--assignee", ident["clientId"], label="role-assignment-list-by-app-id")
     check([r["id"] for r in by_app] == [ra["id"]],

@@ -48,7 +48,19 @@ pub enum Target {
         scope: String,
         id: String,
     },
+    Providers {
+        sub: String,
+    },
+    /// `/subscriptions/{sub}/resources`: every top-level resource.
+    SubscriptionResources {
+        sub: String,
+    },
     Provider {
+        sub: String,
+        namespace: String,
+    },
+    /// `POST .../providers/{namespace}/register`.
+    ProviderRegistration {
         sub: String,
         namespace: String,
     },
@@ -205,7 +217,7 @@ pub fn parse(path: &str) -> Target {
         let rest: Vec<&str> = trimmed[at + "/providers/microsoft.authorization/".len()..]
             .split('/')
             .collect();
-        return match rest.as_slice() {
+        let target = match rest.as_slice() {
             [kind] if eq(kind, "roleAssignments") => Target::RoleAssignments { scope },
             [kind, name] if eq(kind, "roleAssignments") => Target::RoleAssignment {
                 scope,
@@ -218,6 +230,10 @@ pub fn parse(path: &str) -> Target {
             },
             _ => Target::Unknown,
         };
+        // `/subscriptions/{sub}/providers/Microsoft.Authorization/register` is the provider's.
+        if !matches!(rest.as_slice(), [r] if eq(r, "register")) {
+            return target;
+        }
     }
     if let Some(at) = lower.rfind("/providers/microsoft.managedidentity/identities/default")
         && at + "/providers/microsoft.managedidentity/identities/default".len() == lower.len()
@@ -256,10 +272,22 @@ pub fn parse(path: &str) -> Target {
                 token: (*token).into(),
             }
         }
+        [s, sub, p] if eq(s, "subscriptions") && eq(p, "providers") => {
+            Target::Providers { sub: (*sub).into() }
+        }
+        [s, sub, r] if eq(s, "subscriptions") && eq(r, "resources") => {
+            Target::SubscriptionResources { sub: (*sub).into() }
+        }
         [s, sub, p, ns] if eq(s, "subscriptions") && eq(p, "providers") => Target::Provider {
             sub: (*sub).into(),
             namespace: (*ns).into(),
         },
+        [s, sub, p, ns, r] if eq(s, "subscriptions") && eq(p, "providers") && eq(r, "register") => {
+            Target::ProviderRegistration {
+                sub: (*sub).into(),
+                namespace: (*ns).into(),
+            }
+        }
         [s, sub, p, ns, t]
             if eq(s, "subscriptions")
                 && eq(p, "providers")

@@ -41,25 +41,26 @@ pub fn terms(filter: &str) -> Vec<&str> {
 }
 
 /// `$filter` of the resource-group and generic-resource lists: by tag (`tagName eq 'k'`,
-/// optionally `and tagValue eq 'v'`, as `az group list --tag` sends), by `resourceType` and by
-/// `name` (generic resources only).
+/// optionally `and tagValue eq 'v'`, as `az group list --tag` sends), by `resourceType`, `name`
+/// and `resourceGroup` (generic resources only; `az resource list -g` sends the last).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ResourceFilter {
     tag_name: Option<String>,
     tag_value: Option<String>,
     resource_type: Option<String>,
     name: Option<String>,
+    resource_group: Option<String>,
 }
 
 impl ResourceFilter {
-    /// `types` says whether `resourceType` and `name` are known to this list.
+    /// `types` says whether `resourceType`, `name` and `resourceGroup` are known to this list.
     pub fn parse(filter: Option<&str>, types: bool) -> Result<Self, ArmError> {
         let mut parsed = Self::default();
         let Some(filter) = filter.map(str::trim).filter(|f| !f.is_empty()) else {
             return Ok(parsed);
         };
         let supported = if types {
-            "tagName eq '{name}' [and tagValue eq '{value}'], resourceType eq '{type}', name eq '{name}'"
+            "tagName eq '{name}' [and tagValue eq '{value}'], resourceType eq '{type}', name eq '{name}', resourceGroup eq '{name}'"
         } else {
             "tagName eq '{name}' [and tagValue eq '{value}']"
         };
@@ -76,6 +77,7 @@ impl ResourceFilter {
                 "tagvalue" => &mut parsed.tag_value,
                 "resourcetype" if types => &mut parsed.resource_type,
                 "name" if types => &mut parsed.name,
+                "resourcegroup" if types => &mut parsed.resource_group,
                 _ => return Err(refuse()),
             };
             if slot.replace(value).is_some() {
@@ -111,6 +113,10 @@ impl ResourceFilter {
                 .name
                 .as_ref()
                 .is_none_or(|n| n.eq_ignore_ascii_case(&row.name))
+            && self
+                .resource_group
+                .as_ref()
+                .is_none_or(|g| g.eq_ignore_ascii_case(&row.resource_group))
     }
 }
 
@@ -178,6 +184,9 @@ mod tests {
         )
         .expect("ok");
         assert!(filter.matches(&vm, "Microsoft.Compute/virtualMachines"));
+        let in_group = ResourceFilter::parse(Some("resourceGroup eq 'VM1'"), true).expect("ok");
+        assert!(in_group.matches(&vm, ""));
+        assert!(!in_group.matches(&row("other", "{}"), ""));
         assert!(!filter.matches(&vm, "Microsoft.ManagedIdentity/userAssignedIdentities"));
         for bad in [
             "resourceType eq 'x'",

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::filter::ResourceFilter;
 use super::{Call, ok_json, put_status};
-use crate::domain::path::Target;
+use crate::domain::path::{ApiFamily, Target};
 use crate::error::ArmError;
 use crate::service::{Arm, FicInput, IdentityView, TrackedInput, VmInput, VmView};
 use crate::store::ResourceRow;
@@ -31,12 +31,20 @@ pub async fn handle(
             call.arm.subscription(&call.caller, &sub).await?;
             Ok(ok_json(StatusCode::OK, subscription_json(&call.arm)))
         }
-        Target::Provider { sub, namespace } if *m == Method::GET || *m == Method::POST => {
+        Target::Providers { sub } if *m == Method::GET => {
             call.arm.subscription(&call.caller, &sub).await?;
-            Ok(ok_json(
-                StatusCode::OK,
-                json!({"id": format!("/subscriptions/{sub}/providers/{namespace}"), "namespace": namespace, "registrationState": "Registered", "resourceTypes": []}),
-            ))
+            let known: Vec<&str> = PROVIDERS.iter().map(|(namespace, _)| *namespace).collect();
+            call.page(known, |namespace| provider_json(&sub, namespace))
+        }
+        Target::Provider { sub, namespace } if *m == Method::GET => {
+            call.arm.subscription(&call.caller, &sub).await?;
+            Ok(ok_json(StatusCode::OK, provider_json(&sub, &namespace)))
+        }
+        Target::ProviderRegistration { sub, namespace } if *m == Method::POST => {
+            call.arm
+                .register_provider(&call.caller, &sub, &namespace)
+                .await?;
+            Ok(ok_json(StatusCode::OK, provider_json(&sub, &namespace)))
         }
         Target::ResourceGroups { sub } if *m == Method::GET => {
             let filter =
@@ -46,6 +54,13 @@ pub async fn handle(
             call.page(groups, group_json)
         }
         Target::ResourceGroup { sub, rg } => group(call, &sub, &rg).await,
+        Target::SubscriptionResources { sub } if *m == Method::GET => {
+            let filter =
+                ResourceFilter::parse(call.query.get("$filter").map(String::as_str), true)?;
+            let mut all = call.arm.subscription_resources(&call.caller, &sub).await?;
+            all.retain(|r| filter.matches(r, resource_type(r)));
+            call.page(all, generic_json)
+        }
         Target::GroupResources { sub, rg } if *m == Method::GET => {
             let filter =
                 ResourceFilter::parse(call.query.get("$filter").map(String::as_str), true)?;
@@ -187,6 +202,87 @@ fn group_json(row: &ResourceRow) -> Value {
 }
 
 const GROUP_TYPE: &str = "Microsoft.Resources/resourceGroups";
+
+/// A resource type a provider lists: its name, the family of its api-versions, and whether it
+/// is regional.
+type ResourceType = (&'static str, ApiFamily, bool);
+
+/// The namespaces misim serves and their resource types, each with its api-versions newest
+/// first (`az resource` picks the first that is not a preview).
+const PROVIDERS: &[(&str, &[ResourceType])] = &[
+    (
+        "Microsoft.Authorization",
+        &[
+            ("roleAssignments", ApiFamily::Authorization, false),
+            ("roleDefinitions", ApiFamily::Authorization, false),
+        ],
+    ),
+    (
+        "Microsoft.Compute",
+        &[("virtualMachines", ApiFamily::Compute, true)],
+    ),
+    (
+        "Microsoft.ManagedIdentity",
+        &[
+            ("Identities", ApiFamily::ManagedIdentity, false),
+            ("userAssignedIdentities", ApiFamily::ManagedIdentity, true),
+            (
+                "userAssignedIdentities/federatedIdentityCredentials",
+                ApiFamily::ManagedIdentity,
+                false,
+            ),
+        ],
+    ),
+    (
+        "Microsoft.Resources",
+        &[
+            ("resourceGroups", ApiFamily::Resources, false),
+            ("subscriptions", ApiFamily::Resources, false),
+        ],
+    ),
+];
+
+/// Regions listed for regional types; any location is accepted, as normalised names.
+const LOCATIONS: &[&str] = &[
+    "East US",
+    "East US 2",
+    "West US",
+    "West US 2",
+    "Central US",
+    "North Europe",
+    "West Europe",
+    "UK South",
+    "Southeast Asia",
+    "Australia East",
+];
+
+/// A provider as `GET /subscriptions/{sub}/providers[/{namespace}]` shows it: registered, with
+/// its resource types if misim serves the namespace (any other namespace is registered too,
+/// with none, so that tools registering a default set at start-up go on).
+fn provider_json(sub: &str, namespace: &str) -> Value {
+    let known = PROVIDERS
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(namespace));
+    let namespace = known.map_or(namespace, |(known, _)| *known);
+    let types: Vec<Value> = known
+        .map(|(_, types)| *types)
+        .unwrap_or_default()
+        .iter()
+        .map(|(name, family, regional)| {
+            let mut versions: Vec<&str> = family.examples().split(", ").collect();
+            versions.reverse();
+            let locations: &[&str] = if *regional { LOCATIONS } else { &[] };
+            json!({"resourceType": name, "locations": locations, "apiVersions": versions})
+        })
+        .collect();
+    json!({
+        "id": format!("/subscriptions/{sub}/providers/{namespace}"),
+        "namespace": namespace,
+        "registrationState": "Registered",
+        "registrationPolicy": "RegistrationRequired",
+        "resourceTypes": types,
+    })
+}
 
 /// The ARM type of a group's top-level resource.
 fn resource_type(row: &ResourceRow) -> &'static str {
