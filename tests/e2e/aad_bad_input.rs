@@ -96,15 +96,34 @@ async fn token_endpoints_reject_garbage_with_aadsts_errors() {
     let (status, _) = expect_client_error(&sim, Method::GET, &v2, None, Vec::new(), None).await;
     assert_eq!(status, 405);
     expect_client_error(&sim, Method::GET, "/nowhere", None, Vec::new(), None).await;
-    expect_client_error(
-        &sim,
-        Method::DELETE,
-        &format!("/{tenant}/discovery/v2.0/keys"),
-        None,
-        Vec::new(),
-        None,
-    )
-    .await;
+    // A wrong verb on a document endpoint says which verb it takes.
+    for (method, path) in [
+        (Method::DELETE, format!("/{tenant}/discovery/v2.0/keys")),
+        (
+            Method::POST,
+            format!("/{tenant}/v2.0/.well-known/openid-configuration"),
+        ),
+        (Method::POST, "/common/discovery/instance".to_string()),
+    ] {
+        let (status, json) =
+            expect_client_error(&sim, method.clone(), &path, None, Vec::new(), None).await;
+        assert_eq!(status, 405, "{method} {path}: {json}");
+        assert!(
+            json["error_description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!(
+                    "AADSTS900561: The endpoint only accepts GET requests. Received a {method} request."
+                ))),
+            "{method} {path}: {json}"
+        );
+    }
+    let (_, on_token) = expect_client_error(&sim, Method::PUT, &v2, None, Vec::new(), None).await;
+    assert!(
+        on_token["error_description"].as_str().is_some_and(
+            |d| d.starts_with("AADSTS900561: The endpoint only accepts POST requests.")
+        ),
+        "{on_token}"
+    );
     expect_client_error(
         &sim,
         Method::GET,

@@ -42,6 +42,8 @@ pub enum AadError {
     ResourceNotFound { resource: String, tenant: String },
     #[error("the endpoint only accepts POST")]
     PostOnly(String),
+    #[error("the endpoint only accepts GET")]
+    GetOnly(String),
     #[error("no such endpoint")]
     UnknownEndpoint,
     #[error("request body too large")]

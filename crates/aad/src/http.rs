@@ -212,10 +212,14 @@ async fn undecodable_path(request: Request, next: axum::middleware::Next) -> Res
 async fn method_not_allowed(request: Request) -> Response {
     let ctx = RequestContext::from_headers(request.headers());
     let path = request.uri().path();
+    let method = request.method().to_string();
     let error = if is_graph_path(path) {
         AadError::GraphMethodNotAllowed
+    } else if path.contains("/.well-known/") || path.contains("/discovery/") {
+        // Discovery documents, signing keys and instance discovery are read with GET.
+        AadError::GetOnly(method)
     } else {
-        AadError::PostOnly(request.method().to_string())
+        AadError::PostOnly(method)
     };
     axum::response::IntoResponse::into_response(ctx.fail(error))
 }

@@ -44,6 +44,8 @@ pub fn sts_parts(error: &AadError) -> (StatusCode, &'static str, u32, String) {
         InvalidScope(s) => (bad, "invalid_scope", 70011, format!("The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid.")),
         ResourceNotFound { resource, tenant } => (bad, "invalid_resource", 500011, format!("The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.")),
         PostOnly(method) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", 900561, format!("The endpoint only accepts POST requests. Received a {method} request.")),
+        // Entra documents no code for a wrong verb on a document endpoint: the POST-only one's.
+        GetOnly(method) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", 900561, format!("The endpoint only accepts GET requests. Received a {method} request.")),
         UnknownEndpoint => (StatusCode::NOT_FOUND, "invalid_request", 90000, "The request path is not an endpoint of this token service.".into()),
         BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", 90000, "The request body is too large.".into()),
         Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", 90033, "A transient error has occurred. Please try again.".into()),
