@@ -908,6 +908,59 @@ async fn identities_and_assignments_survive_a_restart() {
             Some(json!({"location": "eastus"})),
         )
         .await;
+    // A role assignment with an ABAC condition: kept as given (not evaluated), and a PUT of
+    // the same assignment may change its description and condition (200), not its role.
+    let principal = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_string();
+    let assignment = format!(
+        "{sub}/resourceGroups/keep/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let reader = format!(
+        "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+    );
+    let condition = "((!(ActionMatches{'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'})) OR (@Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name] StringEquals 'logs'))";
+    let put = |description: &str, condition: &str, version: Option<&str>| {
+        let mut properties = json!({"roleDefinitionId": reader, "principalId": principal, "principalType": "ServicePrincipal", "description": description, "condition": condition});
+        if let Some(version) = version {
+            properties["conditionVersion"] = json!(version);
+        }
+        let (arm, assignment) = (&arm, &assignment);
+        async move {
+            arm.call(
+                Method::PUT,
+                assignment,
+                AUTH_API,
+                Some(json!({ "properties": properties })),
+            )
+            .await
+        }
+    };
+    let (status, created) = put("first", condition, None).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["properties"]["condition"], condition);
+    assert_eq!(
+        created["properties"]["conditionVersion"], "2.0",
+        "the default"
+    );
+    let (status, bad) = put("first", condition, Some("1.0")).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{bad}"
+    );
+    let narrower = condition.replace("'logs'", "'audit'");
+    let (status, updated) = put("second", &narrower, Some("2.0")).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        (
+            &updated["properties"]["description"],
+            &updated["properties"]["condition"]
+        ),
+        (&json!("second"), &json!(narrower))
+    );
     drop(arm);
     let dir = first.stop().await;
     let second = TestSim::start_in(dir, |_| {}).await;
@@ -920,6 +973,9 @@ async fn identities_and_assignments_survive_a_restart() {
     let (status, again) = arm.call(Method::GET, &path, MSI_API, None).await;
     assert_eq!(status, 200);
     assert_eq!(again["properties"], identity["properties"]);
+    let (status, kept) = arm.call(Method::GET, &assignment, AUTH_API, None).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["properties"], updated["properties"]);
     assert_directory_matches(&second).await;
     second.stop().await;
 }

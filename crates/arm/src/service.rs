@@ -119,6 +119,9 @@ pub struct AssignmentInput {
     pub principal_id: String,
     pub principal_type: Option<String>,
     pub description: Option<String>,
+    /// An ABAC condition, stored and shown, not evaluated (spec/arm.md §5.3).
+    pub condition: Option<String>,
+    pub condition_version: Option<String>,
 }
 
 /// A principal minted for a managed identity, not yet written.
@@ -278,6 +281,8 @@ impl Arm {
             principal_id: admin,
             principal_type: "ServicePrincipal".into(),
             description: Some("misim bootstrap admin".into()),
+            condition: None,
+            condition_version: None,
             created_at: now,
             created_by: "misim".into(),
             updated_at: now,
@@ -1340,7 +1345,20 @@ impl Arm {
             principal_id,
             principal_type,
             description,
+            condition,
+            condition_version,
         } = input;
+        // Azure's only condition language version, and its default.
+        let condition_version = match (&condition, condition_version) {
+            (None, _) => None,
+            (Some(_), None) => Some("2.0".to_string()),
+            (Some(_), Some(v)) if v == "2.0" => Some(v),
+            (Some(_), Some(v)) => {
+                return Err(ArmError::InvalidParameter(format!(
+                    "The condition version '{v}' is not supported; use '2.0'."
+                )));
+            }
+        };
         let (role_definition_id, principal_id) =
             (role_definition_id.as_str(), principal_id.as_str());
         let guid = role_definition_id
@@ -1362,11 +1380,31 @@ impl Arm {
             let same = existing.scope_key == scope_key_value
                 && existing.role_guid.eq_ignore_ascii_case(role.guid)
                 && existing.principal_id.eq_ignore_ascii_case(principal_id);
-            return if same {
-                Ok((existing, false))
-            } else {
-                Err(ArmError::RoleAssignmentUpdateNotPermitted)
+            if !same {
+                return Err(ArmError::RoleAssignmentUpdateNotPermitted);
+            }
+            // The same assignment again: its description and condition may change.
+            if (
+                &existing.description,
+                &existing.condition,
+                &existing.condition_version,
+            ) == (&description, &condition, &condition_version)
+            {
+                return Ok((existing, false));
+            }
+            let updated = AssignmentRow {
+                description,
+                condition,
+                condition_version,
+                updated_at: self.inner.clock.now_unix(),
+                updated_by: caller.object_id.clone(),
+                ..existing
             };
+            let mut tx = self.inner.store.begin().await?;
+            Store::update_assignment(&mut tx, &updated).await?;
+            tx.commit().await?;
+            self.invalidate_caches();
+            return Ok((updated, false));
         }
         let duplicate = self
             .inner
@@ -1429,6 +1467,8 @@ impl Arm {
             principal_id: principal_id.to_string(),
             principal_type,
             description,
+            condition,
+            condition_version,
             created_at: now,
             created_by: caller.object_id.clone(),
             updated_at: now,

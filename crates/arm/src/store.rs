@@ -49,6 +49,8 @@ pub struct AssignmentRow {
     pub principal_id: String,
     pub principal_type: String,
     pub description: Option<String>,
+    pub condition: Option<String>,
+    pub condition_version: Option<String>,
     pub created_at: i64,
     pub created_by: String,
     pub updated_at: i64,
@@ -67,7 +69,7 @@ pub struct OutboxRow {
 
 const RESOURCE_COLUMNS: &str = "id_key, id, kind, resource_group, name, location, tags, properties, state, created_at, created_by, updated_at, updated_by";
 const IDENTITY_COLUMNS: &str = "principal_id, client_id, owner_key, user_assigned, mirid, display_name, cert_key_id, cert_der, private_pkcs8, cert_not_after, created_at";
-const ASSIGNMENT_COLUMNS: &str = "name_key, name, scope, scope_key, role_definition_id, role_guid, principal_id, principal_type, description, created_at, created_by, updated_at, updated_by";
+const ASSIGNMENT_COLUMNS: &str = "name_key, name, scope, scope_key, role_definition_id, role_guid, principal_id, principal_type, description, condition, condition_version, created_at, created_by, updated_at, updated_by";
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -289,11 +291,28 @@ impl Store {
         .await
     }
 
+    /// What an assignment's PUT may change: its description and condition.
+    pub async fn update_assignment(
+        tx: &mut Tx<'_>,
+        row: &AssignmentRow,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE arm_role_assignments SET description = ?, condition = ?, condition_version = ?, updated_at = ?, updated_by = ? WHERE name_key = ?")
+            .bind(&row.description)
+            .bind(&row.condition)
+            .bind(&row.condition_version)
+            .bind(row.updated_at)
+            .bind(&row.updated_by)
+            .bind(&row.name_key)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     pub async fn insert_assignment(
         tx: &mut Tx<'_>,
         row: &AssignmentRow,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!("INSERT INTO arm_role_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO arm_role_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&row.name_key)
             .bind(&row.name)
             .bind(&row.scope)
@@ -303,6 +322,8 @@ impl Store {
             .bind(&row.principal_id)
             .bind(&row.principal_type)
             .bind(&row.description)
+            .bind(&row.condition)
+            .bind(&row.condition_version)
             .bind(row.created_at)
             .bind(&row.created_by)
             .bind(row.updated_at)

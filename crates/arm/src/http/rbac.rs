@@ -135,8 +135,8 @@ fn assignment_json(_call: &Call, row: &AssignmentRow) -> Value {
             "principalId": row.principal_id,
             "principalType": row.principal_type,
             "scope": row.scope,
-            "condition": null,
-            "conditionVersion": null,
+            "condition": row.condition,
+            "conditionVersion": row.condition_version,
             "createdOn": time(row.created_at),
             "updatedOn": time(row.updated_at),
             "createdBy": row.created_by,
@@ -204,6 +204,8 @@ async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, Ar
                 principal_id: principal,
                 principal_type: text("principalType")?,
                 description: text("description")?,
+                condition: text("condition")?,
+                condition_version: text("conditionVersion")?,
             };
             let (row, created) = call
                 .arm
