@@ -1,7 +1,7 @@
 //! ARM over HTTPS: authentication, RBAC, resource groups, user-assigned identities and the
 //! principals they own in AAD, with invariants checked after each step.
 
-use crate::support::{TestSim, register_app};
+use crate::support::TestSim;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -297,25 +297,10 @@ async fn rbac_denies_then_grants_then_denies_again() {
     let graph = sim
         .admin_token("https://graph.microsoft.com/.default")
         .await;
-    let (object_id, app_id) = register_app(&sim, &graph, "worker", None).await;
-    let (_, secret) = sim
-        .graph(
-            Method::POST,
-            &format!("applications/{object_id}/addPassword"),
-            &graph,
-            Some(json!({})),
-        )
-        .await;
-    let (_, token) = sim
-        .secret_token(
-            &app_id,
-            secret["secretText"].as_str().expect("secret"),
-            "https://management.azure.com/.default",
-        )
-        .await;
+    let (app_id, arm_token) = crate::support::roleless_app(&sim, "worker").await;
     let worker = Arm {
         sim: &sim,
-        token: token["access_token"].as_str().expect("token").to_string(),
+        token: arm_token.clone(),
     };
     let (_, sp) = sim
         .graph(
@@ -1597,28 +1582,10 @@ async fn providers_are_registered_and_list_their_types() {
         assert_eq!(registered["namespace"], namespace);
     }
     // Registering is an action on the subscription: a principal without a role may not.
-    let graph = sim
-        .admin_token("https://graph.microsoft.com/.default")
-        .await;
-    let (object_id, app_id) = register_app(&sim, &graph, "no-roles", None).await;
-    let (_, secret) = sim
-        .graph(
-            Method::POST,
-            &format!("applications/{object_id}/addPassword"),
-            &graph,
-            Some(json!({})),
-        )
-        .await;
-    let (_, token) = sim
-        .secret_token(
-            &app_id,
-            secret["secretText"].as_str().expect("secret"),
-            "https://management.azure.com/.default",
-        )
-        .await;
+    let (_, arm_token) = crate::support::roleless_app(&sim, "no-roles").await;
     let nobody = Arm {
         sim: &sim,
-        token: token["access_token"].as_str().expect("token").to_string(),
+        token: arm_token.clone(),
     };
     let (status, refused) = nobody
         .call(

@@ -2,7 +2,7 @@
 //! user-assigned ones are attached by reference with `assign/action`, and ARM and AAD stay in
 //! step after every change.
 
-use crate::support::{TestSim, register_app};
+use crate::support::TestSim;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -441,23 +441,8 @@ async fn attaching_an_identity_needs_assign_action_on_it() {
     let graph = sim
         .admin_token("https://graph.microsoft.com/.default")
         .await;
-    let (object_id, app_id) = register_app(&sim, &graph, "operator", None).await;
-    let (_, secret) = sim
-        .graph(
-            Method::POST,
-            &format!("applications/{object_id}/addPassword"),
-            &graph,
-            Some(json!({})),
-        )
-        .await;
-    let (_, token) = sim
-        .secret_token(
-            &app_id,
-            secret["secretText"].as_str().expect("secret"),
-            "https://management.azure.com/.default",
-        )
-        .await;
-    let operator = token["access_token"].as_str().expect("token").to_string();
+    let (app_id, arm_token) = crate::support::roleless_app(&sim, "operator").await;
+    let operator = arm_token.clone();
     let (_, sp) = sim
         .graph(
             Method::GET,

@@ -790,29 +790,11 @@ async fn vm_env_points_clients_at_imds_or_the_app_service_endpoint() {
     assert_eq!(response.status(), 400);
 
     // /_sim/ needs the bootstrap admin: another principal of the tenant is refused.
-    let graph = sim
-        .admin_token("https://graph.microsoft.com/.default")
-        .await;
-    let (object_id, app_id) = crate::support::register_app(&sim, &graph, "curious", None).await;
-    let (_, secret) = sim
-        .graph(
-            Method::POST,
-            &format!("applications/{object_id}/addPassword"),
-            &graph,
-            Some(json!({})),
-        )
-        .await;
-    let (_, token) = sim
-        .secret_token(
-            &app_id,
-            secret["secretText"].as_str().expect("secret"),
-            "https://management.azure.com/.default",
-        )
-        .await;
+    let (_, arm_token) = crate::support::roleless_app(&sim, "curious").await;
     let response = sim
         .http
         .get(format!("{}/_sim/vms/demo-vm", sim.sim.connection.arm))
-        .bearer_auth(token["access_token"].as_str().expect("token"))
+        .bearer_auth(&arm_token)
         .send()
         .await
         .expect("sim");

@@ -215,6 +215,31 @@ impl ClientCert {
     }
 }
 
+/// A new application with a client secret and no role anywhere: its app id and an ARM token.
+pub async fn roleless_app(sim: &TestSim, name: &str) -> (String, String) {
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, app_id) = register_app(sim, &graph, name, None).await;
+    let (_, secret) = sim
+        .graph(
+            reqwest::Method::POST,
+            &format!("applications/{object_id}/addPassword"),
+            &graph,
+            Some(json!({})),
+        )
+        .await;
+    let (_, token) = sim
+        .secret_token(
+            &app_id,
+            secret["secretText"].as_str().expect("secret"),
+            "https://management.azure.com/.default",
+        )
+        .await;
+    let token = token["access_token"].as_str().expect("token").to_string();
+    (app_id, token)
+}
+
 /// Registers an application with `cert` and its service principal through Graph; returns
 /// (object id, app id).
 pub async fn register_app(

@@ -827,8 +827,7 @@ impl Arm {
         Ok(())
     }
 
-    /// Every resource in a group the caller may read (`.../resources`): the top-level ones, as
-    /// ARM lists them (federated credentials are an identity's children, not the group's).
+    /// Every resource in a group the caller may read (`.../resources`).
     pub async fn group_resources(
         &self,
         caller: &Caller,
@@ -836,16 +835,10 @@ impl Arm {
         rg: &str,
     ) -> Result<Vec<ResourceRow>, ArmError> {
         let group = self.group(caller, sub, rg).await?;
-        let mut members = self
-            .inner
-            .store
-            .group_members(&group.resource_group)
-            .await?;
-        members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
-        Ok(members)
+        self.top_level_members(&group).await
     }
 
-    /// Every top-level resource in the groups the caller may read (`/subscriptions/{sub}/resources`).
+    /// Every resource in the groups the caller may read (`/subscriptions/{sub}/resources`).
     pub async fn subscription_resources(
         &self,
         caller: &Caller,
@@ -853,15 +846,21 @@ impl Arm {
     ) -> Result<Vec<ResourceRow>, ArmError> {
         let mut all = Vec::new();
         for group in self.groups(caller, sub).await? {
-            let mut members = self
-                .inner
-                .store
-                .group_members(&group.resource_group)
-                .await?;
-            members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
-            all.extend(members);
+            all.extend(self.top_level_members(&group).await?);
         }
         Ok(all)
+    }
+
+    /// A group's resources as ARM lists them: the top-level ones (federated credentials are an
+    /// identity's children, not the group's).
+    async fn top_level_members(&self, group: &ResourceRow) -> Result<Vec<ResourceRow>, ArmError> {
+        let mut members = self
+            .inner
+            .store
+            .group_members(&group.resource_group)
+            .await?;
+        members.retain(|m| m.kind == KIND_VM || m.kind == KIND_IDENTITY);
+        Ok(members)
     }
 
     pub async fn group_exists(&self, rg: &str) -> Result<bool, ArmError> {
