@@ -117,7 +117,16 @@ async fn token_endpoints_reject_garbage_with_aadsts_errors() {
             "{method} {path}: {json}"
         );
     }
-    let (_, on_token) = expect_client_error(&sim, Method::PUT, &v2, None, Vec::new(), None).await;
+    // A token endpoint says POST, even under a tenant segment that reads "discovery".
+    let (_, on_token) = expect_client_error(
+        &sim,
+        Method::PUT,
+        "/discovery/oauth2/v2.0/token",
+        None,
+        Vec::new(),
+        None,
+    )
+    .await;
     assert!(
         on_token["error_description"].as_str().is_some_and(
             |d| d.starts_with("AADSTS900561: The endpoint only accepts POST requests.")

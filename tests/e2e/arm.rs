@@ -936,6 +936,25 @@ async fn identities_and_assignments_survive_a_restart() {
         (400, Some("InvalidParameter")),
         "{bad}"
     );
+    // misim stores conditions, it does not evaluate them: on a role that can delegate, a
+    // condition would grant more than Azure does, so it is refused; an empty one is none.
+    let owner_with_condition = json!({"properties": {"roleDefinitionId": reader.replace("acdd72a7-3385-48ef-bd42-f606fba81ae7", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"), "principalId": principal, "principalType": "ServicePrincipal", "condition": condition}});
+    let (status, refused) = arm
+        .call(
+            Method::PUT,
+            &assignment.replace(
+                assignment.rsplit('/').next().expect("name"),
+                &uuid::Uuid::new_v4().to_string(),
+            ),
+            AUTH_API,
+            Some(owner_with_condition),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{refused}"
+    );
     let narrower = condition.replace("'logs'", "'audit'");
     let (status, updated) = put("second", &narrower, Some("2.0")).await;
     assert_eq!(status, 200, "{updated}");
@@ -1316,6 +1335,8 @@ async fn lists_take_the_filters_clients_send() {
         "location eq 'eastus'",
         "tagValue eq 'Prod'",
         "tagName eq env",
+        "é",
+        "tagName eq ‘env’",
     ] {
         let (status, body) = filtered(&sim, &token, &groups, RG_API, bad).await;
         assert_eq!(
@@ -1497,15 +1518,15 @@ async fn lists_take_the_filters_clients_send() {
     let mut expected = vec![on_group, below];
     expected.sort();
     assert_eq!(both, expected);
-    let (status, body) = filtered(
-        &sim,
-        &token,
-        &assignments,
-        AUTH_API,
-        "atScope() and atScope()",
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
+    for refused in [
+        "atScope() and atScope()".to_string(),
+        // ARM does not combine atScope() with principalId eq, only with assignedTo().
+        format!("atScope() and principalId eq '{principal}'"),
+        "atScope() and é".to_string(),
+    ] {
+        let (status, body) = filtered(&sim, &token, &assignments, AUTH_API, &refused).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+    }
 }
 
 #[tokio::test]

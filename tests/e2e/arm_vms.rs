@@ -516,6 +516,39 @@ async fn attaching_an_identity_needs_assign_action_on_it() {
     );
     let (status, attached) = call(&sim, &operator, Method::PATCH, &vm, VM_API, Some(attach)).await;
     assert_eq!(status, 200, "{attached}");
+    // Deleted and recreated under the same name, the identity is a new one: the VM's next write
+    // attaches it anew, which needs assign/action on it again (the grant went with the old one,
+    // an extension of the deleted resource).
+    assert_eq!(
+        call(&sim, &admin, Method::DELETE, &uami, MSI_API, None)
+            .await
+            .0,
+        200
+    );
+    let (status, _) = call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &uami,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = call(
+        &sim,
+        &operator,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"tags": {"touched": "yes"}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("LinkedAuthorizationFailed")),
+        "{body}"
+    );
     // Removing needs only VM write.
     let (status, _) = call(
         &sim,
@@ -587,5 +620,63 @@ async fn the_reconcile_pass_removes_what_arm_does_not_hold() {
     let response = sim.http.get(format!("{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/")).header("Metadata", "true").send().await.expect("token");
     assert_eq!(response.status(), 200);
     assert_in_step(&sim).await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_vm_body_does_not_stall_provisioning() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/big"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    // 600 KiB of properties IMDS does not show (ARM takes bodies up to 1 MiB): the host is
+    // sent what the instance document shows, so delivery succeeds and nothing queues behind it.
+    let vm = format!("{sub}/resourceGroups/big/providers/Microsoft.Compute/virtualMachines/big-vm");
+    let body = json!({
+        "location": "eastus",
+        "identity": {"type": "SystemAssigned"},
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_B1s"},
+            "osProfile": {"computerName": "big", "windowsConfiguration": {"blob": "w".repeat(1000)}},
+            "diagnosticsProfile": {"blob": "x".repeat(600 * 1024)},
+        },
+    });
+    let (status, created) = call(&sim, &admin, Method::PUT, &vm, VM_API, Some(body)).await;
+    assert_eq!(
+        status,
+        201,
+        "{}",
+        &created.to_string()[..300.min(created.to_string().len())]
+    );
+    assert_eq!(created["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(sim.sim.arm.pending_work().await.expect("outbox"), 0);
+    let endpoint = sim
+        .sim
+        .imds
+        .vm_endpoint(created["properties"]["vmId"].as_str().expect("vmId"))
+        .expect("the VM's IMDS endpoint");
+    let computer = sim
+        .http
+        .get(format!(
+            "{endpoint}/metadata/instance/compute/osProfile/computerName?api-version=2021-02-01&format=text"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("imds")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(computer, "big");
     sim.stop().await;
 }

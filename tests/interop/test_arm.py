@@ -328,6 +328,7 @@ def test_user_assigned_identity_lifecycle(sim, admin, graph, resource_group):
     listed = list(generic.list_by_resource_group(rg, filter=f"resourceType eq '{MSI_TYPE}'"))
     assert [r.name for r in listed] == [name]
     assert list(generic.list_by_resource_group(rg, filter="tagName eq 'purpose' and tagValue eq 'other'")) == []
+    assert [r.name for r in generic.list_by_resource_group(rg, filter="tagName eq 'purpose' and tagValue eq 'interop'")] == [name]
     tagged = admin.resources.resource_groups.list(filter=f"tagName eq 'no-such-tag-{name}'")
     assert list(tagged) == []
     assert (fetched.principal_id, fetched.client_id) == (created.principal_id, created.client_id)

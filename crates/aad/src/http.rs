@@ -215,7 +215,15 @@ async fn method_not_allowed(request: Request) -> Response {
     let method = request.method().to_string();
     let error = if is_graph_path(path) {
         AadError::GraphMethodNotAllowed
-    } else if path.contains("/.well-known/") || path.contains("/discovery/") {
+    } else if [
+        "/.well-known/openid-configuration",
+        "/discovery/keys",
+        "/discovery/v2.0/keys",
+        "/discovery/instance",
+    ]
+    .iter()
+    .any(|document| path.trim_end_matches('/').ends_with(document))
+    {
         // Discovery documents, signing keys and instance discovery are read with GET.
         AadError::GetOnly(method)
     } else {

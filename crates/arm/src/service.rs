@@ -1347,7 +1347,9 @@ impl Arm {
             condition,
             condition_version,
         } = input;
-        // Azure's only condition language version, and its default.
+        // An empty condition is none. Azure's only condition language version is 2.0, also the
+        // default.
+        let condition = condition.filter(|c| !c.trim().is_empty());
         let condition_version = match (&condition, condition_version) {
             (None, _) => None,
             (Some(_), None) => Some("2.0".to_string()),
@@ -1368,6 +1370,20 @@ impl Arm {
             .to_string();
         let role = rbac::built_in(&guid)
             .ok_or_else(|| ArmError::RoleDefinitionDoesNotExist(guid.clone()))?;
+        // misim stores conditions but does not evaluate them. On a role that can write role
+        // assignments (the usual home of delegation conditions) that would grant more than
+        // Azure does, so it is refused rather than silently widened.
+        if condition.is_some()
+            && rbac::permission_allows(
+                &role.permission,
+                "Microsoft.Authorization/roleAssignments/write",
+            )
+        {
+            return Err(ArmError::InvalidParameter(format!(
+                "misim does not evaluate role assignment conditions, and a condition on '{}' (which can write role assignments) would grant more than on Azure; assign it without a condition, or a role that cannot delegate.",
+                role.name
+            )));
+        }
         if !is_guid(principal_id) {
             return Err(ArmError::InvalidParameter(format!(
                 "The principal ID '{principal_id}' is not a valid GUID."

@@ -68,8 +68,12 @@ fn authorize(imds: &Imds, headers: &HeaderMap) -> Result<(), ImdsError> {
     }
 }
 
+/// The largest body the host API reads: above ARM's own request limit (1 MiB), so that what
+/// ARM accepted always fits (a refused delivery would stall ARM's outbox).
+const MAX_HOST_BODY_BYTES: usize = 2 * 1024 * 1024;
+
 async fn body_as<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ImdsError> {
-    let bytes = axum::body::to_bytes(body, 256 * 1024)
+    let bytes = axum::body::to_bytes(body, MAX_HOST_BODY_BYTES)
         .await
         .map_err(|_| ImdsError::HostBadRequest("body too large".into()))?;
     serde_json::from_slice(&bytes)

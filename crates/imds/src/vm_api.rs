@@ -438,6 +438,9 @@ pub(crate) fn panic_answer(app_service: bool, message: &str) -> Response {
 
 /// An IMDS error told in the App Service dialect, with IMDS's status and message.
 fn app_service_failure(error: &ImdsError) -> Response {
+    if let ImdsError::Internal(detail) = error {
+        tracing::error!(error = %detail, "internal error in IMDS's App Service endpoint");
+    }
     app_service_error(error.parts().0, &error.to_string())
 }
 

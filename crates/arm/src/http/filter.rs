@@ -7,30 +7,30 @@ use serde_json::Value;
 use crate::error::ArmError;
 use crate::store::ResourceRow;
 
-/// `'value'` → `value`, with OData's doubled quotes undone.
+/// `'value'` → `value`, with OData's doubled quotes undone; a lone quote inside is refused.
 pub fn quoted(text: &str) -> Option<String> {
-    Some(
-        text.trim()
-            .strip_prefix('\'')?
-            .strip_suffix('\'')?
-            .replace("''", "'"),
-    )
+    let inner = text.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+    let value = inner.replace("''", "'");
+    (value.matches('\'').count() * 2 == inner.matches('\'').count()).then_some(value)
 }
 
-/// The terms of `a and b and c` (the keyword in any case; quoted values keep theirs).
+/// The terms of `a and b and c` (the keyword in any case; quoted values keep theirs). Bytes
+/// are compared, so any text splits without panicking: the cuts fall on ASCII spaces.
 pub fn terms(filter: &str) -> Vec<&str> {
-    let lower = filter.to_ascii_lowercase();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
+    const AND: &[u8] = b" and ";
     let bytes = filter.as_bytes();
-    let mut i = 0;
+    let mut out = Vec::new();
+    let (mut start, mut i, mut quoted) = (0, 0, false);
     while i < bytes.len() {
         if bytes[i] == b'\'' {
             quoted = !quoted;
-        } else if !quoted && lower[i..].starts_with(" and ") {
+        } else if !quoted
+            && bytes
+                .get(i..i + AND.len())
+                .is_some_and(|word| word.eq_ignore_ascii_case(AND))
+        {
             out.push(filter[start..i].trim());
-            i += " and ".len();
+            i += AND.len();
             start = i;
             continue;
         }
@@ -149,6 +149,24 @@ mod tests {
             ["tagName eq 'a and b'", "tagValue eq 'x'"]
         );
         assert_eq!(terms("atScope()"), ["atScope()"]);
+        // Any text splits without panicking, multi-byte characters included.
+        assert_eq!(terms("é and ‘env’ AND x"), ["é", "‘env’", "x"]);
+        assert_eq!(terms("ü"), ["ü"]);
+    }
+
+    #[test]
+    fn odd_text_is_refused_not_misread() {
+        for bad in [
+            "é",
+            "tagName eq ‘env’",
+            "tagName eq 'a and tagValue eq 'b'",
+            "tagName eq 'it's'",
+            "tagName eq 'unclosed",
+        ] {
+            assert!(ResourceFilter::parse(Some(bad), true).is_err(), "{bad}");
+        }
+        assert_eq!(quoted("'it''s'").as_deref(), Some("it's"));
+        assert_eq!(quoted("'a'b'"), None);
     }
 
     #[test]

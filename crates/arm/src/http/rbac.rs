@@ -55,32 +55,35 @@ fn assignment_filter(filter: Option<&str>) -> Result<AssignmentFilter, ArmError>
     };
     let refuse = || {
         ArmError::InvalidParameter(format!(
-            "The filter '{filter}' is not supported. Supported: atScope(), principalId eq '{{id}}', assignedTo('{{id}}'), and atScope() with one of the others (as `az role assignment list --include-groups` sends)."
+            "The filter '{filter}' is not supported. Supported: atScope(), principalId eq '{{id}}', assignedTo('{{id}}'), and atScope() and assignedTo('{{id}}') (as `az role assignment list --include-groups` sends)."
         ))
     };
+    // (atScope(), principal id, whether it came as assignedTo()).
     let (mut at_scope, mut principal) = (false, None);
     for term in terms(filter) {
         if term.eq_ignore_ascii_case("atScope()") && !at_scope {
             at_scope = true;
             continue;
         }
-        let id = term
-            .strip_prefix("principalId eq ")
-            .and_then(quoted)
-            .or_else(|| {
-                term.strip_prefix("assignedTo(")
-                    .and_then(|r| r.strip_suffix(')'))
-                    .and_then(quoted)
-            })
-            .ok_or_else(refuse)?;
+        let id = match term.strip_prefix("principalId eq ").and_then(quoted) {
+            Some(id) => (id, false),
+            None => term
+                .strip_prefix("assignedTo(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(quoted)
+                .map(|id| (id, true))
+                .ok_or_else(refuse)?,
+        };
         if principal.replace(id).is_some() {
             return Err(refuse());
         }
     }
     Ok(match (at_scope, principal) {
         (true, None) => AssignmentFilter::AtScope,
-        (false, Some(id)) => AssignmentFilter::Principal(id),
-        (true, Some(id)) => AssignmentFilter::AtScopePrincipal(id),
+        (false, Some((id, _))) => AssignmentFilter::Principal(id),
+        (true, Some((id, true))) => AssignmentFilter::AtScopePrincipal(id),
+        // ARM does not combine atScope() with principalId eq (spec/arm.md §5.3).
+        (true, Some((_, false))) => return Err(refuse()),
         (false, None) => AssignmentFilter::None,
     })
 }

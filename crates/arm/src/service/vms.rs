@@ -94,6 +94,36 @@ fn scrub(mut properties: Map<String, Value>) -> Map<String, Value> {
     properties
 }
 
+/// What IMDS's instance document shows of a VM's properties (spec/tokens.md §1.7), and only
+/// that: the host is sent no more than it serves.
+fn instance_properties(properties: &Map<String, Value>) -> Map<String, Value> {
+    const SHOWN: [&str; 8] = [
+        "osProfile",
+        "storageProfile",
+        "securityProfile",
+        "additionalCapabilities",
+        "priority",
+        "evictionPolicy",
+        "licenseType",
+        "userData",
+    ];
+    let mut shown: Map<String, Value> = SHOWN
+        .iter()
+        .filter_map(|key| Some((key.to_string(), properties.get(*key)?.clone())))
+        .collect();
+    // Of the OS profile, the names and the Linux settings (SSH keys included); not the
+    // Windows configuration, secrets or anything else.
+    if let Some(Value::Object(os)) = shown.get_mut("osProfile") {
+        os.retain(|key, _| {
+            matches!(
+                key.as_str(),
+                "computerName" | "adminUsername" | "linuxConfiguration"
+            )
+        });
+    }
+    shown
+}
+
 /// A PATCH's properties merged into the stored ones (JSON merge patch, RFC 7386): objects merge
 /// key by key at every depth, `null` removes, anything else replaces. A PATCH of one field of
 /// `osProfile` keeps the rest of it.
@@ -188,7 +218,7 @@ impl Arm {
             tags,
             preferred_port,
             os_type: os_type(&state.properties).into(),
-            properties: state.properties.clone(),
+            properties: instance_properties(&state.properties),
         }
     }
 
@@ -664,6 +694,26 @@ impl Arm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_sent_only_what_the_instance_document_shows() {
+        let properties = serde_json::json!({
+            "hardwareProfile": {"vmSize": "Standard_B1s"},
+            "osProfile": {"computerName": "web", "adminUsername": "u", "windowsConfiguration": {"x": 1}, "secrets": [1], "linuxConfiguration": {"ssh": {"publicKeys": []}}},
+            "storageProfile": {"osDisk": {"osType": "Linux"}},
+            "diagnosticsProfile": {"blob": "x"},
+            "userData": "aGk=",
+        });
+        let shown = instance_properties(properties.as_object().expect("object"));
+        assert_eq!(
+            Value::Object(shown),
+            serde_json::json!({
+                "osProfile": {"computerName": "web", "adminUsername": "u", "linuxConfiguration": {"ssh": {"publicKeys": []}}},
+                "storageProfile": {"osDisk": {"osType": "Linux"}},
+                "userData": "aGk=",
+            })
+        );
+    }
 
     #[test]
     fn the_os_type_is_declared_or_read_from_the_os_profile() {
