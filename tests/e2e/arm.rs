@@ -1632,3 +1632,275 @@ async fn providers_are_registered_and_list_their_types() {
         .await;
     assert!((400..500).contains(&status), "{status}");
 }
+
+#[tokio::test]
+async fn custom_roles_are_defined_assigned_enforced_and_deleted() {
+    let first = TestSim::start().await;
+    let sub = sub_path(&first);
+    let admin_token = first
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let admin = Arm {
+        sim: &first,
+        token: admin_token.clone(),
+    };
+    for rg in ["roles-a", "roles-b"] {
+        admin
+            .call(
+                Method::PUT,
+                &format!("{sub}/resourcegroups/{rg}"),
+                RG_API,
+                Some(json!({"location": "eastus"})),
+            )
+            .await;
+    }
+    let definitions = format!("{sub}/providers/Microsoft.Authorization/roleDefinitions");
+    let guid = uuid::Uuid::new_v4().to_string();
+    let role_path = format!("{definitions}/{guid}");
+    let body = |name: &str, description: &str, scopes: Value| json!({"properties": {"roleName": name, "description": description, "type": "CustomRole", "assignableScopes": scopes, "permissions": [{"actions": ["Microsoft.Resources/subscriptions/resourceGroups/read"], "notActions": [], "dataActions": [], "notDataActions": []}]}});
+    let (status, created) = admin
+        .call(
+            Method::PUT,
+            &role_path,
+            AUTH_API,
+            Some(body("Group Reader", "reads groups", json!([sub]))),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"], guid.as_str());
+    assert_eq!(created["properties"]["type"], "CustomRole");
+    assert_eq!(created["properties"]["assignableScopes"], json!([sub]));
+    let (status, updated) = admin
+        .call(
+            Method::PUT,
+            &role_path,
+            AUTH_API,
+            Some(body("Group Reader", "reads resource groups", json!([sub]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        updated["properties"]["description"],
+        "reads resource groups"
+    );
+
+    // Bad definitions, in ARM's envelope.
+    let other = format!("{definitions}/{}", uuid::Uuid::new_v4());
+    for (path, body, status, code) in [
+        (
+            other.clone(),
+            body("Group Reader", "", json!([sub])),
+            409,
+            "RoleDefinitionWithSameNameExists",
+        ),
+        (
+            other.clone(),
+            body("reader", "", json!([sub])),
+            409,
+            "RoleDefinitionWithSameNameExists",
+        ),
+        (
+            other.clone(),
+            body("No Scopes", "", json!([])),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            other.clone(),
+            body("Root", "", json!(["/"])),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            other.clone(),
+            body(
+                "Elsewhere",
+                "",
+                json!(["/subscriptions/00000000-0000-0000-0000-000000000000"]),
+            ),
+            404,
+            "SubscriptionNotFound",
+        ),
+        (
+            other.clone(),
+            json!({"properties": {"roleName": "Broken", "assignableScopes": [sub], "permissions": "all"}}),
+            400,
+            "InvalidRequestContent",
+        ),
+        (
+            format!("{definitions}/acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+            body("Not Reader", "", json!([sub])),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            format!("{definitions}/not-a-guid"),
+            body("Bad Id", "", json!([sub])),
+            400,
+            "InvalidParameter",
+        ),
+    ] {
+        let (got, answer) = admin.call(Method::PUT, &path, AUTH_API, Some(body)).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+    }
+
+    // Listed where it may be assigned, by name and by type.
+    let (_, by_name) = filtered(
+        &first,
+        &admin_token,
+        &definitions,
+        AUTH_API,
+        "roleName eq 'group reader'",
+    )
+    .await;
+    assert_eq!(
+        by_name["value"].as_array().map(Vec::len),
+        Some(1),
+        "{by_name}"
+    );
+    let (_, customs) = filtered(
+        &first,
+        &admin_token,
+        &format!("{sub}/resourceGroups/roles-a/providers/Microsoft.Authorization/roleDefinitions"),
+        AUTH_API,
+        "type eq 'CustomRole'",
+    )
+    .await;
+    assert_eq!(customs["value"][0]["name"], guid.as_str(), "{customs}");
+
+    // Assigned, it grants exactly its actions.
+    let (_, worker_token) = crate::support::roleless_app(&first, "custom-role-worker").await;
+    let worker = Arm {
+        sim: &first,
+        token: worker_token,
+    };
+    let graph = first
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let worker_oid = {
+        let (_, list) = first
+            .graph(
+                Method::GET,
+                "servicePrincipals?$filter=displayName eq 'custom-role-worker'",
+                &graph,
+                None,
+            )
+            .await;
+        list["value"][0]["id"].as_str().expect("oid").to_string()
+    };
+    let group_a = format!("{sub}/resourceGroups/roles-a");
+    assert_eq!(
+        worker.call(Method::GET, &group_a, RG_API, None).await.0,
+        403
+    );
+    let assignment = format!(
+        "{sub}/providers/Microsoft.Authorization/roleAssignments/{}",
+        uuid::Uuid::new_v4()
+    );
+    let (status, assigned) = admin
+        .call(
+            Method::PUT,
+            &assignment,
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": created["id"], "principalId": worker_oid, "principalType": "ServicePrincipal"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{assigned}");
+    assert_eq!(
+        worker.call(Method::GET, &group_a, RG_API, None).await.0,
+        200
+    );
+    let (status, denied) = worker
+        .call(
+            Method::PUT,
+            &format!("{sub}/resourcegroups/roles-c"),
+            RG_API,
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+    assert_eq!(
+        (status, denied["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed"))
+    );
+
+    // A role assignable only in roles-a cannot be assigned in roles-b.
+    let narrow = format!("{definitions}/{}", uuid::Uuid::new_v4());
+    let (status, narrow_role) = admin
+        .call(
+            Method::PUT,
+            &narrow,
+            AUTH_API,
+            Some(body("Only A", "", json!([group_a]))),
+        )
+        .await;
+    assert_eq!(status, 201, "{narrow_role}");
+    let (status, refused) = admin
+        .call(
+            Method::PUT,
+            &format!(
+                "{sub}/resourceGroups/roles-b/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": narrow_role["id"], "principalId": worker_oid, "principalType": "ServicePrincipal"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{refused}"
+    );
+
+    // Kept across a restart.
+    drop((admin, worker));
+    let dir = first.stop().await;
+    let second = TestSim::start_in(dir, |_| {}).await;
+    let admin = Arm {
+        sim: &second,
+        token: second
+            .admin_token("https://management.azure.com/.default")
+            .await,
+    };
+    let (status, kept) = admin.call(Method::GET, &role_path, AUTH_API, None).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["properties"], updated["properties"]);
+
+    // A role still assigned is not deleted; unassigned, it is (200, then 204).
+    let (status, busy) = admin.call(Method::DELETE, &role_path, AUTH_API, None).await;
+    assert_eq!(
+        (status, busy["error"]["code"].as_str()),
+        (409, Some("RoleDefinitionHasAssignments"))
+    );
+    assert_eq!(
+        admin
+            .call(Method::DELETE, &assignment, AUTH_API, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        admin
+            .call(Method::DELETE, &role_path, AUTH_API, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        admin
+            .call(Method::DELETE, &role_path, AUTH_API, None)
+            .await
+            .0,
+        204
+    );
+    let (status, gone) = admin.call(Method::GET, &role_path, AUTH_API, None).await;
+    assert_eq!(
+        (status, gone["error"]["code"].as_str()),
+        (404, Some("RoleDefinitionDoesNotExist")),
+        "{gone}"
+    );
+    second.stop().await;
+}

@@ -86,6 +86,16 @@ pub enum ArmError {
     InvalidRoleAssignmentId(String),
     #[error("The role assignment '{0}' is not found.")]
     RoleAssignmentNotFound(String),
+    /// A GET of a role definition that does not exist (a 404, where naming one in an
+    /// assignment is a 400).
+    #[error("The specified role definition with ID '{0}' does not exist.")]
+    RoleDefinitionNotFound(String),
+    #[error("Role definition with same name '{0}' already exists.")]
+    RoleDefinitionWithSameNameExists(String),
+    #[error(
+        "There are existing role assignments referencing role (code: RoleDefinitionHasAssignments)."
+    )]
+    RoleDefinitionHasAssignments,
     #[error("The resource '{0}' does not exist or does not have a system-assigned identity.")]
     SystemIdentityNotFound(String),
     #[error(
@@ -155,6 +165,9 @@ impl ArmError {
             RoleDefinitionDoesNotExist(_) => (400, "RoleDefinitionDoesNotExist"),
             InvalidRoleAssignmentId(_) => (400, "InvalidRoleAssignmentId"),
             RoleAssignmentNotFound(_) => (404, "RoleAssignmentNotFound"),
+            RoleDefinitionWithSameNameExists(_) => (409, "RoleDefinitionWithSameNameExists"),
+            RoleDefinitionNotFound(_) => (404, "RoleDefinitionDoesNotExist"),
+            RoleDefinitionHasAssignments => (409, "RoleDefinitionHasAssignments"),
             InvalidResourceType(_) => (400, "InvalidResourceType"),
             MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             FailedIdentityOperation { .. } => (400, "FailedIdentityOperation"),

@@ -23,10 +23,12 @@ use crate::ports::{Directory, Host};
 use crate::store::{AssignmentRow, IdentityRow, ResourceRow, Store};
 
 mod fics;
+mod roles;
 mod sim;
 mod vms;
 
 pub use fics::{FicInput, KIND_FIC, MAX_FICS_PER_IDENTITY};
+pub use roles::{RoleDefinitionInput, RoleListFilter, RoleView};
 pub use sim::{CREDENTIAL_ROLL_DAYS, Cursor, parse_duration};
 
 pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView};
@@ -86,6 +88,8 @@ struct Inner {
     assignments: ReadCache<Arc<Vec<AssignmentRow>>>,
     /// Resource rows by id key (`None`: known absent); cleared on every write.
     resources: ReadCache<Option<ResourceRow>>,
+    /// Every custom role definition (one entry); cleared on every write.
+    custom_roles: ReadCache<Arc<Vec<rbac::CustomRole>>>,
     wake_key_pool: Notify,
     events: EventLog,
     /// AAD's and IMDS's simulator APIs (events, clock, faults); set by the binary.
@@ -216,6 +220,7 @@ impl Arm {
                 wake_worker: Notify::new(),
                 assignments: ReadCache::new(CACHED_READS),
                 resources: ReadCache::new(CACHED_READS),
+                custom_roles: ReadCache::new(1),
                 wake_key_pool: Notify::new(),
                 events,
                 sim_peers: std::sync::OnceLock::new(),
@@ -486,6 +491,42 @@ impl Arm {
     fn invalidate_caches(&self) {
         self.inner.assignments.clear();
         self.inner.resources.clear();
+        self.inner.custom_roles.clear();
+    }
+
+    /// Every custom role definition, cached until the next write.
+    pub(crate) async fn custom_roles(&self) -> Result<Arc<Vec<rbac::CustomRole>>, ArmError> {
+        if let Some(hit) = self.inner.custom_roles.get("") {
+            return Ok(hit);
+        }
+        let generation = self.inner.custom_roles.generation();
+        let mut roles = Vec::new();
+        for row in self.inner.store.role_definitions().await? {
+            let parse = |what: &str, text: &str| {
+                ArmError::Internal(format!(
+                    "custom role {} has unreadable {what}: {text}",
+                    row.guid
+                ))
+            };
+            roles.push(rbac::CustomRole {
+                permissions: serde_json::from_str(&row.permissions)
+                    .map_err(|_| parse("permissions", &row.permissions))?,
+                assignable_scopes: serde_json::from_str(&row.assignable_scopes)
+                    .map_err(|_| parse("assignable scopes", &row.assignable_scopes))?,
+                guid: row.guid,
+                name: row.role_name,
+                description: row.description,
+                created_at: row.created_at,
+                created_by: row.created_by,
+                updated_at: row.updated_at,
+                updated_by: row.updated_by,
+            });
+        }
+        let roles = Arc::new(roles);
+        self.inner
+            .custom_roles
+            .insert_if_current(generation, String::new(), roles.clone());
+        Ok(roles)
     }
 
     /// Writes one resource row on its own (no follow-up work) and forgets cached reads.
@@ -518,12 +559,13 @@ impl Arm {
         scope: &str,
     ) -> Result<Option<AssignmentRow>, ArmError> {
         let assignments = self.assignments_of(&caller.object_id).await?;
+        let custom = self.custom_roles().await?;
         Ok(assignments
             .iter()
             .find(|a| {
                 scope_contains(&a.scope, scope)
-                    && rbac::built_in(&a.role_guid)
-                        .is_some_and(|role| rbac::permission_allows(&role.permission, action))
+                    && rbac::find_role(&a.role_guid, &custom)
+                        .is_some_and(|role| role.allows(action))
             })
             .cloned())
     }
@@ -547,7 +589,9 @@ impl Arm {
     ) -> Result<(), ArmError> {
         match self.granting(caller, action, scope).await? {
             Some(grant) => {
-                let role = rbac::built_in(&grant.role_guid).map_or("a role", |r| r.name);
+                let custom = self.custom_roles().await?;
+                let role = rbac::find_role(&grant.role_guid, &custom)
+                    .map_or("a role".to_string(), |r| r.name().to_string());
                 self.inner.events.record(
                     Draft::new(
                         "arm.request.authorized",
@@ -1368,20 +1412,23 @@ impl Arm {
             .next()
             .unwrap_or_default()
             .to_string();
-        let role = rbac::built_in(&guid)
+        let custom = self.custom_roles().await?;
+        let role = rbac::find_role(&guid, &custom)
             .ok_or_else(|| ArmError::RoleDefinitionDoesNotExist(guid.clone()))?;
+        if !role.assignable_at(scope) {
+            return Err(ArmError::InvalidParameter(format!(
+                "The role '{}' is not available for assignment at the requested scope '{scope}': it is not within the role's assignable scopes.",
+                role.name()
+            )));
+        }
+        let role_guid = role.guid().to_string();
         // misim stores conditions but does not evaluate them. On a role that can write role
         // assignments (the usual home of delegation conditions) that would grant more than
         // Azure does, so it is refused rather than silently widened.
-        if condition.is_some()
-            && rbac::permission_allows(
-                &role.permission,
-                "Microsoft.Authorization/roleAssignments/write",
-            )
-        {
+        if condition.is_some() && role.allows("Microsoft.Authorization/roleAssignments/write") {
             return Err(ArmError::InvalidParameter(format!(
                 "misim does not evaluate role assignment conditions, and a condition on '{}' (which can write role assignments) would grant more than on Azure; assign it without a condition, or a role that cannot delegate.",
-                role.name
+                role.name()
             )));
         }
         if !is_guid(principal_id) {
@@ -1393,7 +1440,7 @@ impl Arm {
         let name_key = name.to_ascii_lowercase();
         if let Some(existing) = self.inner.store.assignment(&name_key).await? {
             let same = existing.scope_key == scope_key_value
-                && existing.role_guid.eq_ignore_ascii_case(role.guid)
+                && existing.role_guid.eq_ignore_ascii_case(&role_guid)
                 && existing.principal_id.eq_ignore_ascii_case(principal_id);
             if !same {
                 return Err(ArmError::RoleAssignmentUpdateNotPermitted);
@@ -1427,7 +1474,9 @@ impl Arm {
             .assignments_of(principal_id)
             .await?
             .into_iter()
-            .any(|a| a.scope_key == scope_key_value && a.role_guid.eq_ignore_ascii_case(role.guid));
+            .any(|a| {
+                a.scope_key == scope_key_value && a.role_guid.eq_ignore_ascii_case(&role_guid)
+            });
         if duplicate {
             return Err(ArmError::RoleAssignmentExists);
         }
@@ -1477,8 +1526,8 @@ impl Arm {
             name: name.to_string(),
             scope: display_scope.clone(),
             scope_key: scope_key_value,
-            role_definition_id: self.role_definition_id(&display_scope, role.guid),
-            role_guid: role.guid.to_string(),
+            role_definition_id: self.role_definition_id(&display_scope, &role_guid),
+            role_guid: role_guid.clone(),
             principal_id: principal_id.to_string(),
             principal_type,
             description,

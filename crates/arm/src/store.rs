@@ -57,6 +57,22 @@ pub struct AssignmentRow {
     pub updated_by: String,
 }
 
+/// A custom role definition as stored; `permissions` and `assignable_scopes` are JSON text.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct RoleDefinitionRow {
+    pub guid: String,
+    pub role_name: String,
+    pub description: String,
+    pub permissions: String,
+    pub assignable_scopes: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+const ROLE_DEFINITION_COLUMNS: &str = "guid, role_name, description, permissions, assignable_scopes, created_at, created_by, updated_at, updated_by";
+
 #[derive(Debug, Clone, FromRow)]
 pub struct OutboxRow {
     pub seq: i64,
@@ -258,6 +274,48 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         Ok(ids)
+    }
+
+    // ---- custom role definitions ----
+
+    pub async fn role_definitions(&self) -> Result<Vec<RoleDefinitionRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {ROLE_DEFINITION_COLUMNS} FROM arm_role_definitions ORDER BY role_name, guid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn put_role_definition(
+        tx: &mut Tx<'_>,
+        row: &RoleDefinitionRow,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO arm_role_definitions ({ROLE_DEFINITION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (guid) DO UPDATE SET role_name = excluded.role_name, description = excluded.description,
+             permissions = excluded.permissions, assignable_scopes = excluded.assignable_scopes,
+             updated_at = excluded.updated_at, updated_by = excluded.updated_by"
+        ))
+        .bind(&row.guid)
+        .bind(&row.role_name)
+        .bind(&row.description)
+        .bind(&row.permissions)
+        .bind(&row.assignable_scopes)
+        .bind(row.created_at)
+        .bind(&row.created_by)
+        .bind(row.updated_at)
+        .bind(&row.updated_by)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_role_definition(tx: &mut Tx<'_>, guid: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM arm_role_definitions WHERE guid = ?")
+            .bind(guid)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     // ---- role assignments ----

@@ -368,6 +368,31 @@ def scenario(workdir, misim):
           "az role assignment list --assignee <client id> resolves the principal through Graph",
           json.dumps(by_app))
 
+    print("d2. a custom role", flush=True)
+    role_def = {"Name": "misim Group Reader", "Description": "reads resource groups",
+                "Actions": ["Microsoft.Resources/subscriptions/resourceGroups/read"],
+                "AssignableScopes": [f"/subscriptions/{sub}"]}
+    custom = admin.ok("role", "definition", "create", "--role-definition", json.dumps(role_def))
+    check(custom.get("roleName") == "misim Group Reader"
+          and "CustomRole" in (custom.get("roleType"), custom.get("type")),
+          "az role definition create makes a custom role", json.dumps(custom)[:800])
+    found = admin.ok("role", "definition", "list", "--custom-role-only", "true", "--name", "misim Group Reader")
+    check([d.get("name") for d in found] == [custom.get("name")],
+          "az role definition list --custom-role-only --name finds it", json.dumps(found)[:800])
+    custom_ra = admin.ok("role", "assignment", "create", "--assignee-object-id", ident["principalId"],
+                         "--assignee-principal-type", "ServicePrincipal", "--role", "misim Group Reader",
+                         "--scope", rg_scope, label="role-assignment-create-custom")
+    check(custom_ra.get("roleDefinitionId", "").lower().endswith(custom.get("name", "?").lower()),
+          "az role assignment create --role <custom role name>", json.dumps(custom_ra)[:800])
+    busy = admin("role", "definition", "delete", "--name", "misim Group Reader", label="role-definition-delete-assigned")
+    check(not busy.ok and "RoleDefinitionHasAssignments" in busy.error(),
+          "az role definition delete refuses a role still assigned", busy.describe() if busy.ok else busy.error()[:500])
+    admin.ok("role", "assignment", "delete", "--ids", custom_ra["id"])
+    admin.ok("role", "definition", "delete", "--name", "misim Group Reader")
+    gone = admin.ok("role", "definition", "list", "--custom-role-only", "true", "--name", "misim Group Reader",
+                    label="role-definition-list-after-delete")
+    check(gone == [], "az role definition delete: the custom role is gone", json.dumps(gone)[:500])
+
     print("e. managed identity of the demo VM", flush=True)
     vm_env = misim.vm_env("demo-vm")
     require(vm_env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST") == conn["imds"],

@@ -218,6 +218,90 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
     ),
 ];
 
+/// One permission block of a custom role, as clients send it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionBlock {
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+    #[serde(default)]
+    pub data_actions: Vec<String>,
+    #[serde(default)]
+    pub not_data_actions: Vec<String>,
+}
+
+/// A custom role definition (spec/arm.md §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomRole {
+    pub guid: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<PermissionBlock>,
+    pub assignable_scopes: Vec<String>,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// A role an assignment names: built in, or a custom one.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    BuiltIn(&'static BuiltInRole),
+    Custom(&'a CustomRole),
+}
+
+impl Role<'_> {
+    pub fn guid(&self) -> &str {
+        match self {
+            Self::BuiltIn(role) => role.guid,
+            Self::Custom(role) => &role.guid,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::BuiltIn(role) => role.name,
+            Self::Custom(role) => &role.name,
+        }
+    }
+
+    /// Whether the role permits a control-plane `action`: some block's actions match it and
+    /// that block's notActions do not.
+    pub fn allows(&self, action: &str) -> bool {
+        match self {
+            Self::BuiltIn(role) => permission_allows(&role.permission, action),
+            Self::Custom(role) => role.permissions.iter().any(|block| {
+                block.actions.iter().any(|p| action_matches(p, action))
+                    && !block.not_actions.iter().any(|p| action_matches(p, action))
+            }),
+        }
+    }
+
+    /// Whether the role may be assigned at `scope` (built-in roles anywhere).
+    pub fn assignable_at(&self, scope: &str) -> bool {
+        match self {
+            Self::BuiltIn(_) => true,
+            Self::Custom(role) => role
+                .assignable_scopes
+                .iter()
+                .any(|assignable| scope_contains(assignable, scope)),
+        }
+    }
+}
+
+/// The role with `guid`: a built-in one, else one of `custom`.
+pub fn find_role<'a>(guid: &str, custom: &'a [CustomRole]) -> Option<Role<'a>> {
+    built_in(guid).map(Role::BuiltIn).or_else(|| {
+        custom
+            .iter()
+            .find(|r| r.guid.eq_ignore_ascii_case(guid))
+            .map(Role::Custom)
+    })
+}
+
 pub fn built_in(guid: &str) -> Option<&'static BuiltInRole> {
     BUILT_IN_ROLES
         .iter()

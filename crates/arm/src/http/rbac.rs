@@ -7,9 +7,11 @@ use serde_json::{Value, json};
 use super::filter::{quoted, terms};
 use super::{Call, ok_json, put_status};
 use crate::domain::path::Target;
-use crate::domain::rbac::{BUILT_IN_ROLES, BuiltInRole, built_in};
+use crate::domain::rbac::Role;
 use crate::error::ArmError;
-use crate::service::{AssignmentFilter, AssignmentInput};
+use crate::service::{
+    AssignmentFilter, AssignmentInput, RoleDefinitionInput, RoleListFilter, RoleView,
+};
 use crate::store::AssignmentRow;
 
 pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
@@ -22,29 +24,17 @@ pub async fn handle(call: &Call, target: Target) -> Result<Response, ArmError> {
         }
         Target::RoleAssignment { scope, name } => assignment(call, &scope, &name).await,
         Target::RoleDefinitions { scope } if *m == Method::GET => {
-            call.arm
-                .authorize_role_definitions(&call.caller, &scope)
-                .await?;
-            let filter = call.query.get("$filter").map(String::as_str);
-            let roles: Vec<&BuiltInRole> = match filter.map(parse_role_filter).transpose()? {
-                None => BUILT_IN_ROLES.iter().collect(),
-                Some(RoleFilter::Name(name)) => BUILT_IN_ROLES
-                    .iter()
-                    .filter(|r| r.name.eq_ignore_ascii_case(&name))
-                    .collect(),
-                Some(RoleFilter::BuiltIn) => BUILT_IN_ROLES.iter().collect(),
-                Some(RoleFilter::Custom) => Vec::new(),
+            let filter = match call.query.get("$filter").map(String::as_str) {
+                None => RoleListFilter::All,
+                Some(filter) => parse_role_filter(filter)?,
             };
+            let roles = call
+                .arm
+                .role_definitions(&call.caller, &scope, &filter)
+                .await?;
             call.page(roles, |r| definition_json(call, &scope, r))
         }
-        Target::RoleDefinition { scope, id } if *m == Method::GET => {
-            call.arm
-                .authorize_role_definitions(&call.caller, &scope)
-                .await?;
-            let role =
-                built_in(&id).ok_or_else(|| ArmError::RoleDefinitionDoesNotExist(id.clone()))?;
-            Ok(ok_json(StatusCode::OK, definition_json(call, &scope, role)))
-        }
+        Target::RoleDefinition { scope, id } => definition(call, &scope, &id).await,
         _ => Err(ArmError::MethodNotAllowed(m.to_string())),
     }
 }
@@ -88,20 +78,14 @@ fn assignment_filter(filter: Option<&str>) -> Result<AssignmentFilter, ArmError>
     })
 }
 
-enum RoleFilter {
-    Name(String),
-    BuiltIn,
-    Custom,
-}
-
-fn parse_role_filter(filter: &str) -> Result<RoleFilter, ArmError> {
+fn parse_role_filter(filter: &str) -> Result<RoleListFilter, ArmError> {
     let filter = filter.trim();
     if let Some(name) = filter.strip_prefix("roleName eq ").and_then(quoted) {
-        return Ok(RoleFilter::Name(name));
+        return Ok(RoleListFilter::Name(name));
     }
     match filter.strip_prefix("type eq ").and_then(quoted).as_deref() {
-        Some("BuiltInRole") => Ok(RoleFilter::BuiltIn),
-        Some("CustomRole") => Ok(RoleFilter::Custom),
+        Some("BuiltInRole") => Ok(RoleListFilter::BuiltIn),
+        Some("CustomRole") => Ok(RoleListFilter::Custom),
         _ => Err(ArmError::InvalidParameter(format!(
             "The filter '{filter}' is not supported. Supported: roleName eq '{{name}}', type eq 'BuiltInRole'|'CustomRole'."
         ))),
@@ -150,23 +134,98 @@ fn assignment_json(_call: &Call, row: &AssignmentRow) -> Value {
     })
 }
 
-fn definition_json(call: &Call, scope: &str, role: &BuiltInRole) -> Value {
+fn definition_json(call: &Call, scope: &str, view: &RoleView) -> Value {
+    let role = view.role();
+    let (kind, description, permissions, assignable, created, updated) = match role {
+        Role::BuiltIn(r) => (
+            "BuiltInRole",
+            r.description.to_string(),
+            json!([{"actions": r.permission.actions, "notActions": r.permission.not_actions, "dataActions": r.permission.data_actions, "notDataActions": []}]),
+            json!(["/"]),
+            (json!("2015-02-02T21:55:09.8806423Z"), Value::Null),
+            (json!("2024-01-01T00:00:00.0000000Z"), Value::Null),
+        ),
+        Role::Custom(r) => (
+            "CustomRole",
+            r.description.clone(),
+            json!(r.permissions),
+            json!(r.assignable_scopes),
+            (json!(time(r.created_at)), json!(r.created_by)),
+            (json!(time(r.updated_at)), json!(r.updated_by)),
+        ),
+    };
     json!({
-        "id": call.arm.role_definition_id(scope, role.guid),
-        "name": role.guid,
+        "id": call.arm.role_definition_id(scope, role.guid()),
+        "name": role.guid(),
         "type": "Microsoft.Authorization/roleDefinitions",
         "properties": {
-            "roleName": role.name,
-            "type": "BuiltInRole",
-            "description": role.description,
-            "assignableScopes": ["/"],
-            "permissions": [{"actions": role.permission.actions, "notActions": role.permission.not_actions, "dataActions": role.permission.data_actions, "notDataActions": []}],
-            "createdOn": "2015-02-02T21:55:09.8806423Z",
-            "updatedOn": "2024-01-01T00:00:00.0000000Z",
-            "createdBy": null,
-            "updatedBy": null,
+            "roleName": role.name(),
+            "type": kind,
+            "description": description,
+            "assignableScopes": assignable,
+            "permissions": permissions,
+            "createdOn": created.0,
+            "updatedOn": updated.0,
+            "createdBy": created.1,
+            "updatedBy": updated.1,
         }
     })
+}
+
+/// One role definition: GET (built in or custom), PUT and DELETE (custom).
+async fn definition(call: &Call, scope: &str, guid: &str) -> Result<Response, ArmError> {
+    match call.method {
+        Method::GET => {
+            let role = call.arm.role_definition(&call.caller, scope, guid).await?;
+            Ok(ok_json(StatusCode::OK, definition_json(call, scope, &role)))
+        }
+        Method::PUT => {
+            let body = call.json_object()?;
+            let properties = body
+                .get("properties")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ArmError::InvalidRequestContent("'properties' is required".into())
+                })?;
+            let field = |name: &str| properties.get(name).cloned().unwrap_or(Value::Null);
+            let parse =
+                |name: &str| ArmError::InvalidRequestContent(format!("'{name}' is malformed"));
+            let input = RoleDefinitionInput {
+                role_name: field("roleName").as_str().unwrap_or_default().to_string(),
+                description: field("description")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                permissions: serde_json::from_value(match field("permissions") {
+                    Value::Null => json!([]),
+                    other => other,
+                })
+                .map_err(|_| parse("permissions"))?,
+                assignable_scopes: serde_json::from_value(match field("assignableScopes") {
+                    Value::Null => json!([]),
+                    other => other,
+                })
+                .map_err(|_| parse("assignableScopes"))?,
+            };
+            let (role, created) = call
+                .arm
+                .put_role_definition(&call.caller, scope, guid, input)
+                .await?;
+            Ok(ok_json(
+                put_status(created),
+                definition_json(call, scope, &role),
+            ))
+        }
+        Method::DELETE => match call
+            .arm
+            .delete_role_definition(&call.caller, scope, guid)
+            .await?
+        {
+            Some(role) => Ok(ok_json(StatusCode::OK, definition_json(call, scope, &role))),
+            None => Ok(StatusCode::NO_CONTENT.into_response()),
+        },
+        ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
+    }
 }
 
 async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, ArmError> {

@@ -619,6 +619,7 @@ impl Arm {
                 }
             }
         }
+        let custom = self.custom_roles().await?;
         let assignments: Vec<Value> = self
             .assignments_of(object_id)
             .await?
@@ -627,7 +628,7 @@ impl Arm {
                 json!({
                     "name": a.name,
                     "scope": a.scope,
-                    "role": crate::domain::rbac::built_in(&a.role_guid).map(|r| r.name),
+                    "role": crate::domain::rbac::find_role(&a.role_guid, &custom).map(|r| r.name().to_string()),
                     "roleDefinitionId": a.role_definition_id,
                 })
             })
