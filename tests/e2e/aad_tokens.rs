@@ -47,6 +47,56 @@ async fn admin_secret_tokens_verify_against_discovered_jwks() {
         "https://vault.azure.net",
     )
     .await;
+    // Other first-party resources apps in a VM ask for, by URI or by per-account endpoint
+    // (the audience is the endpoint asked for), or by application id.
+    for (scope, audience) in [
+        (
+            "https://redis.azure.com/.default",
+            "https://redis.azure.com",
+        ),
+        ("https://azconfig.io/.default", "https://azconfig.io"),
+        (
+            "https://mystore.azconfig.io/.default",
+            "https://mystore.azconfig.io",
+        ),
+        (
+            "https://myaccount.documents.azure.com/.default",
+            "https://myaccount.documents.azure.com",
+        ),
+        (
+            "https://myaccount.blob.core.windows.net/.default",
+            "https://myaccount.blob.core.windows.net",
+        ),
+        (
+            "https://containerregistry.azure.net/.default",
+            "https://containerregistry.azure.net",
+        ),
+        (
+            "https://monitor.azure.com/.default",
+            "https://monitor.azure.com",
+        ),
+        (
+            "acca5fbb-b7e4-4009-81f1-37e38fd66d78/.default",
+            "acca5fbb-b7e4-4009-81f1-37e38fd66d78",
+        ),
+    ] {
+        let (status, body) = sim
+            .secret_token(&admin.client_id, &admin.client_secret, scope)
+            .await;
+        assert_eq!(status, 200, "{scope}: {body}");
+        sim.verify(body["access_token"].as_str().expect("token"), audience)
+            .await;
+    }
+    // Not every host under those domains.
+    let (status, body) = sim
+        .secret_token(
+            &admin.client_id,
+            &admin.client_secret,
+            "https://a.b.blob.core.windows.net/.default",
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error_codes"][0], 500011, "{body}");
     sim.stop().await;
 }
 
