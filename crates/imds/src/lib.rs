@@ -171,11 +171,18 @@ impl Imds {
     /// Rebuilds the address map from the stored VMs.
     async fn refresh_addresses(&self) -> Result<(), ImdsError> {
         let mut map = FastMap::default();
+        /// Of a hosted VM, only its tags: the whole record (instance properties included) is
+        /// not parsed for every VM on each put.
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: std::collections::BTreeMap<String, String>,
+        }
         for vm in self.inner.store.vms().await? {
-            let Ok(hosted) = serde_json::from_str::<HostedVm>(&vm.metadata) else {
+            let Ok(Tags { tags }) = serde_json::from_str::<Tags>(&vm.metadata) else {
                 continue;
             };
-            for ip in vm_api::tagged_addresses(&hosted) {
+            for ip in vm_api::tagged_ips(&tags) {
                 map.insert(ip, vm.vm_id.clone());
             }
         }

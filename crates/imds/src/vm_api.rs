@@ -80,9 +80,14 @@ pub const SOURCE_IP_TAG: &str = "misim-ip";
 pub(crate) fn tagged_addresses(
     hosted: &misim_core::internal::HostedVm,
 ) -> impl Iterator<Item = std::net::IpAddr> + '_ {
-    hosted
-        .tags
-        .get(SOURCE_IP_TAG)
+    tagged_ips(&hosted.tags)
+}
+
+/// The addresses a VM's `misim-ip` tag names.
+pub(crate) fn tagged_ips(
+    tags: &std::collections::BTreeMap<String, String>,
+) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+    tags.get(SOURCE_IP_TAG)
         .map(String::as_str)
         .unwrap_or("")
         .split(',')
