@@ -1855,8 +1855,122 @@ async fn custom_roles_are_defined_assigned_enforced_and_deleted() {
         "{refused}"
     );
 
+    // A change takes effect at once: the role may now create groups too.
+    let mut wider = body("Group Reader", "reads and writes groups", json!([sub]));
+    wider["properties"]["permissions"][0]["actions"]
+        .as_array_mut()
+        .expect("actions")
+        .push(json!(
+            "Microsoft.Resources/subscriptions/resourceGroups/write"
+        ));
+    // Lists given as null are empty, as clients that serialize unset fields send them.
+    wider["properties"]["permissions"][0]["notDataActions"] = Value::Null;
+    let (status, widened) = admin
+        .call(Method::PUT, &role_path, AUTH_API, Some(wider))
+        .await;
+    assert_eq!(status, 200, "{widened}");
+    assert_eq!(
+        worker
+            .call(
+                Method::PUT,
+                &format!("{sub}/resourcegroups/roles-c"),
+                RG_API,
+                Some(json!({"location": "eastus"})),
+            )
+            .await
+            .0,
+        201
+    );
+    // It may not leave an assignment outside its assignable scopes.
+    let (status, stranded) = admin
+        .call(
+            Method::PUT,
+            &role_path,
+            AUTH_API,
+            Some(body("Group Reader", "", json!([group_a]))),
+        )
+        .await;
+    assert_eq!(
+        (status, stranded["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{stranded}"
+    );
+    // Patterns are action names of bounded size, not anything at all.
+    for bad in [
+        "x".repeat(300),
+        "Microsoft.Compute/virtualMachines/read write".into(),
+        String::new(),
+    ] {
+        let mut odd = body("Odd", "", json!([sub]));
+        odd["properties"]["permissions"][0]["actions"] = json!([bad]);
+        let (status, answer) = admin
+            .call(
+                Method::PUT,
+                &format!("{definitions}/{}", uuid::Uuid::new_v4()),
+                AUTH_API,
+                Some(odd),
+            )
+            .await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    // An Owner of one group may not change or delete a role assignable beyond it: that would
+    // change what its assignments grant elsewhere.
+    let (_, group_owner_token) = crate::support::roleless_app(&first, "group-owner").await;
+    let group_owner_oid = {
+        let (_, list) = first
+            .graph(
+                Method::GET,
+                "servicePrincipals?$filter=displayName eq 'group-owner'",
+                &graph,
+                None,
+            )
+            .await;
+        list["value"][0]["id"].as_str().expect("oid").to_string()
+    };
+    let (status, owner) = admin
+        .call(
+            Method::PUT,
+            &format!(
+                "{group_a}/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": format!("{definitions}/8e3af657-a8ff-443c-a75c-2fe8c4bcb635"), "principalId": group_owner_oid, "principalType": "ServicePrincipal"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{owner}");
+    let group_owner = Arm {
+        sim: &first,
+        token: group_owner_token,
+    };
+    let mut everything = body("Group Reader", "", json!([group_a]));
+    everything["properties"]["permissions"][0]["actions"] = json!(["*"]);
+    let (status, refused) = group_owner
+        .call(
+            Method::PUT,
+            &format!("{group_a}/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+            AUTH_API,
+            Some(everything),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed")),
+        "{refused}"
+    );
+    let (status, refused) = group_owner
+        .call(
+            Method::DELETE,
+            &format!("{group_a}/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+            AUTH_API,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+
     // Kept across a restart.
-    drop((admin, worker));
+    let updated = widened;
+    drop((admin, worker, group_owner));
     let dir = first.stop().await;
     let second = TestSim::start_in(dir, |_| {}).await;
     let admin = Arm {

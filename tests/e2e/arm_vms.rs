@@ -678,5 +678,23 @@ async fn a_large_vm_body_does_not_stall_provisioning() {
         .await
         .expect("text");
     assert_eq!(computer, "big");
+    // PATCHes merge, so properties could grow past a request's size: they are kept to 1 MiB,
+    // and a PATCH beyond changes nothing.
+    let (status, refused) = call(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        VM_API,
+        Some(json!({"properties": {"userData": "y".repeat(600 * 1024)}})),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{refused}"
+    );
+    let (_, unchanged) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert!(unchanged["properties"].get("userData").is_none());
     sim.stop().await;
 }

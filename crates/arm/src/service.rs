@@ -502,17 +502,18 @@ impl Arm {
         let generation = self.inner.custom_roles.generation();
         let mut roles = Vec::new();
         for row in self.inner.store.role_definitions().await? {
-            let parse = |what: &str, text: &str| {
-                ArmError::Internal(format!(
-                    "custom role {} has unreadable {what}: {text}",
-                    row.guid
-                ))
+            // A row this version cannot read (hand-edited, say) is left out, not fatal: RBAC
+            // then treats its assignments as granting nothing.
+            let (Ok(permissions), Ok(assignable_scopes)) = (
+                serde_json::from_str(&row.permissions),
+                serde_json::from_str(&row.assignable_scopes),
+            ) else {
+                tracing::warn!(role = %row.guid, "a custom role definition is unreadable; it grants nothing");
+                continue;
             };
             roles.push(rbac::CustomRole {
-                permissions: serde_json::from_str(&row.permissions)
-                    .map_err(|_| parse("permissions", &row.permissions))?,
-                assignable_scopes: serde_json::from_str(&row.assignable_scopes)
-                    .map_err(|_| parse("assignable scopes", &row.assignable_scopes))?,
+                permissions,
+                assignable_scopes,
                 guid: row.guid,
                 name: row.role_name,
                 description: row.description,
@@ -564,8 +565,10 @@ impl Arm {
             .iter()
             .find(|a| {
                 scope_contains(&a.scope, scope)
-                    && rbac::find_role(&a.role_guid, &custom)
-                        .is_some_and(|role| role.allows(action))
+                    && rbac::find_role(&a.role_guid, &custom).is_some_and(|role| {
+                        // An assignment outside its role's assignable scopes grants nothing.
+                        role.assignable_at(&a.scope) && role.allows(action)
+                    })
             })
             .cloned())
     }
@@ -1425,7 +1428,10 @@ impl Arm {
         // misim stores conditions but does not evaluate them. On a role that can write role
         // assignments (the usual home of delegation conditions) that would grant more than
         // Azure does, so it is refused rather than silently widened.
-        if condition.is_some() && role.allows("Microsoft.Authorization/roleAssignments/write") {
+        if condition.is_some()
+            && (role.allows("Microsoft.Authorization/roleAssignments/write")
+                || role.allows("Microsoft.Authorization/roleAssignments/delete"))
+        {
             return Err(ArmError::InvalidParameter(format!(
                 "misim does not evaluate role assignment conditions, and a condition on '{}' (which can write role assignments) would grant more than on Azure; assign it without a condition, or a role that cannot delegate.",
                 role.name()

@@ -68,8 +68,9 @@ fn authorize(imds: &Imds, headers: &HeaderMap) -> Result<(), ImdsError> {
     }
 }
 
-/// The largest body the host API reads: above ARM's own request limit (1 MiB), so that what
-/// ARM accepted always fits (a refused delivery would stall ARM's outbox).
+/// The largest body the host API reads: above ARM's own limits (a request and a VM's stored
+/// properties are at most 1 MiB each), so that what ARM accepted always fits (a refused
+/// delivery would stall ARM's outbox).
 const MAX_HOST_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 async fn body_as<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ImdsError> {

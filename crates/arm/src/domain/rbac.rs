@@ -222,14 +222,19 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionBlock {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub actions: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub not_actions: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub data_actions: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub not_data_actions: Vec<String>,
+}
+
+/// A list given as `null` is empty (clients that serialize unset fields send it).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(<Option<Vec<String>> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A custom role definition (spec/arm.md §5.1).
@@ -311,23 +316,38 @@ pub fn built_in(guid: &str) -> Option<&'static BuiltInRole> {
 /// Case-insensitive wildcard match: `*` spans any characters (including `/`), and `/*/` may
 /// also stand for a single `/`, so `.../userAssignedIdentities/*/assign/action` covers
 /// `.../userAssignedIdentities/assign/action` as the documented role requires.
+///
+/// Patterns come from users (custom roles), so this runs in O(pattern × action) time without
+/// recursion: one row of the match table per pattern position, from the end.
 pub fn action_matches(pattern: &str, action: &str) -> bool {
-    fn go(p: &[u8], a: &[u8]) -> bool {
-        match p.first() {
-            None => a.is_empty(),
-            Some(b'*') => (0..=a.len()).any(|i| go(&p[1..], &a[i..])),
-            Some(b'/')
-                if p.get(1) == Some(&b'*')
-                    && p.get(2) == Some(&b'/')
-                    && a.first() == Some(&b'/')
-                    && go(&p[2..], a) =>
-            {
-                true
-            }
-            Some(c) => a.first().is_some_and(|x| x.eq_ignore_ascii_case(c)) && go(&p[1..], &a[1..]),
+    let (p, a) = (pattern.as_bytes(), action.as_bytes());
+    let n = a.len();
+    // `later[j]`: p[i + 1..] matches a[j..]; `later2[j]`: p[i + 2..] matches a[j..].
+    let mut later2 = vec![false; n + 1];
+    let mut later = vec![false; n + 1];
+    later[n] = true; // the empty pattern matches only the empty rest
+    let mut row = vec![false; n + 1];
+    for i in (0..p.len()).rev() {
+        for j in (0..=n).rev() {
+            row[j] = if p[i] == b'*' {
+                // Zero characters, or one more and still the star.
+                later[j] || (j < n && row[j + 1])
+            } else {
+                let one = j < n && a[j].eq_ignore_ascii_case(&p[i]) && later[j + 1];
+                // `/*/` standing for a single `/`: skip the `/*` and match the `/` here.
+                let slash = p[i] == b'/'
+                    && p.get(i + 1) == Some(&b'*')
+                    && p.get(i + 2) == Some(&b'/')
+                    && j < n
+                    && a[j] == b'/'
+                    && later2[j];
+                one || slash
+            };
         }
+        std::mem::swap(&mut later2, &mut later);
+        std::mem::swap(&mut later, &mut row);
     }
-    go(pattern.as_bytes(), action.as_bytes())
+    later[0]
 }
 
 /// Whether one permission block grants `action` (NotActions subtract inside the block only).
@@ -388,6 +408,26 @@ mod tests {
         ));
         assert!(!action_matches(
             "Microsoft.Authorization/*",
+            "Microsoft.Compute/virtualMachines/read"
+        ));
+        assert!(action_matches("a/*/b/*/c", "a/b/c"));
+        assert!(action_matches("a/*/b/*/c", "A/x/y/B/z/C"));
+        assert!(!action_matches("a/*/b", "a/c"));
+        assert!(action_matches("", ""));
+        assert!(!action_matches("", "x"));
+        assert!(action_matches("**", ""));
+    }
+
+    #[test]
+    fn hostile_patterns_cost_little_and_never_overflow() {
+        // Many stars before a character that never comes: exponential for a backtracking
+        // matcher (this test would not end), a small table here.
+        let stars = format!("{}x", "*".repeat(200));
+        let action = "a".repeat(250);
+        assert!(!action_matches(&stars, &action));
+        // A pattern far longer than any action (no recursion, so no stack to overflow).
+        assert!(action_matches(
+            &"*".repeat(100_000),
             "Microsoft.Compute/virtualMachines/read"
         ));
     }

@@ -29,6 +29,62 @@ pub enum RoleListFilter {
 
 /// Longest role name Azure takes.
 const MAX_ROLE_NAME_CHARS: usize = 512;
+/// Bounds on what one definition holds (Azure has similar ones), and on custom roles in all:
+/// patterns are matched on every authorization, so their size and number stay small.
+const MAX_DESCRIPTION_CHARS: usize = 2048;
+const MAX_PERMISSION_BLOCKS: usize = 10;
+const MAX_PATTERNS_PER_LIST: usize = 500;
+const MAX_PATTERN_CHARS: usize = 256;
+const MAX_ASSIGNABLE_SCOPES: usize = 100;
+const MAX_CUSTOM_ROLES: usize = 5000;
+
+/// Refuses what no role definition may hold: too much, or patterns that are not action names
+/// (letters, digits, `.`, `/`, `*`, `_`, `-`).
+fn check_shape(input: &RoleDefinitionInput) -> Result<(), ArmError> {
+    let refuse = |what: String| Err(ArmError::InvalidParameter(what));
+    if input.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return refuse(format!(
+            "The description is longer than {MAX_DESCRIPTION_CHARS} characters."
+        ));
+    }
+    if input.permissions.len() > MAX_PERMISSION_BLOCKS {
+        return refuse(format!(
+            "A role definition holds at most {MAX_PERMISSION_BLOCKS} permission blocks."
+        ));
+    }
+    if input.assignable_scopes.len() > MAX_ASSIGNABLE_SCOPES {
+        return refuse(format!(
+            "A role definition holds at most {MAX_ASSIGNABLE_SCOPES} assignable scopes."
+        ));
+    }
+    for block in &input.permissions {
+        for list in [
+            &block.actions,
+            &block.not_actions,
+            &block.data_actions,
+            &block.not_data_actions,
+        ] {
+            if list.len() > MAX_PATTERNS_PER_LIST {
+                return refuse(format!(
+                    "A permission list holds at most {MAX_PATTERNS_PER_LIST} entries."
+                ));
+            }
+            for pattern in list {
+                let valid = !pattern.is_empty()
+                    && pattern.len() <= MAX_PATTERN_CHARS
+                    && pattern
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".*/_-".contains(&b));
+                if !valid {
+                    return refuse(format!(
+                        "The action '{pattern}' is not valid: 1 to {MAX_PATTERN_CHARS} letters, digits, '.', '/', '*', '_' or '-'."
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 impl Arm {
     /// The role with `guid`, built in or custom (role definitions are tenant-wide: the scope
@@ -107,8 +163,22 @@ impl Arm {
                 "The role definition needs at least one permission block in 'permissions'.".into(),
             ));
         }
+        check_shape(&input)?;
         self.check_scope(scope).await?;
+        let custom = self.custom_roles().await?;
+        let existing = custom.iter().find(|r| r.guid.eq_ignore_ascii_case(guid));
+        if existing.is_none() && custom.len() >= MAX_CUSTOM_ROLES {
+            return Err(ArmError::InvalidParameter(format!(
+                "The directory holds {MAX_CUSTOM_ROLES} custom roles, the most it may."
+            )));
+        }
+        // The caller needs write where the role is defined, where it will be assignable and,
+        // for a change, where it was assignable: changing a role changes what every assignment
+        // of it grants.
         let mut checked = vec![scope.to_string()];
+        if let Some(existing) = existing {
+            checked.extend(existing.assignable_scopes.iter().cloned());
+        }
         for assignable in &input.assignable_scopes {
             if scope_key(assignable) == "/" {
                 return Err(ArmError::InvalidParameter(
@@ -122,7 +192,9 @@ impl Arm {
             self.authorize(caller, "Microsoft.Authorization/roleDefinitions/write", at)
                 .await?;
         }
-        let custom = self.custom_roles().await?;
+        if let Some(existing) = existing {
+            self.check_role_change(existing, &input).await?;
+        }
         if rbac::BUILT_IN_ROLES
             .iter()
             .any(|r| r.name.eq_ignore_ascii_case(name))
@@ -132,7 +204,6 @@ impl Arm {
         {
             return Err(ArmError::RoleDefinitionWithSameNameExists(name.to_string()));
         }
-        let existing = custom.iter().find(|r| r.guid.eq_ignore_ascii_case(guid));
         let now = self.inner.clock.now_unix();
         let row = RoleDefinitionRow {
             guid: guid.to_ascii_lowercase(),
@@ -183,6 +254,13 @@ impl Arm {
         let Some(view) = RoleView::find(guid, custom) else {
             return Ok(None);
         };
+        // As for a change: the caller needs the right wherever the role is assignable.
+        if let Role::Custom(role) = view.role() {
+            for at in &role.assignable_scopes {
+                self.authorize(caller, "Microsoft.Authorization/roleDefinitions/delete", at)
+                    .await?;
+            }
+        }
         if self
             .inner
             .store
@@ -198,6 +276,44 @@ impl Arm {
         tx.commit().await?;
         self.invalidate_caches();
         Ok(Some(view))
+    }
+}
+
+impl Arm {
+    /// What a change of a custom role may not do to the assignments it has: leave one outside
+    /// its assignable scopes, or let one with a condition delegate (misim does not evaluate
+    /// conditions, so that would grant more than Azure does).
+    async fn check_role_change(
+        &self,
+        existing: &CustomRole,
+        input: &RoleDefinitionInput,
+    ) -> Result<(), ArmError> {
+        let changed = CustomRole {
+            permissions: input.permissions.clone(),
+            assignable_scopes: input.assignable_scopes.clone(),
+            ..existing.clone()
+        };
+        let changed = Role::Custom(&changed);
+        let delegates = changed.allows("Microsoft.Authorization/roleAssignments/write")
+            || changed.allows("Microsoft.Authorization/roleAssignments/delete");
+        for assignment in self.inner.store.assignments().await? {
+            if !assignment.role_guid.eq_ignore_ascii_case(&existing.guid) {
+                continue;
+            }
+            if !changed.assignable_at(&assignment.scope) {
+                return Err(ArmError::InvalidParameter(format!(
+                    "The role is assigned at '{}', which the new assignable scopes do not cover; remove that assignment first.",
+                    assignment.scope
+                )));
+            }
+            if delegates && assignment.condition.is_some() {
+                return Err(ArmError::InvalidParameter(format!(
+                    "The role has an assignment with a condition ('{}'), and misim does not evaluate conditions: it may not be given role assignment rights.",
+                    assignment.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

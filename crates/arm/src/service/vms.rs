@@ -148,6 +148,9 @@ fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
     }
 }
 
+/// The most a VM's stored properties may take, as JSON (one request's worth).
+const MAX_VM_PROPERTIES_BYTES: usize = 1024 * 1024;
+
 /// Tag naming the loopback port of a VM's IMDS listener (simulator-specific).
 pub const IMDS_PORT_TAG: &str = "misim-imds-port";
 
@@ -479,6 +482,14 @@ impl Arm {
             }
         } else if !patch {
             state.properties = Map::new();
+        }
+        // PATCHes merge, so properties could grow past what one request may carry; bounded,
+        // the VM's host (which reads up to twice this) always takes what ARM accepted.
+        let size = serde_json::to_string(&state.properties).map_or(usize::MAX, |s| s.len());
+        if size > MAX_VM_PROPERTIES_BYTES {
+            return Err(ArmError::InvalidParameter(format!(
+                "The VM's properties would take {size} bytes; at most {MAX_VM_PROPERTIES_BYTES} are kept."
+            )));
         }
 
         let key = scope_key(&id);
