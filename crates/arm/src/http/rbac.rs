@@ -181,12 +181,7 @@ async fn definition(call: &Call, scope: &str, guid: &str) -> Result<Response, Ar
         }
         Method::PUT => {
             let body = call.json_object()?;
-            let properties = body
-                .get("properties")
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    ArmError::InvalidRequestContent("'properties' is required".into())
-                })?;
+            let properties = properties_of(&body)?;
             let field = |name: &str| properties.get(name).cloned().unwrap_or(Value::Null);
             let parse =
                 |name: &str| ArmError::InvalidRequestContent(format!("'{name}' is malformed"));
@@ -240,12 +235,7 @@ async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, Ar
                 return Err(ArmError::InvalidRoleAssignmentId(name.to_string()));
             }
             let body = call.json_object()?;
-            let properties = body
-                .get("properties")
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    ArmError::InvalidRequestContent("'properties' is required".into())
-                })?;
+            let properties = properties_of(&body)?;
             let text = |field: &str| -> Result<Option<String>, ArmError> {
                 match properties.get(field) {
                     None | Some(Value::Null) => Ok(None),
@@ -285,4 +275,13 @@ async fn assignment(call: &Call, scope: &str, name: &str) -> Result<Response, Ar
         },
         ref other => Err(ArmError::MethodNotAllowed(other.to_string())),
     }
+}
+
+/// The `properties` object a PUT body must carry.
+fn properties_of(
+    body: &serde_json::Map<String, Value>,
+) -> Result<&serde_json::Map<String, Value>, ArmError> {
+    body.get("properties")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ArmError::InvalidRequestContent("'properties' is required".into()))
 }
