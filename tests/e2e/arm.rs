@@ -1968,6 +1968,46 @@ async fn custom_roles_are_defined_assigned_enforced_and_deleted() {
         .await;
     assert_eq!(status, 403, "{refused}");
 
+    // A role assigned with a condition may not be given role-assignment rights: misim does not
+    // evaluate conditions, so the assignment would grant more than on Azure.
+    let (status, conditioned) = admin
+        .call(
+            Method::PUT,
+            &format!(
+                "{group_a}/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            AUTH_API,
+            Some(json!({"properties": {"roleDefinitionId": created["id"], "principalId": group_owner_oid, "principalType": "ServicePrincipal", "condition": "@Resource[Microsoft.Resources/resourceGroups:name] StringEquals 'roles-a'"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{conditioned}");
+    let mut delegating = body("Group Reader", "", json!([sub]));
+    delegating["properties"]["permissions"][0]["actions"]
+        .as_array_mut()
+        .expect("actions")
+        .push(json!("Microsoft.Authorization/roleAssignments/write"));
+    let (status, refused) = admin
+        .call(Method::PUT, &role_path, AUTH_API, Some(delegating))
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{refused}"
+    );
+    assert_eq!(
+        admin
+            .call(
+                Method::DELETE,
+                conditioned["id"].as_str().expect("id"),
+                AUTH_API,
+                None
+            )
+            .await
+            .0,
+        200
+    );
+
     // Kept across a restart.
     let updated = widened;
     drop((admin, worker, group_owner));

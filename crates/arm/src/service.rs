@@ -2126,6 +2126,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreadable_custom_role_grants_nothing_and_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let arm = open(
+            &dir.path().join("arm.db"),
+            Arc::new(FlakyDirectory::default()),
+            Arc::new(Clock::default()),
+        )
+        .await;
+        let admin = Caller {
+            object_id: "admin".into(),
+            app_id: "a".into(),
+        };
+        let guid = "11111111-2222-3333-4444-555555555555";
+        let mut tx = arm.inner.store.begin().await.expect("tx");
+        Store::put_role_definition(
+            &mut tx,
+            &crate::store::RoleDefinitionRow {
+                guid: guid.into(),
+                role_name: "Hand Edited".into(),
+                description: String::new(),
+                permissions: "not json".into(),
+                assignable_scopes: "[]".into(),
+                created_at: 0,
+                created_by: "x".into(),
+                updated_at: 0,
+                updated_by: "x".into(),
+            },
+        )
+        .await
+        .expect("row");
+        tx.commit().await.expect("commit");
+        arm.invalidate_caches();
+        // Left out of RBAC, with a warning, rather than failing every authorization.
+        assert!(arm.custom_roles().await.expect("roles").is_empty());
+        let sub = format!("/subscriptions/{}", arm.subscription_id());
+        assert!(
+            arm.permits(
+                &admin,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                &sub
+            )
+            .await
+            .expect("permits")
+        );
+        // Neither replaced nor deleted through the API.
+        let input = roles::RoleDefinitionInput {
+            role_name: "Taken Over".into(),
+            description: String::new(),
+            permissions: vec![rbac::PermissionBlock {
+                actions: vec!["*".into()],
+                ..Default::default()
+            }],
+            assignable_scopes: vec![sub.clone()],
+        };
+        assert!(matches!(
+            arm.put_role_definition(&admin, &sub, guid, input).await,
+            Err(ArmError::InvalidParameter(_))
+        ));
+        assert!(matches!(
+            arm.delete_role_definition(&admin, &sub, guid).await,
+            Err(ArmError::InvalidParameter(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn callers_without_roles_are_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let arm = open(

@@ -320,6 +320,13 @@ pub fn built_in(guid: &str) -> Option<&'static BuiltInRole> {
 /// Patterns come from users (custom roles), so this runs in O(pattern × action) time without
 /// recursion: one row of the match table per pattern position, from the end.
 pub fn action_matches(pattern: &str, action: &str) -> bool {
+    // Most patterns are a plain action or `*`: no table for those.
+    if pattern == "*" {
+        return true;
+    }
+    if !pattern.contains('*') {
+        return pattern.eq_ignore_ascii_case(action);
+    }
     let (p, a) = (pattern.as_bytes(), action.as_bytes());
     let n = a.len();
     // `later[j]`: p[i + 1..] matches a[j..]; `later2[j]`: p[i + 2..] matches a[j..].
@@ -416,6 +423,17 @@ mod tests {
         assert!(action_matches("", ""));
         assert!(!action_matches("", "x"));
         assert!(action_matches("**", ""));
+        assert!(action_matches("/*/", "/"));
+        assert!(!action_matches("*/read", "read"));
+        assert!(action_matches("Microsoft.Compute/*", "microsoft.compute/"));
+        assert!(action_matches(
+            "Microsoft.Compute/virtualMachines/read",
+            "MICROSOFT.COMPUTE/VIRTUALMACHINES/READ"
+        ));
+        assert!(!action_matches(
+            "Microsoft.Compute/virtualMachines/read",
+            "Microsoft.Compute/virtualMachines/write"
+        ));
     }
 
     #[test]

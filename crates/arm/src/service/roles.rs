@@ -33,9 +33,10 @@ const MAX_ROLE_NAME_CHARS: usize = 512;
 /// patterns are matched on every authorization, so their size and number stay small.
 const MAX_DESCRIPTION_CHARS: usize = 2048;
 const MAX_PERMISSION_BLOCKS: usize = 10;
-const MAX_PATTERNS_PER_LIST: usize = 500;
+const MAX_PATTERNS: usize = 1000;
 const MAX_PATTERN_CHARS: usize = 256;
 const MAX_ASSIGNABLE_SCOPES: usize = 100;
+const MAX_SCOPE_CHARS: usize = 2048;
 const MAX_CUSTOM_ROLES: usize = 5000;
 
 /// Refuses what no role definition may hold: too much, or patterns that are not action names
@@ -57,6 +58,27 @@ fn check_shape(input: &RoleDefinitionInput) -> Result<(), ArmError> {
             "A role definition holds at most {MAX_ASSIGNABLE_SCOPES} assignable scopes."
         ));
     }
+    if input
+        .assignable_scopes
+        .iter()
+        .any(|scope| scope.len() > MAX_SCOPE_CHARS)
+    {
+        return refuse(format!(
+            "An assignable scope is longer than {MAX_SCOPE_CHARS} characters."
+        ));
+    }
+    let patterns: usize = input
+        .permissions
+        .iter()
+        .map(|b| {
+            b.actions.len() + b.not_actions.len() + b.data_actions.len() + b.not_data_actions.len()
+        })
+        .sum();
+    if patterns > MAX_PATTERNS {
+        return refuse(format!(
+            "A role definition holds at most {MAX_PATTERNS} actions in all."
+        ));
+    }
     for block in &input.permissions {
         for list in [
             &block.actions,
@@ -64,11 +86,6 @@ fn check_shape(input: &RoleDefinitionInput) -> Result<(), ArmError> {
             &block.data_actions,
             &block.not_data_actions,
         ] {
-            if list.len() > MAX_PATTERNS_PER_LIST {
-                return refuse(format!(
-                    "A permission list holds at most {MAX_PATTERNS_PER_LIST} entries."
-                ));
-            }
             for pattern in list {
                 let valid = !pattern.is_empty()
                     && pattern.len() <= MAX_PATTERN_CHARS
@@ -76,8 +93,9 @@ fn check_shape(input: &RoleDefinitionInput) -> Result<(), ArmError> {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b".*/_-".contains(&b));
                 if !valid {
+                    let shown: String = pattern.chars().take(64).collect();
                     return refuse(format!(
-                        "The action '{pattern}' is not valid: 1 to {MAX_PATTERN_CHARS} letters, digits, '.', '/', '*', '_' or '-'."
+                        "The action '{shown}' is not valid: 1 to {MAX_PATTERN_CHARS} letters, digits, '.', '/', '*', '_' or '-'."
                     ));
                 }
             }
@@ -167,6 +185,9 @@ impl Arm {
         self.check_scope(scope).await?;
         let custom = self.custom_roles().await?;
         let existing = custom.iter().find(|r| r.guid.eq_ignore_ascii_case(guid));
+        if existing.is_none() {
+            self.refuse_unreadable(guid).await?;
+        }
         if existing.is_none() && custom.len() >= MAX_CUSTOM_ROLES {
             return Err(ArmError::InvalidParameter(format!(
                 "The directory holds {MAX_CUSTOM_ROLES} custom roles, the most it may."
@@ -252,6 +273,7 @@ impl Arm {
         }
         let custom = self.custom_roles().await?;
         let Some(view) = RoleView::find(guid, custom) else {
+            self.refuse_unreadable(guid).await?;
             return Ok(None);
         };
         // As for a change: the caller needs the right wherever the role is assignable.
@@ -280,6 +302,18 @@ impl Arm {
 }
 
 impl Arm {
+    /// A stored role this version cannot read (left out of RBAC) is neither replaced nor
+    /// deleted through the API: its assignments would come back to life unchecked.
+    async fn refuse_unreadable(&self, guid: &str) -> Result<(), ArmError> {
+        let stored = self.inner.store.role_definitions().await?;
+        if stored.iter().any(|r| r.guid.eq_ignore_ascii_case(guid)) {
+            return Err(ArmError::InvalidParameter(format!(
+                "The stored role definition '{guid}' cannot be read by this version of misim; it is left as it is."
+            )));
+        }
+        Ok(())
+    }
+
     /// What a change of a custom role may not do to the assignments it has: leave one outside
     /// its assignable scopes, or let one with a condition delegate (misim does not evaluate
     /// conditions, so that would grant more than Azure does).
