@@ -1059,7 +1059,7 @@ async fn federated_identity_credentials_are_validated_children_of_their_identity
             "InvalidParameter",
         ),
         (
-            json!({"properties": {"issuer": "http://x", "subject": "s", "audiences": ["a"]}}),
+            json!({"properties": {"issuer": "http://issuer.example.com", "subject": "s", "audiences": ["a"]}}),
             "InvalidParameter",
         ),
         (

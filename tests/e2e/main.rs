@@ -6,6 +6,7 @@ mod aad_graph;
 mod aad_tokens;
 mod arm;
 mod arm_vms;
+mod federation;
 mod imds;
 mod lifecycle;
 mod random_input;

@@ -3,4 +3,5 @@
 pub mod assertion;
 pub mod claims;
 pub mod directory;
+pub mod federation;
 pub mod resource;

@@ -36,6 +36,11 @@ pub enum AadError {
     UnsupportedAssertionType(String),
     #[error("invalid client assertion")]
     InvalidAssertion(AssertionError),
+    #[error("no federated credential matches the assertion")]
+    /// What the assertion presented: "Assertion Issuer: '…'. Assertion Subject: …".
+    FederatedNoMatch(String),
+    #[error("the federated assertion's issuer could not be reached")]
+    FederatedIssuerUnreachable(String),
     #[error("invalid scope '{0}'")]
     InvalidScope(String),
     #[error("resource '{resource}' not found")]

@@ -103,6 +103,11 @@ pub fn router(aad: Aad) -> Router {
             "/_internal/directory/managed-identities/{object_id}/certificates/{key_id}",
             axum::routing::put(internal::put_certificate).delete(internal::delete_certificate),
         )
+        .route(
+            "/_internal/directory/managed-identities/{object_id}/federated-credentials/{name}",
+            axum::routing::put(internal::put_federated_credential)
+                .delete(internal::delete_federated_credential),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

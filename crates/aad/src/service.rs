@@ -15,9 +15,10 @@ use crate::config::AadConfig;
 use crate::domain::assertion::{self, AssertionContext, SignatureMemo};
 use crate::domain::claims::{self, ClaimsInput, ClientAuth, TokenVersion};
 use crate::domain::directory::{
-    Application, KeyCredential, PasswordCredential, PrincipalKind, ServicePrincipal, Tenant,
-    new_client_secret,
+    Application, FederatedCredential, KeyCredential, PasswordCredential, PrincipalKind,
+    ServicePrincipal, Tenant, new_client_secret,
 };
+use crate::domain::federation::{self, FederationError, IssuerKeys};
 use crate::domain::resource::{self, GRAPH_APP_ID, ScopeError};
 use crate::error::AadError;
 use crate::keys::SigningKeys;
@@ -41,6 +42,19 @@ const SINGLE_VALUED: &[&str] = &[
     "resource",
 ];
 
+/// The client AAD fetches issuers' discovery documents and keys with: no proxy, no redirects,
+/// bounded in time, the platform's roots for HTTPS (issuers over plain HTTP are allowed: the
+/// simulator's issuers are often local).
+fn issuer_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
 #[derive(Clone)]
 pub struct Aad {
     inner: Arc<Inner>,
@@ -57,6 +71,8 @@ struct Inner {
     clients: ReadCache<Arc<ClientRecord>>,
     events: EventLog,
     faults: misim_core::faults::FaultPlans,
+    /// Signing keys of the issuers that federated credentials trust.
+    issuer_keys: IssuerKeys,
 }
 
 /// The bootstrap admin of CONTRACT.md (Seeded state).
@@ -200,6 +216,7 @@ impl Aad {
                 clients: ReadCache::new(10_000),
                 events,
                 faults: Default::default(),
+                issuer_keys: IssuerKeys::new(issuer_client()),
             }),
         };
         // Time may have passed while AAD was down (split mode).
@@ -444,6 +461,24 @@ impl Aad {
                 if kind != JWT_BEARER {
                     return Err(AadError::UnsupportedAssertionType(kind.to_string()));
                 }
+                // An assertion without a certificate thumbprint, for a managed identity, is an
+                // external token that its federated credentials may trust (spec §6.2).
+                if client.principal.is_managed_identity()
+                    && let Ok(jws) = split_compact(token)
+                    && !jws.header.contains_key("x5t")
+                    && !jws.header.contains_key("x5t#S256")
+                {
+                    self.validate_federated(&client.principal, &jws).await?;
+                    return self
+                        .token_for(
+                            &client,
+                            &tenant,
+                            requested,
+                            ClientAuth::Certificate,
+                            sim_now,
+                        )
+                        .await;
+                }
                 let audience_ok =
                     |aud: &str| self.assertion_audience_ok(aud, &tenant, tenant_segment);
                 let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id);
@@ -474,7 +509,20 @@ impl Aad {
             }
         };
 
-        let (audience, version) = self.resolve_resource(&requested, &tenant).await?;
+        self.token_for(&client, &tenant, requested, auth, sim_now)
+            .await
+    }
+
+    /// Issues the token a validated client asked for (`requested`: its resource as sent).
+    async fn token_for(
+        &self,
+        client: &ClientRecord,
+        tenant: &Tenant,
+        requested: String,
+        auth: ClientAuth,
+        sim_now: i64,
+    ) -> Result<TokenGrant, AadError> {
+        let (audience, version) = self.resolve_resource(&requested, tenant).await?;
         let (mi_resource_id, lifetime) = match &client.principal.kind {
             PrincipalKind::ManagedIdentity { resource_id, .. } => (
                 Some(resource_id.as_str()),
@@ -528,6 +576,107 @@ impl Aad {
             not_before,
             resource: requested,
         })
+    }
+
+    /// Validates an external token against the managed identity's federated credentials:
+    /// issuer, subject and audience first (nothing is fetched for a token no credential
+    /// trusts), then time, then the signature with the issuer's published key.
+    async fn validate_federated(
+        &self,
+        principal: &ServicePrincipal,
+        jws: &misim_core::jose::CompactJws<'_>,
+    ) -> Result<(), AadError> {
+        let credentials = self
+            .inner
+            .store
+            .federated_credentials(&principal.object_id)
+            .await?;
+        let refused = |error: FederationError| match error {
+            FederationError::NoMatch {
+                issuer,
+                subject,
+                audience,
+            } => AadError::FederatedNoMatch(format!(
+                "Assertion Issuer: '{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{audience}'."
+            )),
+            FederationError::IssuerUnreachable(detail) => {
+                AadError::FederatedIssuerUnreachable(detail)
+            }
+            FederationError::Assertion(reason) => AadError::InvalidAssertion(reason),
+        };
+        let credential = federation::matching(&credentials, jws).map_err(refused)?;
+        federation::check_time(jws, Clock::wall_now().unix_timestamp())
+            .map_err(AadError::InvalidAssertion)?;
+        self.inner
+            .issuer_keys
+            .verify(&credential.issuer, jws)
+            .await
+            .map_err(refused)?;
+        let mut draft = Draft::new(
+            "aad.federated.validated",
+            format!(
+                "accepted a token of {} for {} through its federated credential {}",
+                credential.issuer, principal.display_name, credential.name
+            ),
+        )
+        .principal(&principal.object_id)
+        .details(json!({"issuer": credential.issuer, "subject": credential.subject, "credential": credential.name}));
+        if let PrincipalKind::ManagedIdentity { resource_id, .. } = &principal.kind {
+            draft = draft.resource(resource_id);
+        }
+        self.inner.events.record(draft);
+        Ok(())
+    }
+
+    /// Sets a managed identity's federated credential (ARM's internal call); idempotent.
+    pub async fn put_federated_credential(
+        &self,
+        object_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), AadError> {
+        let view = self.service_principal(object_id, false).await?;
+        if !view.sp.is_managed_identity() {
+            return Err(AadError::GraphBadRequest(format!(
+                "'{object_id}' is not a managed identity."
+            )));
+        }
+        if credential.name.is_empty()
+            || credential.issuer.is_empty()
+            || credential.subject.is_empty()
+            || credential.audiences.is_empty()
+        {
+            return Err(AadError::GraphBadRequest(
+                "A federated credential needs a name, an issuer, a subject and an audience.".into(),
+            ));
+        }
+        self.inner
+            .store
+            .put_federated_credential(object_id, &credential)
+            .await?;
+        self.inner.events.record(
+            Draft::new(
+                "aad.federated.registered",
+                format!(
+                    "registered federated credential {} on {object_id}: tokens of {} for {}",
+                    credential.name, credential.issuer, credential.subject
+                ),
+            )
+            .principal(object_id),
+        );
+        Ok(())
+    }
+
+    /// Removes a managed identity's federated credential; whether there was one.
+    pub async fn delete_federated_credential(
+        &self,
+        object_id: &str,
+        name: &str,
+    ) -> Result<bool, AadError> {
+        Ok(self
+            .inner
+            .store
+            .delete_federated_credential(object_id, name)
+            .await?)
     }
 
     async fn client(

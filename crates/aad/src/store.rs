@@ -3,7 +3,8 @@
 use sqlx::{FromRow, SqlitePool};
 
 use crate::domain::directory::{
-    Application, KeyCredential, PasswordCredential, PrincipalKind, ServicePrincipal, Tenant,
+    Application, FederatedCredential, KeyCredential, PasswordCredential, PrincipalKind,
+    ServicePrincipal, Tenant,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/aad");
@@ -381,8 +382,70 @@ impl Store {
             .bind(object_id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM aad_federated_credentials WHERE owner_id = ?")
+            .bind(object_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(deleted > 0)
+    }
+
+    // ---- federated identity credentials ----
+
+    pub async fn federated_credentials(
+        &self,
+        owner_id: &str,
+    ) -> StoreResult<Vec<FederatedCredential>> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT name, issuer, subject, audiences FROM aad_federated_credentials WHERE owner_id = ? ORDER BY name",
+        )
+        .bind(owner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, issuer, subject, audiences)| FederatedCredential {
+                name,
+                issuer,
+                subject,
+                audiences: serde_json::from_str(&audiences).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn put_federated_credential(
+        &self,
+        owner_id: &str,
+        credential: &FederatedCredential,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (owner_id, name) DO UPDATE SET issuer = excluded.issuer, subject = excluded.subject, audiences = excluded.audiences",
+        )
+        .bind(owner_id)
+        .bind(&credential.name)
+        .bind(&credential.issuer)
+        .bind(&credential.subject)
+        .bind(serde_json::Value::from(credential.audiences.clone()).to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_federated_credential(
+        &self,
+        owner_id: &str,
+        name: &str,
+    ) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("DELETE FROM aad_federated_credentials WHERE owner_id = ? AND name = ?")
+                .bind(owner_id)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 
     // ---- credentials ----

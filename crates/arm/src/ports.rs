@@ -36,6 +36,21 @@ pub trait Directory: Send + Sync {
     async fn principal_exists(&self, object_id: &str) -> Result<bool, String>;
     /// Object ids of every managed-identity principal AAD holds.
     async fn managed_principals(&self) -> Result<Vec<String>, String>;
+    /// Sets a federated credential of a managed identity's principal (idempotent).
+    async fn put_federated_credential(
+        &self,
+        object_id: &str,
+        name: &str,
+        credential: &serde_json::Value,
+    ) -> Result<(), String> {
+        let _ = (object_id, name, credential);
+        Ok(())
+    }
+    /// Removes one (already gone: fine).
+    async fn delete_federated_credential(&self, object_id: &str, name: &str) -> Result<(), String> {
+        let _ = (object_id, name);
+        Ok(())
+    }
     /// Removes the principal's certificates other than `keep` (after a credential roll).
     async fn retain_certificates(&self, object_id: &str, keep: &[String]) -> Result<(), String> {
         let _ = (object_id, keep);
@@ -108,6 +123,29 @@ impl Directory for HttpDirectory {
         self.send(self.http.delete(self.url(object_id)), true)
             .await
             .map(|_| ())
+    }
+
+    async fn put_federated_credential(
+        &self,
+        object_id: &str,
+        name: &str,
+        credential: &serde_json::Value,
+    ) -> Result<(), String> {
+        let url = self.url(&format!(
+            "{object_id}/federated-credentials/{}",
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        ));
+        self.send(self.http.put(url).json(credential), false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_federated_credential(&self, object_id: &str, name: &str) -> Result<(), String> {
+        let url = self.url(&format!(
+            "{object_id}/federated-credentials/{}",
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        ));
+        self.send(self.http.delete(url), true).await.map(|_| ())
     }
 
     async fn principal_exists(&self, object_id: &str) -> Result<bool, String> {

@@ -307,6 +307,19 @@ impl Arm {
         // Read first: an in-memory store has a single connection, which the transaction takes.
         let identities = self.inner.store.identities().await?;
         let vms = self.inner.store.resources(KIND_VM, None).await?;
+        let mut fics = Vec::new();
+        for fic in self.inner.store.resources(KIND_FIC, None).await? {
+            let parent = fic
+                .id_key
+                .rsplit_once("/federatedidentitycredentials/")
+                .map(|(p, _)| p.to_string());
+            if let Some(parent) = parent
+                && let Some(identity) = self.resource_row(&parent).await?
+                && let Some(payload) = self.fic_payload(&identity, &fic).await?
+            {
+                fics.push(payload);
+            }
+        }
         let mut tx = self.inner.store.begin().await?;
         Store::drop_pending_puts(&mut tx).await?;
         for identity in &identities {
@@ -326,6 +339,10 @@ impl Arm {
             )
             .await?;
             Store::enqueue(&mut tx, "aad.put_certificate", &json!({"objectId": identity.principal_id, "keyId": identity.cert_key_id, "certificate": certificate})).await?;
+        }
+        // After the principals they belong to (the outbox delivers in order).
+        for payload in &fics {
+            Store::enqueue(&mut tx, "aad.put_fic", payload).await?;
         }
         for row in vms {
             let view = Self::vm_view(row)?;
@@ -1738,6 +1755,23 @@ impl Arm {
                         object_id,
                         payload["keyId"].as_str().ok_or("payload without keyId")?,
                         &certificate,
+                    )
+                    .await
+            }
+            "aad.put_fic" => {
+                directory
+                    .put_federated_credential(
+                        object_id,
+                        payload["name"].as_str().ok_or("payload without name")?,
+                        &payload["federatedCredential"],
+                    )
+                    .await
+            }
+            "aad.delete_fic" => {
+                directory
+                    .delete_federated_credential(
+                        object_id,
+                        payload["name"].as_str().ok_or("payload without name")?,
                     )
                     .await
             }

@@ -64,6 +64,17 @@ impl KeyCredential {
     }
 }
 
+/// A federated identity credential of a managed identity (spec/tokens.md §6.1): an external
+/// token with this issuer and subject, addressed to one of the audiences, stands in for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FederatedCredential {
+    #[serde(default)]
+    pub name: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+}
+
 /// A client secret, stored as salted SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordCredential {

@@ -41,6 +41,9 @@ pub fn sts_parts(error: &AadError) -> (StatusCode, &'static str, u32, String) {
         ConflictingClientCredentials => (bad, "invalid_request", 7000219, "Only one client credential may be sent: the request contains both 'client_secret' and 'client_assertion'.".into()),
         UnsupportedAssertionType(t) => (bad, "invalid_request", 7000220, format!("The client_assertion_type '{t}' is not supported; use 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.")),
         InvalidAssertion(reason) => assertion_parts(reason),
+        FederatedNoMatch(presented) => (bad, "invalid_request", 70021, format!("No matching federated identity record found for presented assertion. {presented}")),
+        // The code Entra gives an unreachable issuer is unconfirmed (spec/tokens.md §6.2).
+        FederatedIssuerUnreachable(detail) => (bad, "invalid_request", 50166, format!("Request to External OIDC endpoint failed. {detail}")),
         InvalidScope(s) => (bad, "invalid_scope", 70011, format!("The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid.")),
         ResourceNotFound { resource, tenant } => (bad, "invalid_resource", 500011, format!("The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.")),
         PostOnly(method) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", 900561, format!("The endpoint only accepts POST requests. Received a {method} request.")),

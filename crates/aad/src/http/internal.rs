@@ -218,3 +218,30 @@ pub async fn delete_certificate(
         .map_err(|e| ctx.fail(e).graph())?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+pub async fn put_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((object_id, name)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    let mut credential: crate::domain::directory::FederatedCredential = body_as(body, &ctx).await?;
+    credential.name = name;
+    aad.put_federated_credential(&object_id, credential)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn delete_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((object_id, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let ctx = authorize(&aad, &headers)?;
+    aad.delete_federated_credential(&object_id, &name)
+        .await
+        .map_err(|e| ctx.fail(e).graph())?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -25,9 +25,13 @@ pub struct FicInput {
 impl FicInput {
     fn validate(&self) -> Result<(), ArmError> {
         let bad = |m: &str| Err(ArmError::InvalidParameter(m.to_string()));
-        let issuer_ok = self.issuer.starts_with("https://") && self.issuer.len() > "https://".len();
+        let issuer_ok = (self.issuer.starts_with("https://")
+            && self.issuer.len() > "https://".len())
+            || local_http_issuer(&self.issuer);
         if !issuer_ok || self.issuer.trim() != self.issuer {
-            return bad("The issuer must be an https URL without leading or trailing whitespace.");
+            return bad(
+                "The issuer must be an https URL without leading or trailing whitespace (or, in misim, an http URL of a local issuer: loopback, a private address or a single-label host).",
+            );
         }
         if self.subject.trim().is_empty() || self.subject.contains('*') {
             return bad("The subject must be a non-empty value without wildcards.");
@@ -42,6 +46,30 @@ impl FicInput {
             return bad("Issuer, subject and audience must be at most 600 characters.");
         }
         Ok(())
+    }
+}
+
+/// An `http://` issuer misim accepts although Azure takes only https: one on loopback, a
+/// private address or a single-label host (a compose service), where a test's own issuer runs
+/// and which no public issuer can be.
+fn local_http_issuer(issuer: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(issuer) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    }
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_private(),
+        Err(_) => host == "localhost" || !host.contains('.'),
     }
 }
 
@@ -134,8 +162,46 @@ impl Arm {
             updated_at: now,
             updated_by: caller.object_id.clone(),
         };
-        self.save_resource(&row).await?;
+        // AAD holds the credential too: its token endpoint is where it is used.
+        let payload = self.fic_payload(&parent, &row).await?;
+        let mut tx = self.inner.store.begin().await?;
+        Store::put_resource(&mut tx, &row).await?;
+        if let Some(payload) = payload {
+            Store::enqueue(&mut tx, "aad.put_fic", &payload).await?;
+        }
+        tx.commit().await?;
+        self.invalidate_caches();
+        self.deliver().await;
         Ok((row, existing.is_none()))
+    }
+
+    /// What AAD is sent of a federated credential: the identity's principal, the credential's
+    /// name, issuer, subject and audiences (`None` if the identity has no principal).
+    pub(super) async fn fic_payload(
+        &self,
+        identity: &ResourceRow,
+        fic: &ResourceRow,
+    ) -> Result<Option<Value>, ArmError> {
+        let Some(principal) = self
+            .inner
+            .store
+            .identities_of(&identity.id_key)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let properties: Value = serde_json::from_str(&fic.properties).unwrap_or_default();
+        Ok(Some(json!({
+            "objectId": principal.principal_id,
+            "name": fic.name,
+            "federatedCredential": {
+                "issuer": properties["issuer"],
+                "subject": properties["subject"],
+                "audiences": properties["audiences"],
+            },
+        })))
     }
 
     pub async fn fic(
@@ -198,11 +264,27 @@ impl Arm {
             &id,
         )
         .await?;
-        self.existing_identity(sub, rg, identity).await?;
+        let parent = self.existing_identity(sub, rg, identity).await?;
+        let principal = self
+            .inner
+            .store
+            .identities_of(&parent.id_key)
+            .await?
+            .into_iter()
+            .next();
         let mut tx = self.inner.store.begin().await?;
         let deleted = Store::delete_resource(&mut tx, &scope_key(&id)).await?;
+        if deleted && let Some(principal) = principal {
+            Store::enqueue(
+                &mut tx,
+                "aad.delete_fic",
+                &json!({"objectId": principal.principal_id, "name": name}),
+            )
+            .await?;
+        }
         tx.commit().await?;
         self.invalidate_caches();
+        self.deliver().await;
         Ok(deleted)
     }
 
@@ -214,5 +296,34 @@ impl Arm {
     ) -> Result<Vec<ResourceRow>, ArmError> {
         debug_assert_eq!(identity.kind, KIND_IDENTITY);
         self.fics_of(&identity.resource_group, &identity.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_http_issuer;
+
+    #[test]
+    fn plain_http_issuers_only_where_a_local_one_runs() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost/issuer",
+            "http://[::1]:9000",
+            "http://10.1.2.3",
+            "http://192.168.0.5:80",
+            "http://oidc:8080",
+        ] {
+            assert!(local_http_issuer(local), "{local}");
+        }
+        for public in [
+            "http://issuer.example.com",
+            "http://8.8.8.8",
+            "https://127.0.0.1",
+            "http://",
+            "ftp://localhost",
+            "http://[2001:db8::1]",
+        ] {
+            assert!(!local_http_issuer(public), "{public}");
+        }
     }
 }

@@ -1,0 +1,304 @@
+//! Workload identity federation (spec/tokens.md §6.2): an external token (a Kubernetes service
+//! account's, a CI system's) presented as the client assertion of a managed identity whose
+//! federated credentials trust its issuer, subject and audience. The issuer's signing keys come
+//! from its OpenID discovery document.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use misim_core::jose::{CompactJws, b64_lenient, numeric_claim};
+use serde_json::Value;
+
+use super::assertion::{ASSERTION_CLOCK_SKEW_SECS, AssertionError};
+use super::directory::FederatedCredential;
+
+/// Why a federated assertion was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FederationError {
+    /// No credential trusts this issuer, subject and audience (AADSTS70021).
+    NoMatch {
+        issuer: String,
+        subject: String,
+        audience: String,
+    },
+    /// The issuer's discovery document or keys could not be had (AADSTS50166).
+    IssuerUnreachable(String),
+    /// Malformed, wrongly signed or out of its time range: as for certificate assertions.
+    Assertion(AssertionError),
+}
+
+/// The credential an external token matches: issuer and subject exactly (case-sensitive, as
+/// Entra compares them), and one of its audiences among the token's.
+pub fn matching<'a>(
+    credentials: &'a [FederatedCredential],
+    jws: &CompactJws<'_>,
+) -> Result<&'a FederatedCredential, FederationError> {
+    let text = |name: &str| jws.claims.get(name).and_then(Value::as_str).unwrap_or("");
+    let audiences: Vec<&str> = match jws.claims.get("aud") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    credentials
+        .iter()
+        .find(|c| {
+            c.issuer == text("iss")
+                && c.subject == text("sub")
+                && c.audiences.iter().any(|a| audiences.contains(&a.as_str()))
+        })
+        .ok_or_else(|| FederationError::NoMatch {
+            issuer: text("iss").to_string(),
+            subject: text("sub").to_string(),
+            audience: audiences.join(","),
+        })
+}
+
+/// `exp` (required) and `nbf` against wall time, with the skew certificate assertions get.
+pub fn check_time(jws: &CompactJws<'_>, wall_now: i64) -> Result<(), AssertionError> {
+    let time = |name: &str| match numeric_claim(&jws.claims, name) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(())) => Err(AssertionError::Malformed(format!(
+            "the '{name}' claim is not a number"
+        ))),
+    };
+    let exp = time("exp")?.ok_or(AssertionError::MissingExpiry)?;
+    let nbf = time("nbf")?;
+    let too_early = nbf.is_some_and(|nbf| wall_now.saturating_add(ASSERTION_CLOCK_SKEW_SECS) < nbf);
+    if too_early || exp.saturating_add(ASSERTION_CLOCK_SKEW_SECS) < wall_now {
+        return Err(AssertionError::TimeRange {
+            now: wall_now,
+            nbf,
+            exp,
+        });
+    }
+    Ok(())
+}
+
+/// An issuer's RSA signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IssuerKey {
+    kid: String,
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+/// How long an issuer's keys are kept before they are fetched again.
+const KEYS_KEPT: Duration = Duration::from_secs(300);
+/// A token naming a key not among the kept ones refetches them, at most this often.
+const REFETCH_AFTER: Duration = Duration::from_secs(10);
+/// The most a discovery document or key set may take.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// An issuer's keys and when they were fetched.
+type Fetched = (Instant, Arc<Vec<IssuerKey>>);
+
+/// Issuers' signing keys, fetched from their discovery documents and kept for a while.
+pub struct IssuerKeys {
+    http: reqwest::Client,
+    kept: Mutex<HashMap<String, Fetched>>,
+}
+
+impl IssuerKeys {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies an RS256 token signed by `issuer`'s key `kid`.
+    pub async fn verify(&self, issuer: &str, jws: &CompactJws<'_>) -> Result<(), FederationError> {
+        let malformed =
+            |what: &str| FederationError::Assertion(AssertionError::Malformed(what.into()));
+        if jws.header.get("alg").and_then(Value::as_str) != Some("RS256") {
+            return Err(FederationError::Assertion(
+                AssertionError::UnsupportedAlgorithm(
+                    jws.header
+                        .get("alg")
+                        .and_then(Value::as_str)
+                        .unwrap_or("none")
+                        .to_string(),
+                ),
+            ));
+        }
+        let kid = jws
+            .header
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("a federated assertion needs a 'kid' header"))?;
+        let key = match self.find(issuer, kid, false).await? {
+            Some(key) => key,
+            None => self.find(issuer, kid, true).await?.ok_or_else(|| {
+                FederationError::Assertion(AssertionError::KeyNotFound {
+                    thumbprint: kid.to_string(),
+                })
+            })?,
+        };
+        let public = aws_lc_rs::signature::RsaPublicKeyComponents {
+            n: &key.n,
+            e: &key.e,
+        };
+        public
+            .verify(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                jws.signing_input.as_bytes(),
+                &jws.signature,
+            )
+            .map_err(|_| {
+                FederationError::Assertion(AssertionError::BadSignature {
+                    thumbprint: kid.to_string(),
+                })
+            })
+    }
+
+    /// The key `kid` among the issuer's kept keys (fetched if none are kept or they are old;
+    /// `refetch` fetches again unless the kept ones are very recent).
+    async fn find(
+        &self,
+        issuer: &str,
+        kid: &str,
+        refetch: bool,
+    ) -> Result<Option<IssuerKey>, FederationError> {
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(issuer)
+            .cloned();
+        // Kept keys serve unless old; a refetch (for an unknown kid) fetches unless they are
+        // very recent, so a token naming a key that does not exist cannot make every request
+        // fetch.
+        let fresh = |at: Instant| at.elapsed() < if refetch { REFETCH_AFTER } else { KEYS_KEPT };
+        let keys = match kept {
+            Some((at, keys)) if fresh(at) => keys,
+            _ => {
+                let keys = Arc::new(self.fetch(issuer).await?);
+                self.kept
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(issuer.to_string(), (Instant::now(), keys.clone()));
+                keys
+            }
+        };
+        Ok(keys.iter().find(|k| k.kid == kid).cloned())
+    }
+
+    async fn fetch(&self, issuer: &str) -> Result<Vec<IssuerKey>, FederationError> {
+        let unreachable = |what: String| FederationError::IssuerUnreachable(what);
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let document = self.get_json(&discovery).await.map_err(unreachable)?;
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unreachable(format!("{discovery} names no jwks_uri")))?;
+        let set = self.get_json(jwks_uri).await.map_err(unreachable)?;
+        let b64 = |v: Option<&Value>| v.and_then(Value::as_str).and_then(b64_lenient);
+        Ok(set
+            .get("keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|k| k.get("kty").and_then(Value::as_str) == Some("RSA"))
+            .filter_map(|k| {
+                Some(IssuerKey {
+                    kid: k.get("kid")?.as_str()?.to_string(),
+                    n: b64(k.get("n"))?,
+                    e: b64(k.get("e"))?,
+                })
+            })
+            .collect())
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: {}", response.status()));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("GET {url}: the document is too large"));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use misim_core::jose::split_compact;
+
+    fn token(claims: Value) -> String {
+        let b64 = |v: &Value| misim_core::jose::b64url(v.to_string().as_bytes());
+        format!(
+            "{}.{}.c2ln",
+            b64(&serde_json::json!({"alg": "RS256", "kid": "k"})),
+            b64(&claims)
+        )
+    }
+
+    fn fic(issuer: &str, subject: &str, audience: &str) -> FederatedCredential {
+        FederatedCredential {
+            name: "f".into(),
+            issuer: issuer.into(),
+            subject: subject.into(),
+            audiences: vec![audience.into()],
+        }
+    }
+
+    #[test]
+    fn issuer_and_subject_match_exactly_and_one_audience_is_enough() {
+        let credentials = [fic(
+            "https://issuer.example",
+            "system:serviceaccount:default:app",
+            "api://AzureADTokenExchange",
+        )];
+        let good = token(
+            serde_json::json!({"iss": "https://issuer.example", "sub": "system:serviceaccount:default:app", "aud": ["x", "api://AzureADTokenExchange"]}),
+        );
+        assert!(matching(&credentials, &split_compact(&good).expect("jws")).is_ok());
+        for bad in [
+            serde_json::json!({"iss": "https://issuer.example/", "sub": "system:serviceaccount:default:app", "aud": "api://AzureADTokenExchange"}),
+            serde_json::json!({"iss": "https://issuer.example", "sub": "SYSTEM:serviceaccount:default:app", "aud": "api://AzureADTokenExchange"}),
+            serde_json::json!({"iss": "https://issuer.example", "sub": "system:serviceaccount:default:app", "aud": "api://other"}),
+            serde_json::json!({"iss": "https://issuer.example", "sub": "system:serviceaccount:default:app"}),
+        ] {
+            let bad = token(bad);
+            assert!(matches!(
+                matching(&credentials, &split_compact(&bad).expect("jws")),
+                Err(FederationError::NoMatch { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn expiry_is_required_and_checked_with_skew() {
+        let at = |claims: Value| check_time(&split_compact(&token(claims)).expect("jws"), 10_000);
+        assert!(at(serde_json::json!({"exp": 10_100})).is_ok());
+        assert!(at(serde_json::json!({"exp": 9_800, "nbf": 10_200})).is_ok());
+        assert!(matches!(
+            at(serde_json::json!({})),
+            Err(AssertionError::MissingExpiry)
+        ));
+        assert!(matches!(
+            at(serde_json::json!({"exp": 9_000})),
+            Err(AssertionError::TimeRange { .. })
+        ));
+        assert!(matches!(
+            at(serde_json::json!({"exp": 20_000, "nbf": 11_000})),
+            Err(AssertionError::TimeRange { .. })
+        ));
+    }
+}

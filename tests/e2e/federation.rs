@@ -1,0 +1,310 @@
+//! Workload identity federation: an external OIDC issuer's token, trusted by a federated
+//! credential of a user-assigned identity, is exchanged at AAD for the identity's token
+//! (spec/tokens.md §6.2). The issuer is a small server of this test on loopback.
+
+use misim_core::crypto::{JwsAlg, RsaCertificate, RsaKey};
+use misim_core::jose::b64url;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestSim, arm_call};
+
+const MSI_API: &str = "2024-11-30";
+const EXCHANGE: &str = "api://AzureADTokenExchange";
+const SUBJECT: &str = "system:serviceaccount:default:workload";
+
+/// An OIDC issuer on loopback: its discovery document and key set, one RSA key (`kid` "k1").
+struct Issuer {
+    url: String,
+    key: RsaKey,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Issuer {
+    async fn start() -> Self {
+        let key = RsaKey::generate().expect("key");
+        let now = time::OffsetDateTime::now_utc();
+        let der = key
+            .self_signed_certificate(
+                "issuer",
+                now - time::Duration::days(1),
+                now + time::Duration::days(1),
+            )
+            .expect("cert");
+        let cert = RsaCertificate::from_der(&der).expect("parse");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/keys")});
+        let keys = json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1", "n": b64url(&cert.modulus), "e": b64url(&cert.exponent)}]});
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/keys",
+                axum::routing::get(move || async move { axum::Json(keys) }),
+            );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            key,
+            _server: server,
+        }
+    }
+
+    /// A token of this issuer, signed with `key` (the issuer's own unless another is given).
+    fn token(&self, claims: Value, key: Option<&RsaKey>) -> String {
+        key.unwrap_or(&self.key)
+            .sign_jws(
+                JwsAlg::Rs256,
+                &json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}),
+                &claims,
+            )
+            .expect("sign")
+    }
+
+    fn claims(&self, subject: &str, audience: &str, expires_in: i64) -> Value {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        json!({"iss": self.url, "sub": subject, "aud": [audience], "iat": now, "nbf": now - 5, "exp": now + expires_in, "jti": uuid::Uuid::new_v4().to_string()})
+    }
+}
+
+async fn exchange(sim: &TestSim, client_id: &str, assertion: &str) -> (u16, Value) {
+    let url = format!("{}/{}/oauth2/v2.0/token", sim.aad(), sim.tenant());
+    sim.post_form(
+        &url,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("scope", "https://management.azure.com/.default"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_token() {
+    let sim = TestSim::start().await;
+    let issuer = Issuer::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/wif"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let identity_id = format!(
+        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/workload"
+    );
+    let (status, identity) = arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &identity_id,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{identity}");
+    let client_id = identity["properties"]["clientId"]
+        .as_str()
+        .expect("clientId")
+        .to_string();
+    let principal_id = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_string();
+
+    // Before a federated credential trusts the issuer: no record matches.
+    let good = issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), None);
+    let (status, refused) = exchange(&sim, &client_id, &good).await;
+    assert_eq!(
+        (status, refused["error_codes"][0].as_i64()),
+        (400, Some(70021)),
+        "{refused}"
+    );
+
+    let fic = format!("{identity_id}/federatedIdentityCredentials/k8s");
+    let (status, created) = arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &fic,
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": issuer.url, "subject": SUBJECT, "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    // The exchange: the identity's token, as IMDS would have given it.
+    let (status, body) = exchange(&sim, &client_id, &good).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = sim
+        .verify(
+            body["access_token"].as_str().expect("token"),
+            "https://management.azure.com",
+        )
+        .await;
+    assert_eq!(claims["oid"], principal_id.as_str());
+    assert_eq!(claims["appid"], client_id.as_str());
+    assert_eq!(
+        claims["xms_mirid"].as_str().map(str::to_ascii_lowercase),
+        Some(identity_id.to_ascii_lowercase())
+    );
+
+    // What AAD refuses, in its dialect.
+    let stranger = RsaKey::generate().expect("key");
+    for (assertion, status, code, why) in [
+        (
+            issuer.token(
+                issuer.claims("system:serviceaccount:default:other", EXCHANGE, 600),
+                None,
+            ),
+            400,
+            70021,
+            "another subject",
+        ),
+        (
+            issuer.token(issuer.claims(SUBJECT, "api://other", 600), None),
+            400,
+            70021,
+            "another audience",
+        ),
+        (
+            issuer.token(issuer.claims(SUBJECT, EXCHANGE, -3600), None),
+            401,
+            700024,
+            "expired",
+        ),
+        (
+            issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), Some(&stranger)),
+            401,
+            700027,
+            "signed by another key",
+        ),
+        (
+            {
+                let mut claims = issuer.claims(SUBJECT, EXCHANGE, 600);
+                claims["iss"] = json!(format!("{}/", issuer.url));
+                issuer.token(claims, None)
+            },
+            400,
+            70021,
+            "the issuer with a trailing slash",
+        ),
+    ] {
+        let (got, body) = exchange(&sim, &client_id, &assertion).await;
+        assert_eq!(
+            (got, body["error_codes"][0].as_i64()),
+            (status, Some(code)),
+            "{why}: {body}"
+        );
+    }
+
+    // An issuer that cannot be reached: AADSTS50166, not a hang or a 500.
+    let unreachable_fic = format!("{identity_id}/federatedIdentityCredentials/gone");
+    let gone = "http://127.0.0.1:9";
+    arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &unreachable_fic,
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": gone, "subject": SUBJECT, "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    let mut claims = issuer.claims(SUBJECT, EXCHANGE, 600);
+    claims["iss"] = json!(gone);
+    let (status, body) = exchange(&sim, &client_id, &issuer.token(claims, None)).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(50166)),
+        "{body}"
+    );
+
+    // Deleting the credential ends the trust at once.
+    assert_eq!(
+        arm_call(&sim, &admin, Method::DELETE, &fic, "2023-01-31", None)
+            .await
+            .0,
+        200
+    );
+    let (status, body) = exchange(&sim, &client_id, &good).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(70021)),
+        "{body}"
+    );
+
+    // Certificate assertions of the identity still go their own way: no thumbprint, no trust.
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn federated_credentials_reach_aad_again_after_a_restart() {
+    let first = TestSim::start().await;
+    let issuer = Issuer::start().await;
+    let admin = first
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", first.sim.connection.subscription_id);
+    arm_call(
+        &first,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/wif"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let identity_id = format!(
+        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kept"
+    );
+    let (_, identity) = arm_call(
+        &first,
+        &admin,
+        Method::PUT,
+        &identity_id,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let client_id = identity["properties"]["clientId"]
+        .as_str()
+        .expect("clientId")
+        .to_string();
+    arm_call(
+        &first,
+        &admin,
+        Method::PUT,
+        &format!("{identity_id}/federatedIdentityCredentials/k8s"),
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": issuer.url, "subject": SUBJECT, "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    // AAD loses its database; ARM's reconcile at start sends the credential again.
+    let dir = first.stop().await;
+    std::fs::remove_file(dir.path().join("aad.db")).ok();
+    let second = TestSim::start_in(dir, |_| {}).await;
+    second.sim.arm.deliver().await;
+    let token = issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), None);
+    let (status, body) = exchange(&second, &client_id, &token).await;
+    assert_eq!(status, 200, "{body}");
+    second.stop().await;
+}
