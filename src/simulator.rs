@@ -201,6 +201,7 @@ impl Simulator {
         aad_config.app_token_lifetime_secs = config.app_token_lifetime_secs;
         aad_config.mi_token_lifetime_secs = config.mi_token_lifetime_secs;
         aad_config.signing_key_roll_secs = config.signing_key_roll_days * 86_400;
+        aad_config.trusted_ca_pem = Some(ca.cert_pem.clone());
         let aad =
             services::open_aad(db_path("aad.db").as_deref(), clock.clone(), aad_config).await?;
 

@@ -116,6 +116,7 @@ pub async fn run_aad(data_dir: PathBuf, args: AadArgs) -> anyhow::Result<()> {
     config.app_token_lifetime_secs = args.app_token_lifetime;
     config.mi_token_lifetime_secs = args.mi_token_lifetime;
     config.signing_key_roll_secs = args.signing_key.signing_key_roll_days * 86_400;
+    config.trusted_ca_pem = Some(read_file(&args.tls.ca_cert, "the CA certificate")?);
     let clock = Arc::new(Clock::default());
     let aad = services::open_aad(
         db(&data_dir, args.in_memory, "aad.db").as_deref(),

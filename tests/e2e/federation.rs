@@ -59,12 +59,16 @@ impl Issuer {
 
     /// A token of this issuer, signed with `key` (the issuer's own unless another is given).
     fn token(&self, claims: Value, key: Option<&RsaKey>) -> String {
+        self.token_with(
+            json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}),
+            claims,
+            key,
+        )
+    }
+
+    fn token_with(&self, header: Value, claims: Value, key: Option<&RsaKey>) -> String {
         key.unwrap_or(&self.key)
-            .sign_jws(
-                JwsAlg::Rs256,
-                &json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}),
-                &claims,
-            )
+            .sign_jws(JwsAlg::Rs256, &header, &claims)
             .expect("sign")
     }
 
@@ -238,6 +242,58 @@ async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_
         "{body}"
     );
 
+    // Tokens that also carry a thumbprint (GitHub Actions' do) are still external tokens:
+    // they are not the identity's own certificate assertion (its issuer is not the identity).
+    let with_x5t = issuer.token_with(
+        json!({"alg": "RS256", "typ": "JWT", "kid": "k1", "x5t": "bm90LWEtY2VydA"}),
+        issuer.claims(SUBJECT, EXCHANGE, 600),
+        None,
+    );
+    assert_eq!(exchange(&sim, &client_id, &with_x5t).await.0, 200);
+    // Only RS256 with a key id; not `none` or an HMAC.
+    for header in [
+        json!({"alg": "HS256", "kid": "k1"}),
+        json!({"alg": "none", "kid": "k1"}),
+        json!({"alg": "RS256"}),
+    ] {
+        let token = issuer.token_with(header.clone(), issuer.claims(SUBJECT, EXCHANGE, 600), None);
+        let (status, body) = exchange(&sim, &client_id, &token).await;
+        assert_eq!(
+            (status, body["error_codes"][0].as_i64()),
+            (401, Some(50027)),
+            "{header}: {body}"
+        );
+    }
+    // An application is not a managed identity: such a token is only a malformed assertion.
+    let app = sim.sim.connection.admin.client_id.clone();
+    let (status, body) = exchange(&sim, &app, &good).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (401, Some(50027)),
+        "{body}"
+    );
+
+    // A changed credential is what AAD trusts next.
+    let (status, _) = arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &fic,
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": issuer.url, "subject": "system:serviceaccount:prod:workload", "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        exchange(&sim, &client_id, &good).await.1["error_codes"][0],
+        70021
+    );
+    let prod = issuer.token(
+        issuer.claims("system:serviceaccount:prod:workload", EXCHANGE, 600),
+        None,
+    );
+    assert_eq!(exchange(&sim, &client_id, &prod).await.0, 200);
+
     // Deleting the credential ends the trust at once.
     assert_eq!(
         arm_call(&sim, &admin, Method::DELETE, &fic, "2023-01-31", None)
@@ -245,14 +301,36 @@ async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_
             .0,
         200
     );
-    let (status, body) = exchange(&sim, &client_id, &good).await;
+    let (status, body) = exchange(&sim, &client_id, &prod).await;
     assert_eq!(
         (status, body["error_codes"][0].as_i64()),
         (400, Some(70021)),
         "{body}"
     );
 
-    // Certificate assertions of the identity still go their own way: no thumbprint, no trust.
+    // So does deleting the identity: its principal is gone from the directory.
+    arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &fic,
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": issuer.url, "subject": SUBJECT, "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    assert_eq!(exchange(&sim, &client_id, &good).await.0, 200);
+    assert_eq!(
+        arm_call(&sim, &admin, Method::DELETE, &identity_id, MSI_API, None)
+            .await
+            .0,
+        200
+    );
+    let (status, body) = exchange(&sim, &client_id, &good).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(700016)),
+        "{body}"
+    );
     sim.stop().await;
 }
 
@@ -298,13 +376,53 @@ async fn federated_credentials_reach_aad_again_after_a_restart() {
         Some(json!({"properties": {"issuer": issuer.url, "subject": SUBJECT, "audiences": [EXCHANGE]}})),
     )
     .await;
-    // AAD loses its database; ARM's reconcile at start sends the credential again.
+    // A credential AAD holds that ARM does not (a restored ARM database): reconcile removes it.
+    let principal = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_string();
+    let stray = format!(
+        "{}/_internal/directory/managed-identities/{principal}/federated-credentials/stray",
+        first.aad()
+    );
+    let response = first
+        .http
+        .put(&stray)
+        .header(
+            misim_core::internal::INTERNAL_SECRET_HEADER,
+            first.internal_secret(),
+        )
+        .json(&json!({"issuer": issuer.url, "subject": "stray", "audiences": [EXCHANGE]}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 204);
+    let stray_token = issuer.token(issuer.claims("stray", EXCHANGE, 600), None);
+    assert_eq!(exchange(&first, &client_id, &stray_token).await.0, 200);
     let dir = first.stop().await;
-    std::fs::remove_file(dir.path().join("aad.db")).ok();
     let second = TestSim::start_in(dir, |_| {}).await;
     second.sim.arm.deliver().await;
+    let (status, body) = exchange(&second, &client_id, &stray_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(70021)),
+        "{body}"
+    );
+
+    // AAD loses its database; ARM's reconcile at start sends the credential again.
+    let dir = second.stop().await;
+    for file in ["aad.db", "aad.db-wal", "aad.db-shm"] {
+        let path = dir.path().join(file);
+        if path.exists() {
+            std::fs::remove_file(&path).expect("remove");
+        }
+        assert!(!path.exists());
+    }
+    let third = TestSim::start_in(dir, |_| {}).await;
+    third.sim.arm.deliver().await;
+    assert_eq!(third.sim.arm.pending_work().await.expect("outbox"), 0);
     let token = issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), None);
-    let (status, body) = exchange(&second, &client_id, &token).await;
+    let (status, body) = exchange(&third, &client_id, &token).await;
     assert_eq!(status, 200, "{body}");
-    second.stop().await;
+    third.stop().await;
 }

@@ -20,6 +20,9 @@ pub struct AadConfig {
     pub tenant_domain: String,
     /// Simulated time between two rolls of the token-signing key (0: never).
     pub signing_key_roll_secs: i64,
+    /// The CA AAD trusts when it fetches a federated issuer's keys over HTTPS: the deployment's
+    /// own (`None`: only plain-HTTP local issuers can be reached).
+    pub trusted_ca_pem: Option<String>,
 }
 
 /// Entra rolls its signing keys every few weeks without a published period; six weeks here.
@@ -37,6 +40,7 @@ impl AadConfig {
             mi_token_lifetime_secs: 86_399,
             tenant_domain: "misim.onmicrosoft.com".into(),
             signing_key_roll_secs: DEFAULT_SIGNING_KEY_ROLL_SECS,
+            trusted_ca_pem: None,
         }
     }
 }

@@ -43,16 +43,15 @@ const SINGLE_VALUED: &[&str] = &[
 ];
 
 /// The client AAD fetches issuers' discovery documents and keys with: no proxy, no redirects,
-/// bounded in time, the platform's roots for HTTPS (issuers over plain HTTP are allowed: the
-/// simulator's issuers are often local).
-fn issuer_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(10))
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .unwrap_or_default()
+/// bounded in time, trusting the deployment's CA for HTTPS (plain HTTP for local issuers). It
+/// never reads the platform's certificate store, which the docker images lack.
+fn issuer_client(config: &AadConfig) -> Result<reqwest::Client, AadError> {
+    let timeout = std::time::Duration::from_secs(10);
+    match &config.trusted_ca_pem {
+        Some(ca) => misim_core::tls::http_client(ca, timeout),
+        None => misim_core::tls::http_client_without_roots(timeout),
+    }
+    .map_err(|e| AadError::Internal(format!("the client for federated issuers: {e}")))
 }
 
 #[derive(Clone)]
@@ -205,6 +204,7 @@ impl Aad {
             DEFAULT_RETENTION,
         )
         .await?;
+        let issuer_keys = IssuerKeys::new(issuer_client(&config)?);
         let aad = Self {
             inner: Arc::new(Inner {
                 store,
@@ -216,7 +216,7 @@ impl Aad {
                 clients: ReadCache::new(10_000),
                 events,
                 faults: Default::default(),
-                issuer_keys: IssuerKeys::new(issuer_client()),
+                issuer_keys,
             }),
         };
         // Time may have passed while AAD was down (split mode).
@@ -461,12 +461,13 @@ impl Aad {
                 if kind != JWT_BEARER {
                     return Err(AadError::UnsupportedAssertionType(kind.to_string()));
                 }
-                // An assertion without a certificate thumbprint, for a managed identity, is an
-                // external token that its federated credentials may trust (spec §6.2).
+                // For a managed identity, a token that is not its own certificate assertion (no
+                // thumbprint, or issued by someone else: GitHub's tokens carry `x5t` too) is an
+                // external token its federated credentials may trust (spec §6.2).
                 if client.principal.is_managed_identity()
                     && let Ok(jws) = split_compact(token)
-                    && !jws.header.contains_key("x5t")
-                    && !jws.header.contains_key("x5t#S256")
+                    && ((!jws.header.contains_key("x5t") && !jws.header.contains_key("x5t#S256"))
+                        || jws.claims.get("iss").and_then(Value::as_str) != Some(client_id))
                 {
                     self.validate_federated(&client.principal, &jws).await?;
                     return self
@@ -664,6 +665,21 @@ impl Aad {
             .principal(object_id),
         );
         Ok(())
+    }
+
+    /// The names of a managed identity's federated credentials.
+    pub async fn federated_credential_names(
+        &self,
+        object_id: &str,
+    ) -> Result<Vec<String>, AadError> {
+        Ok(self
+            .inner
+            .store
+            .federated_credentials(object_id)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect())
     }
 
     /// Removes a managed identity's federated credential; whether there was one.

@@ -42,15 +42,15 @@ pub trait Directory: Send + Sync {
         object_id: &str,
         name: &str,
         credential: &serde_json::Value,
-    ) -> Result<(), String> {
-        let _ = (object_id, name, credential);
-        Ok(())
-    }
+    ) -> Result<(), String>;
     /// Removes one (already gone: fine).
-    async fn delete_federated_credential(&self, object_id: &str, name: &str) -> Result<(), String> {
-        let _ = (object_id, name);
-        Ok(())
-    }
+    async fn delete_federated_credential(&self, object_id: &str, name: &str) -> Result<(), String>;
+    /// Removes the principal's federated credentials other than `keep` (reconcile).
+    async fn retain_federated_credentials(
+        &self,
+        object_id: &str,
+        keep: &[String],
+    ) -> Result<(), String>;
     /// Removes the principal's certificates other than `keep` (after a credential roll).
     async fn retain_certificates(&self, object_id: &str, keep: &[String]) -> Result<(), String> {
         let _ = (object_id, keep);
@@ -146,6 +146,39 @@ impl Directory for HttpDirectory {
             percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
         ));
         self.send(self.http.delete(url), true).await.map(|_| ())
+    }
+
+    async fn retain_federated_credentials(
+        &self,
+        object_id: &str,
+        keep: &[String],
+    ) -> Result<(), String> {
+        let response = self
+            .http
+            .get(self.url(object_id))
+            .internal(&self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("AAD unreachable: {e}"))?;
+        if response.status().as_u16() == 404 {
+            return Ok(());
+        }
+        if !response.status().is_success() {
+            return Err(format!("AAD answered {}", response.status()));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        let stale: Vec<String> = body["federatedCredentials"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .filter(|n| !keep.iter().any(|kept| kept.eq_ignore_ascii_case(n)))
+            .map(str::to_string)
+            .collect();
+        for name in stale {
+            self.delete_federated_credential(object_id, &name).await?;
+        }
+        Ok(())
     }
 
     async fn principal_exists(&self, object_id: &str) -> Result<bool, String> {

@@ -340,9 +340,23 @@ impl Arm {
             .await?;
             Store::enqueue(&mut tx, "aad.put_certificate", &json!({"objectId": identity.principal_id, "keyId": identity.cert_key_id, "certificate": certificate})).await?;
         }
-        // After the principals they belong to (the outbox delivers in order).
+        // After the principals they belong to (the outbox delivers in order); then AAD forgets
+        // the ones ARM does not hold (a restored ARM database, a hand-made one).
         for payload in &fics {
             Store::enqueue(&mut tx, "aad.put_fic", payload).await?;
+        }
+        for identity in &identities {
+            let keep: Vec<&Value> = fics
+                .iter()
+                .filter(|p| p["objectId"].as_str() == Some(identity.principal_id.as_str()))
+                .map(|p| &p["name"])
+                .collect();
+            Store::enqueue(
+                &mut tx,
+                "aad.retain_fics",
+                &json!({"objectId": identity.principal_id, "keep": keep}),
+            )
+            .await?;
         }
         for row in vms {
             let view = Self::vm_view(row)?;
@@ -1767,6 +1781,13 @@ impl Arm {
                     )
                     .await
             }
+            "aad.retain_fics" => {
+                let keep: Vec<String> =
+                    serde_json::from_value(payload["keep"].clone()).map_err(|e| e.to_string())?;
+                directory
+                    .retain_federated_credentials(object_id, &keep)
+                    .await
+            }
             "aad.delete_fic" => {
                 directory
                     .delete_federated_credential(
@@ -1934,6 +1955,20 @@ mod tests {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(object_id);
             Ok(())
+        }
+        async fn put_federated_credential(
+            &self,
+            _: &str,
+            _: &str,
+            _: &serde_json::Value,
+        ) -> Result<(), String> {
+            self.fail()
+        }
+        async fn delete_federated_credential(&self, _: &str, _: &str) -> Result<(), String> {
+            self.fail()
+        }
+        async fn retain_federated_credentials(&self, _: &str, _: &[String]) -> Result<(), String> {
+            self.fail()
         }
         async fn managed_principals(&self) -> Result<Vec<String>, String> {
             Ok(self

@@ -435,7 +435,7 @@ impl Store {
     /// Drops pending idempotent puts: the reconcile pass re-plans every one of them, and stacking
     /// a full set per restart would grow the outbox without bound.
     pub async fn drop_pending_puts(tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM arm_outbox WHERE action IN ('aad.put_principal', 'aad.put_certificate', 'aad.put_fic', 'imds.put_vm', 'imds.put_identity')").execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM arm_outbox WHERE action IN ('aad.put_principal', 'aad.put_certificate', 'aad.put_fic', 'aad.retain_fics', 'imds.put_vm', 'imds.put_identity')").execute(&mut **tx).await?;
         Ok(())
     }
 

@@ -14,3 +14,4 @@ pub mod serve;
 pub mod tls;
 
 pub use clock::Clock;
+pub mod urls;

@@ -176,6 +176,10 @@ pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
         crate::crypto::pem_decode(ca_pem).ok_or_else(|| TlsError::BadPem(PathBuf::from("<ca>")))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.into())?;
+    config_with_roots(roots)
+}
+
+fn config_with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -205,8 +209,23 @@ pub fn http_client(
     ca_pem: &str,
     timeout: std::time::Duration,
 ) -> Result<reqwest::Client, TlsError> {
+    client_with(client_config(ca_pem)?, timeout)
+}
+
+/// The same client trusting no CA: plain HTTP only (HTTPS fails at the handshake). Never needs
+/// the platform's certificate store, which minimal images lack.
+pub fn http_client_without_roots(
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    client_with(config_with_roots(rustls::RootCertStore::empty())?, timeout)
+}
+
+fn client_with(
+    config: rustls::ClientConfig,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
     reqwest::Client::builder()
-        .tls_backend_preconfigured(client_config(ca_pem)?)
+        .tls_backend_preconfigured(config)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)

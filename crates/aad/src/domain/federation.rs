@@ -91,13 +91,19 @@ const REFETCH_AFTER: Duration = Duration::from_secs(10);
 /// The most a discovery document or key set may take.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
-/// An issuer's keys and when they were fetched.
-type Fetched = (Instant, Arc<Vec<IssuerKey>>);
+/// An issuer's keys (or why they could not be had) and when.
+type Fetched = (Instant, Result<Arc<Vec<IssuerKey>>, String>);
+
+/// A failed fetch is remembered this long, so that tokens naming an unreachable issuer do not
+/// each make AAD fetch.
+const FAILURE_KEPT: Duration = Duration::from_secs(15);
 
 /// Issuers' signing keys, fetched from their discovery documents and kept for a while.
 pub struct IssuerKeys {
     http: reqwest::Client,
     kept: Mutex<HashMap<String, Fetched>>,
+    /// One fetch at a time: concurrent tokens of one issuer wait for one fetch.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl IssuerKeys {
@@ -105,6 +111,7 @@ impl IssuerKeys {
         Self {
             http,
             kept: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -161,49 +168,81 @@ impl IssuerKeys {
         kid: &str,
         refetch: bool,
     ) -> Result<Option<IssuerKey>, FederationError> {
-        let kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(issuer)
-            .cloned();
         // Kept keys serve unless old; a refetch (for an unknown kid) fetches unless they are
         // very recent, so a token naming a key that does not exist cannot make every request
-        // fetch.
-        let fresh = |at: Instant| at.elapsed() < if refetch { REFETCH_AFTER } else { KEYS_KEPT };
-        let keys = match kept {
-            Some((at, keys)) if fresh(at) => keys,
-            _ => {
-                let keys = Arc::new(self.fetch(issuer).await?);
-                self.kept
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(issuer.to_string(), (Instant::now(), keys.clone()));
-                keys
+        // fetch; a failure is kept briefly.
+        let usable = |entry: &Fetched| match &entry.1 {
+            Ok(_) => entry.0.elapsed() < if refetch { REFETCH_AFTER } else { KEYS_KEPT },
+            Err(_) => entry.0.elapsed() < FAILURE_KEPT,
+        };
+        let kept = |this: &Self| {
+            this.kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(issuer)
+                .filter(|entry| usable(entry))
+                .map(|entry| entry.1.clone())
+        };
+        let result = match kept(self) {
+            Some(result) => result,
+            None => {
+                let _one_at_a_time = self.fetching.lock().await;
+                // Another request may have fetched meanwhile.
+                match kept(self) {
+                    Some(result) => result,
+                    None => {
+                        let result = self.fetch(issuer).await.map(Arc::new);
+                        if let Err(detail) = &result {
+                            tracing::warn!(%issuer, %detail, "a federated credential's issuer could not be read");
+                        }
+                        self.kept
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(issuer.to_string(), (Instant::now(), result.clone()));
+                        result
+                    }
+                }
             }
         };
+        // The caller learns that the issuer failed, not how (no probe of AAD's network).
+        let keys = result.map_err(|_| {
+            FederationError::IssuerUnreachable(
+                "The issuer's discovery document or signing keys could not be read.".into(),
+            )
+        })?;
         Ok(keys.iter().find(|k| k.kid == kid).cloned())
     }
 
-    async fn fetch(&self, issuer: &str) -> Result<Vec<IssuerKey>, FederationError> {
-        let unreachable = |what: String| FederationError::IssuerUnreachable(what);
+    /// The issuer's RSA signing keys, through its discovery document. The key set must be
+    /// https, or plain HTTP where the issuer itself may be (`urls::is_local_http`).
+    async fn fetch(&self, issuer: &str) -> Result<Vec<IssuerKey>, String> {
         let discovery = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let document = self.get_json(&discovery).await.map_err(unreachable)?;
+        let document = self.get_json(&discovery).await?;
         let jwks_uri = document
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .ok_or_else(|| unreachable(format!("{discovery} names no jwks_uri")))?;
-        let set = self.get_json(jwks_uri).await.map_err(unreachable)?;
+            .ok_or_else(|| format!("{discovery} names no jwks_uri"))?;
+        if !jwks_uri.starts_with("https://") && !misim_core::urls::is_local_http(jwks_uri) {
+            return Err(format!(
+                "the jwks_uri {jwks_uri} is neither https nor a local http URL"
+            ));
+        }
+        let set = self.get_json(jwks_uri).await?;
         let b64 = |v: Option<&Value>| v.and_then(Value::as_str).and_then(b64_lenient);
-        Ok(set
+        let keys: Vec<IssuerKey> = set
             .get("keys")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter(|k| k.get("kty").and_then(Value::as_str) == Some("RSA"))
+            .filter(|k| {
+                k.get("use")
+                    .and_then(Value::as_str)
+                    .is_none_or(|u| u == "sig")
+            })
             .filter_map(|k| {
                 Some(IssuerKey {
                     kid: k.get("kid")?.as_str()?.to_string(),
@@ -211,7 +250,11 @@ impl IssuerKeys {
                     e: b64(k.get("e"))?,
                 })
             })
-            .collect())
+            .collect();
+        if keys.is_empty() {
+            return Err(format!("{jwks_uri} publishes no RSA signing key"));
+        }
+        Ok(keys)
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
@@ -224,12 +267,26 @@ impl IssuerKeys {
         if !response.status().is_success() {
             return Err(format!("GET {url}: {}", response.status()));
         }
-        let bytes = response
-            .bytes()
+        let too_large =
+            || format!("GET {url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes");
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        // Read up to the limit, not the whole body first.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("GET {url}: the document is too large"));
+            .map_err(|e| format!("GET {url}: {e}"))?
+        {
+            if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: not JSON: {e}"))
     }

@@ -154,7 +154,14 @@ pub async fn get_managed_identity(
         .service_principal(&object_id, false)
         .await
         .map_err(|e| ctx.fail(e).graph())?;
-    Ok(axum::Json(principal_body(&view)).into_response())
+    let mut body = principal_body(&view);
+    // What ARM's reconcile compares with the federated credentials it holds.
+    body["federatedCredentials"] = json!(
+        aad.federated_credential_names(&object_id)
+            .await
+            .map_err(|e| ctx.fail(e).graph())?
+    );
+    Ok(axum::Json(body).into_response())
 }
 
 pub async fn put_managed_identity(

@@ -27,7 +27,7 @@ impl FicInput {
         let bad = |m: &str| Err(ArmError::InvalidParameter(m.to_string()));
         let issuer_ok = (self.issuer.starts_with("https://")
             && self.issuer.len() > "https://".len())
-            || local_http_issuer(&self.issuer);
+            || misim_core::urls::is_local_http(&self.issuer);
         if !issuer_ok || self.issuer.trim() != self.issuer {
             return bad(
                 "The issuer must be an https URL without leading or trailing whitespace (or, in misim, an http URL of a local issuer: loopback, a private address or a single-label host).",
@@ -46,30 +46,6 @@ impl FicInput {
             return bad("Issuer, subject and audience must be at most 600 characters.");
         }
         Ok(())
-    }
-}
-
-/// An `http://` issuer misim accepts although Azure takes only https: one on loopback, a
-/// private address or a single-label host (a compose service), where a test's own issuer runs
-/// and which no public issuer can be.
-fn local_http_issuer(issuer: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(issuer) else {
-        return false;
-    };
-    if url.scheme() != "http" {
-        return false;
-    }
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6
-            .parse::<std::net::Ipv6Addr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    }
-    match host.parse::<std::net::Ipv4Addr>() {
-        Ok(ip) => ip.is_loopback() || ip.is_private(),
-        Err(_) => host == "localhost" || !host.contains('.'),
     }
 }
 
@@ -296,34 +272,5 @@ impl Arm {
     ) -> Result<Vec<ResourceRow>, ArmError> {
         debug_assert_eq!(identity.kind, KIND_IDENTITY);
         self.fics_of(&identity.resource_group, &identity.id).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::local_http_issuer;
-
-    #[test]
-    fn plain_http_issuers_only_where_a_local_one_runs() {
-        for local in [
-            "http://127.0.0.1:8080",
-            "http://localhost/issuer",
-            "http://[::1]:9000",
-            "http://10.1.2.3",
-            "http://192.168.0.5:80",
-            "http://oidc:8080",
-        ] {
-            assert!(local_http_issuer(local), "{local}");
-        }
-        for public in [
-            "http://issuer.example.com",
-            "http://8.8.8.8",
-            "https://127.0.0.1",
-            "http://",
-            "ftp://localhost",
-            "http://[2001:db8::1]",
-        ] {
-            assert!(!local_http_issuer(public), "{public}");
-        }
     }
 }
