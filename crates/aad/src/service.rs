@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::AadConfig;
-use crate::domain::assertion::{self, AssertionContext, SignatureMemo};
+use crate::domain::assertion::{self, AssertionContext, AssertionError, SignatureMemo};
 use crate::domain::claims::{self, ClaimsInput, ClientAuth, TokenVersion};
 use crate::domain::directory::{
     Application, FederatedCredential, KeyCredential, PasswordCredential, PrincipalKind,
@@ -461,38 +461,50 @@ impl Aad {
                 if kind != JWT_BEARER {
                     return Err(AadError::UnsupportedAssertionType(kind.to_string()));
                 }
-                // For a managed identity, a token that is not its own certificate assertion (no
-                // thumbprint, or issued by someone else: GitHub's tokens carry `x5t` too) is an
-                // external token its federated credentials may trust (spec §6.2).
-                if client.principal.is_managed_identity()
-                    && let Ok(jws) = split_compact(token)
-                    && ((!jws.header.contains_key("x5t") && !jws.header.contains_key("x5t#S256"))
-                        || jws.claims.get("iss").and_then(Value::as_str) != Some(client_id))
-                {
-                    self.validate_federated(&client.principal, &jws).await?;
-                    return self
-                        .token_for(
-                            &client,
-                            &tenant,
-                            requested,
-                            ClientAuth::Certificate,
-                            sim_now,
-                        )
-                        .await;
-                }
-                let audience_ok =
-                    |aud: &str| self.assertion_audience_ok(aud, &tenant, tenant_segment);
-                let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id);
-                let ctx = AssertionContext {
-                    parsed: &parsed,
-                    client_id,
-                    credentials: &client.keys,
-                    sim_now,
-                    wall_now: Clock::wall_now().unix_timestamp(),
-                    audience_ok: &audience_ok,
-                    memo: Some(&client.signatures),
+                // The context borrows closures that are not Send: it ends before any await.
+                let checked = {
+                    let audience_ok =
+                        |aud: &str| self.assertion_audience_ok(aud, &tenant, tenant_segment);
+                    let parsed = |key: &KeyCredential| client.certificates.get(&key.key_id);
+                    let ctx = AssertionContext {
+                        parsed: &parsed,
+                        client_id,
+                        credentials: &client.keys,
+                        sim_now,
+                        wall_now: Clock::wall_now().unix_timestamp(),
+                        audience_ok: &audience_ok,
+                        memo: Some(&client.signatures),
+                    };
+                    assertion::validate(token, &ctx).map(|_| ())
                 };
-                assertion::validate(token, &ctx).map_err(AadError::InvalidAssertion)?;
+                // A managed identity's own certificate assertion is the common case (every
+                // uncached IMDS token), so it is tried first, without parsing twice. One that
+                // fails for want of a known thumbprint or for its issuer, and was not issued by
+                // the identity itself, is an external token (GitHub's carry `x5t` too) that its
+                // federated credentials may trust (spec §6.2).
+                match checked {
+                    Ok(_) => {}
+                    Err(
+                        AssertionError::NoThumbprint
+                        | AssertionError::KeyNotFound { .. }
+                        | AssertionError::IssuerOrSubject,
+                    ) if client.principal.is_managed_identity()
+                        && let Ok(jws) = split_compact(token)
+                        && jws.claims.get("iss").and_then(Value::as_str) != Some(client_id) =>
+                    {
+                        self.validate_federated(&client.principal, &jws).await?;
+                        return self
+                            .token_for(
+                                &client,
+                                &tenant,
+                                requested,
+                                ClientAuth::Certificate,
+                                sim_now,
+                            )
+                            .await;
+                    }
+                    Err(reason) => return Err(AadError::InvalidAssertion(reason)),
+                }
                 let mut draft = Draft::new(
                     "aad.assertion.validated",
                     format!(
