@@ -96,6 +96,34 @@ async fn exchange(sim: &TestSim, client_id: &str, assertion: &str) -> (u16, Valu
     .await
 }
 
+/// A user-assigned identity `name` in group `wif`, made by the admin: its id and ARM body.
+async fn identity(sim: &TestSim, admin: &str, name: &str) -> (String, Value) {
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    arm_call(
+        sim,
+        admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/wif"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let id = format!(
+        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    );
+    let (status, body) = arm_call(
+        sim,
+        admin,
+        Method::PUT,
+        &id,
+        MSI_API,
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    (id, body)
+}
+
 #[tokio::test]
 async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_token() {
     let sim = TestSim::start().await;
@@ -103,29 +131,7 @@ async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_
     let admin = sim
         .admin_token("https://management.azure.com/.default")
         .await;
-    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
-    arm_call(
-        &sim,
-        &admin,
-        Method::PUT,
-        &format!("{sub}/resourcegroups/wif"),
-        "2024-11-01",
-        Some(json!({"location": "eastus"})),
-    )
-    .await;
-    let identity_id = format!(
-        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/workload"
-    );
-    let (status, identity) = arm_call(
-        &sim,
-        &admin,
-        Method::PUT,
-        &identity_id,
-        MSI_API,
-        Some(json!({"location": "eastus"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{identity}");
+    let (identity_id, identity) = identity(&sim, &admin, "workload").await;
     let client_id = identity["properties"]["clientId"]
         .as_str()
         .expect("clientId")
@@ -341,28 +347,7 @@ async fn federated_credentials_reach_aad_again_after_a_restart() {
     let admin = first
         .admin_token("https://management.azure.com/.default")
         .await;
-    let sub = format!("/subscriptions/{}", first.sim.connection.subscription_id);
-    arm_call(
-        &first,
-        &admin,
-        Method::PUT,
-        &format!("{sub}/resourcegroups/wif"),
-        "2024-11-01",
-        Some(json!({"location": "eastus"})),
-    )
-    .await;
-    let identity_id = format!(
-        "{sub}/resourceGroups/wif/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kept"
-    );
-    let (_, identity) = arm_call(
-        &first,
-        &admin,
-        Method::PUT,
-        &identity_id,
-        MSI_API,
-        Some(json!({"location": "eastus"})),
-    )
-    .await;
+    let (identity_id, identity) = identity(&first, &admin, "kept").await;
     let client_id = identity["properties"]["clientId"]
         .as_str()
         .expect("clientId")

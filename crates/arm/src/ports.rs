@@ -66,6 +66,39 @@ pub struct HttpDirectory {
 }
 
 impl HttpDirectory {
+    /// The names a managed identity's principal lists under `field` (`keyIds`,
+    /// `federatedCredentials`) that are not in `keep`: none for a principal AAD does not hold;
+    /// any other failure is a failed step (retried), not a principal without any.
+    async fn stale(
+        &self,
+        object_id: &str,
+        field: &str,
+        keep: &[String],
+    ) -> Result<Vec<String>, String> {
+        let response = self
+            .http
+            .get(self.url(object_id))
+            .internal(&self.secret)
+            .send()
+            .await
+            .map_err(|e| format!("AAD unreachable: {e}"))?;
+        if response.status().as_u16() == 404 {
+            return Ok(Vec::new());
+        }
+        if !response.status().is_success() {
+            return Err(format!("AAD answered {}", response.status()));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        Ok(body[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .filter(|name| !keep.iter().any(|kept| kept.eq_ignore_ascii_case(name)))
+            .map(str::to_string)
+            .collect())
+    }
+
     fn url(&self, rest: &str) -> String {
         format!(
             "{}/_internal/directory/managed-identities/{rest}",
@@ -153,28 +186,7 @@ impl Directory for HttpDirectory {
         object_id: &str,
         keep: &[String],
     ) -> Result<(), String> {
-        let response = self
-            .http
-            .get(self.url(object_id))
-            .internal(&self.secret)
-            .send()
-            .await
-            .map_err(|e| format!("AAD unreachable: {e}"))?;
-        if response.status().as_u16() == 404 {
-            return Ok(());
-        }
-        if !response.status().is_success() {
-            return Err(format!("AAD answered {}", response.status()));
-        }
-        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-        let stale: Vec<String> = body["federatedCredentials"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .filter(|n| !keep.iter().any(|kept| kept.eq_ignore_ascii_case(n)))
-            .map(str::to_string)
-            .collect();
+        let stale = self.stale(object_id, "federatedCredentials", keep).await?;
         for name in stale {
             self.delete_federated_credential(object_id, &name).await?;
         }
@@ -188,29 +200,7 @@ impl Directory for HttpDirectory {
     }
 
     async fn retain_certificates(&self, object_id: &str, keep: &[String]) -> Result<(), String> {
-        let response = self
-            .http
-            .get(self.url(object_id))
-            .internal(&self.secret)
-            .send()
-            .await
-            .map_err(|e| format!("AAD unreachable: {e}"))?;
-        if response.status().as_u16() == 404 {
-            return Ok(());
-        }
-        // Any other failure is a failed step (retried), not a principal without certificates.
-        if !response.status().is_success() {
-            return Err(format!("AAD answered {}", response.status()));
-        }
-        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-        let stale: Vec<String> = body["keyIds"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .filter(|k| !keep.iter().any(|kept| kept.eq_ignore_ascii_case(k)))
-            .map(str::to_string)
-            .collect();
+        let stale = self.stale(object_id, "keyIds", keep).await?;
         for key_id in stale {
             self.send(
                 self.http
