@@ -490,7 +490,11 @@ impl Aad {
                         | AssertionError::IssuerOrSubject,
                     ) if client.principal.is_managed_identity()
                         && let Ok(jws) = split_compact(token)
-                        && jws.claims.get("iss").and_then(Value::as_str) != Some(client_id) =>
+                        && !jws
+                            .claims
+                            .get("iss")
+                            .and_then(Value::as_str)
+                            .is_some_and(|iss| iss.eq_ignore_ascii_case(client_id)) =>
                     {
                         self.validate_federated(&client.principal, &jws).await?;
                         return self

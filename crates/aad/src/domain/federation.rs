@@ -102,8 +102,9 @@ const FAILURE_KEPT: Duration = Duration::from_secs(15);
 pub struct IssuerKeys {
     http: reqwest::Client,
     kept: Mutex<HashMap<String, Fetched>>,
-    /// One fetch at a time: concurrent tokens of one issuer wait for one fetch.
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch at a time per issuer: concurrent tokens of an issuer wait for one fetch, and
+    /// a slow issuer holds up only its own tokens.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl IssuerKeys {
@@ -111,7 +112,7 @@ impl IssuerKeys {
         Self {
             http,
             kept: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,19 +187,34 @@ impl IssuerKeys {
         let result = match kept(self) {
             Some(result) => result,
             None => {
-                let _one_at_a_time = self.fetching.lock().await;
+                let gate = self
+                    .fetching
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(issuer.to_string())
+                    .or_default()
+                    .clone();
+                let _one_at_a_time = gate.lock().await;
                 // Another request may have fetched meanwhile.
                 match kept(self) {
                     Some(result) => result,
                     None => {
-                        let result = self.fetch(issuer).await.map(Arc::new);
-                        if let Err(detail) = &result {
-                            tracing::warn!(%issuer, %detail, "a federated credential's issuer could not be read");
-                        }
-                        self.kept
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(issuer.to_string(), (Instant::now(), result.clone()));
+                        let fetched = self.fetch(issuer).await.map(Arc::new);
+                        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+                        // A failed refetch keeps the keys already held (an outage, or a token
+                        // naming an unknown key, must not turn the issuer's good tokens away);
+                        // only an issuer never read is remembered as failing.
+                        let result = match (fetched, kept.get(issuer)) {
+                            (Ok(keys), _) => Ok(keys),
+                            (Err(detail), held) => {
+                                tracing::warn!(%issuer, %detail, "a federated credential's issuer could not be read");
+                                match held {
+                                    Some((_, Ok(keys))) => Ok(keys.clone()),
+                                    _ => Err(detail),
+                                }
+                            }
+                        };
+                        kept.insert(issuer.to_string(), (Instant::now(), result.clone()));
                         result
                     }
                 }
@@ -338,6 +354,76 @@ mod tests {
                 Err(FederationError::NoMatch { .. })
             ));
         }
+    }
+
+    /// An issuer on loopback whose documents can be switched off.
+    async fn issuer(up: Arc<std::sync::atomic::AtomicBool>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let discovery = serde_json::json!({"issuer": url, "jwks_uri": format!("{url}/keys")});
+        let keys =
+            serde_json::json!({"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]});
+        let answer = move |body: Value| {
+            let up = up.clone();
+            move || async move {
+                if up.load(std::sync::atomic::Ordering::SeqCst) {
+                    axum::Json(body).into_response()
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+                }
+            }
+        };
+        use axum::response::IntoResponse;
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(answer(discovery)),
+            )
+            .route("/keys", axum::routing::get(answer(keys)));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_failed_refetch_keeps_the_keys_held_and_a_new_issuer_fails_briefly() {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let url = issuer(up.clone()).await;
+        let keys = IssuerKeys::new(
+            misim_core::tls::http_client_without_roots(Duration::from_secs(5)).expect("client"),
+        );
+        assert!(
+            keys.find(&url, "k1", false)
+                .await
+                .expect("fetched")
+                .is_some()
+        );
+        // The issuer goes down and the held keys grow old enough to refetch.
+        up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for entry in keys.kept.lock().expect("lock").values_mut() {
+            entry.0 = Instant::now()
+                .checked_sub(KEYS_KEPT + Duration::from_secs(1))
+                .expect("past");
+        }
+        assert!(
+            keys.find(&url, "k1", true)
+                .await
+                .expect("the held keys")
+                .is_some()
+        );
+        // An issuer never read that is down: unreachable, and remembered as such.
+        let other = issuer(Arc::new(std::sync::atomic::AtomicBool::new(false))).await;
+        assert!(matches!(
+            keys.find(&other, "k1", false).await,
+            Err(FederationError::IssuerUnreachable(_))
+        ));
+        assert!(matches!(
+            keys.kept.lock().expect("lock").get(&other),
+            Some((_, Err(_)))
+        ));
     }
 
     #[test]
