@@ -96,8 +96,9 @@ async fn exchange(sim: &TestSim, client_id: &str, assertion: &str) -> (u16, Valu
     .await
 }
 
-/// A user-assigned identity `name` in group `wif`, made by the admin: its id and ARM body.
-async fn identity(sim: &TestSim, admin: &str, name: &str) -> (String, Value) {
+/// A user-assigned identity `name` in group `wif`, made by the admin: its id, client id and
+/// principal id.
+async fn identity(sim: &TestSim, admin: &str, name: &str) -> (String, String, String) {
     let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
     arm_call(
         sim,
@@ -121,7 +122,8 @@ async fn identity(sim: &TestSim, admin: &str, name: &str) -> (String, Value) {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    (id, body)
+    let text = |field: &str| body["properties"][field].as_str().expect(field).to_string();
+    (id, text("clientId"), text("principalId"))
 }
 
 #[tokio::test]
@@ -131,15 +133,7 @@ async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_
     let admin = sim
         .admin_token("https://management.azure.com/.default")
         .await;
-    let (identity_id, identity) = identity(&sim, &admin, "workload").await;
-    let client_id = identity["properties"]["clientId"]
-        .as_str()
-        .expect("clientId")
-        .to_string();
-    let principal_id = identity["properties"]["principalId"]
-        .as_str()
-        .expect("principalId")
-        .to_string();
+    let (identity_id, client_id, principal_id) = identity(&sim, &admin, "workload").await;
 
     // Before a federated credential trusts the issuer: no record matches.
     let good = issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), None);
@@ -354,11 +348,7 @@ async fn federated_credentials_reach_aad_again_after_a_restart() {
     let admin = first
         .admin_token("https://management.azure.com/.default")
         .await;
-    let (identity_id, identity) = identity(&first, &admin, "kept").await;
-    let client_id = identity["properties"]["clientId"]
-        .as_str()
-        .expect("clientId")
-        .to_string();
+    let (identity_id, client_id, principal) = identity(&first, &admin, "kept").await;
     arm_call(
         &first,
         &admin,
@@ -369,10 +359,6 @@ async fn federated_credentials_reach_aad_again_after_a_restart() {
     )
     .await;
     // A credential AAD holds that ARM does not (a restored ARM database): reconcile removes it.
-    let principal = identity["properties"]["principalId"]
-        .as_str()
-        .expect("principal")
-        .to_string();
     let stray = format!(
         "{}/_internal/directory/managed-identities/{principal}/federated-credentials/stray",
         first.aad()
