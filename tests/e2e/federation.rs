@@ -271,12 +271,12 @@ async fn an_external_token_trusted_by_a_federated_credential_gets_the_identitys_
             "{header}: {body}"
         );
     }
-    // An application is not a managed identity: such a token is only a malformed assertion.
+    // An application with no federated credential trusts no external token.
     let app = sim.sim.connection.admin.client_id.clone();
     let (status, body) = exchange(&sim, &app, &good).await;
     assert_eq!(
         (status, body["error_codes"][0].as_i64()),
-        (401, Some(50027)),
+        (400, Some(70021)),
         "{body}"
     );
 
@@ -402,4 +402,379 @@ async fn federated_credentials_reach_aad_again_after_a_restart() {
     let (status, body) = exchange(&third, &client_id, &token).await;
     assert_eq!(status, 200, "{body}");
     third.stop().await;
+}
+
+/// Graph's federated identity credentials of an application: created, listed, read by id or
+/// name, changed, deleted; Graph's limits refused in Graph's dialect.
+#[tokio::test]
+async fn applications_keep_federated_credentials_through_graph() {
+    let sim = TestSim::start().await;
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (object_id, _app_id) = crate::support::register_app(&sim, &graph, "fic-app", None).await;
+    let credentials = format!("applications/{object_id}/federatedIdentityCredentials");
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let graph = graph.clone();
+        let sim = &sim;
+        async move { sim.graph(method, &path, &graph, body).await }
+    };
+    let github = json!({"name": "github-main", "issuer": "https://token.actions.githubusercontent.com", "subject": "repo:contoso/app:ref:refs/heads/main", "audiences": [EXCHANGE], "description": "deploys from main"});
+    let (status, created) = call(Method::POST, credentials.clone(), Some(github.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{created}");
+    for field in ["name", "issuer", "subject", "audiences", "description"] {
+        assert_eq!(created[field], github[field], "{field}");
+    }
+    assert!(
+        created["@odata.context"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!(
+                "applications('{object_id}')/federatedIdentityCredentials/$entity"
+            ))),
+        "{created}"
+    );
+
+    // Read back by id and by name; listed, and filtered by subject.
+    for key in [id.as_str(), "github-main", "GITHUB-MAIN"] {
+        let (status, read) = call(Method::GET, format!("{credentials}/{key}"), None).await;
+        assert_eq!((status, &read["id"]), (200, &json!(id)), "{key}: {read}");
+    }
+    let (status, list) = call(Method::GET, credentials.clone(), None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(1), "{list}");
+    let (_, filtered) = call(
+        Method::GET,
+        format!("{credentials}?$filter=subject eq 'repo:contoso/app:pull_request'"),
+        None,
+    )
+    .await;
+    assert_eq!(filtered["value"], json!([]), "{filtered}");
+
+    // Changed in place (204); the name is immutable, the description may be cleared.
+    let (status, _) = call(
+        Method::PATCH,
+        format!("{credentials}/{id}"),
+        Some(json!({"subject": "repo:contoso/app:environment:prod", "description": null})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, read) = call(Method::GET, format!("{credentials}/github-main"), None).await;
+    assert_eq!(read["subject"], "repo:contoso/app:environment:prod");
+    assert_eq!(read["description"], Value::Null);
+    assert_eq!(read["id"], json!(id), "the id stays");
+
+    // What Graph refuses, with its codes; nothing refused is stored.
+    let long = "x".repeat(601);
+    let refused: Vec<(Method, String, Value, u16, &str)> = vec![
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "github-main", "issuer": "https://other", "subject": "s", "audiences": [EXCHANGE]}),
+            409,
+            "Request_MultipleObjectsWithSameKeyValue",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "again", "issuer": "https://token.actions.githubusercontent.com", "subject": "repo:contoso/app:environment:prod", "audiences": [EXCHANGE]}),
+            409,
+            "Request_MultipleObjectsWithSameKeyValue",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "two", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE, "api://other"]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "none", "issuer": "https://i", "subject": "s", "audiences": []}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "no-issuer", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "has space", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "long", "issuer": "https://i", "subject": long, "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": 7, "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "extra", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE], "claimsMatchingExpression": "x"}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::PATCH,
+            format!("{credentials}/{id}"),
+            json!({"name": "renamed"}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::PATCH,
+            format!("{credentials}/{id}"),
+            json!({"audiences": "api://AzureADTokenExchange"}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::PATCH,
+            format!("{credentials}/nope"),
+            json!({"subject": "s"}),
+            404,
+            "Request_ResourceNotFound",
+        ),
+        (
+            Method::POST,
+            "applications/00000000-0000-0000-0000-00000000dead/federatedIdentityCredentials".into(),
+            github.clone(),
+            404,
+            "Request_ResourceNotFound",
+        ),
+    ];
+    for (method, path, body, status, code) in refused {
+        let (got, answer) = call(method.clone(), path.clone(), Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path} {body}: {answer}"
+        );
+    }
+    let (_, list) = call(Method::GET, credentials.clone(), None).await;
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(1), "{list}");
+
+    // At most 20 per application.
+    for n in 1..20 {
+        let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": format!("c{n}"), "issuer": "https://i", "subject": format!("s{n}"), "audiences": [EXCHANGE]}))).await;
+        assert_eq!(status, 201, "{n}: {body}");
+    }
+    let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": "c20", "issuer": "https://i", "subject": "s20", "audiences": [EXCHANGE]}))).await;
+    assert_eq!(status, 400, "the 21st: {body}");
+
+    // Deleted by name (204), then gone; deleting the application takes the rest with it.
+    let (status, _) = call(Method::DELETE, format!("{credentials}/github-main"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(Method::GET, format!("{credentials}/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(Method::DELETE, format!("applications/{object_id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, body) = call(Method::GET, credentials.clone(), None).await;
+    assert_eq!(status, 404, "{body}");
+    sim.stop().await;
+}
+
+/// The token exchange of spec §6.3: an application trusts a user-assigned identity. The
+/// workload asks IMDS for the identity's token for AAD Token Exchange (a v2-issuer token) and
+/// presents it as the application's client assertion. An external issuer's token works for
+/// an application as it does for an identity (§6.2).
+#[tokio::test]
+async fn an_application_trusts_a_user_assigned_identity_and_external_issuers() {
+    let sim = TestSim::start().await;
+    let issuer = Issuer::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let graph = sim
+        .admin_token("https://graph.microsoft.com/.default")
+        .await;
+    let (identity_id, uami_client, uami_principal) = identity(&sim, &admin, "for-app").await;
+    let vm_path = format!(
+        "/subscriptions/{}/resourceGroups/wif/providers/Microsoft.Compute/virtualMachines/worker",
+        sim.sim.connection.subscription_id
+    );
+    let (status, vm) = arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &vm_path,
+        "2024-11-01",
+        Some(json!({"location": "eastus", "identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {identity_id.clone(): {}}}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{vm}");
+    let system_principal = vm["identity"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_string();
+    let endpoint = sim
+        .sim
+        .imds
+        .vm_endpoint(vm["properties"]["vmId"].as_str().expect("vmId"))
+        .expect("endpoint");
+    let imds_token = |selector: String| {
+        let url = format!(
+            "{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=api%3A%2F%2FAzureADTokenExchange{selector}"
+        );
+        let http = sim.http.clone();
+        async move {
+            let response = http
+                .get(url)
+                .header("Metadata", "true")
+                .send()
+                .await
+                .expect("imds");
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.expect("json");
+            body["access_token"].as_str().expect("token").to_string()
+        }
+    };
+    let uami_token = imds_token(format!("&client_id={uami_client}")).await;
+    let system_token = imds_token(String::new()).await;
+
+    // The identity's token for AAD Token Exchange: v2 issuer, the exchange URI as audience.
+    let v2_issuer = format!("{}/{}/v2.0", sim.aad(), sim.tenant());
+    let jwks = sim.jwks().await;
+    let claims = crate::support::verify_with(&jwks, &uami_token, EXCHANGE, &v2_issuer)
+        .expect("a v2 token of AAD");
+    assert_eq!(
+        (claims["sub"].as_str(), claims["ver"].as_str()),
+        (Some(uami_principal.as_str()), Some("2.0")),
+        "{claims}"
+    );
+
+    let (object_id, app_id) =
+        crate::support::register_app(&sim, &graph, "trusting-app", None).await;
+    let credentials = format!("applications/{object_id}/federatedIdentityCredentials");
+    let add = |name: &str, issuer: &str, subject: &str| {
+        let body =
+            json!({"name": name, "issuer": issuer, "subject": subject, "audiences": [EXCHANGE]});
+        let (graph, credentials, sim) = (graph.clone(), credentials.clone(), &sim);
+        async move {
+            let (status, body) = sim
+                .graph(Method::POST, &credentials, &graph, Some(body))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+
+    // Before the application trusts the identity: no record matches.
+    let (status, body) = exchange(&sim, &app_id, &uami_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(70021)),
+        "{body}"
+    );
+    add("worker-identity", &v2_issuer, &uami_principal).await;
+    let (status, body) = exchange(&sim, &app_id, &uami_token).await;
+    assert_eq!(status, 200, "{body}");
+    let app_claims = sim
+        .verify(
+            body["access_token"].as_str().expect("token"),
+            "https://management.azure.com",
+        )
+        .await;
+    assert_eq!(app_claims["appid"], app_id.as_str(), "{app_claims}");
+    assert!(
+        app_claims.get("xms_mirid").is_none(),
+        "an application's token: {app_claims}"
+    );
+
+    // An external issuer's token, trusted by another of the application's credentials.
+    let external = issuer.token(issuer.claims(SUBJECT, EXCHANGE, 600), None);
+    assert_eq!(
+        exchange(&sim, &app_id, &external).await.1["error_codes"][0],
+        70021
+    );
+    add("k8s", &issuer.url, SUBJECT).await;
+    let (status, body) = exchange(&sim, &app_id, &external).await;
+    assert_eq!(status, 200, "{body}");
+
+    // AAD's own tokens stand in only for a user-assigned identity: not for a system-assigned
+    // one, nor an application's, even when a credential names their subject.
+    add("system-identity", &v2_issuer, &system_principal).await;
+    let (admin_app, admin_secret) = (
+        sim.sim.connection.admin.client_id.clone(),
+        sim.sim.connection.admin.client_secret.clone(),
+    );
+    let (_, admin_exchange) = sim
+        .secret_token(&admin_app, &admin_secret, &format!("{EXCHANGE}/.default"))
+        .await;
+    let admin_exchange = admin_exchange["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let admin_sub = crate::support::verify_with(&jwks, &admin_exchange, EXCHANGE, &v2_issuer)
+        .expect("admin's exchange token")["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string();
+    add("an-app", &v2_issuer, &admin_sub).await;
+    for (token, why) in [
+        (&system_token, "system-assigned"),
+        (&admin_exchange, "application"),
+    ] {
+        let (status, body) = exchange(&sim, &app_id, token).await;
+        assert_eq!(
+            (status, body["error_codes"][0].as_i64()),
+            (400, Some(700236)),
+            "{why}: {body}"
+        );
+    }
+    // Nor for a managed identity: an identity's federated credential cannot trust AAD itself.
+    let (status, body) = arm_call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{identity_id}/federatedIdentityCredentials/self"),
+        "2023-01-31",
+        Some(json!({"properties": {"issuer": v2_issuer, "subject": uami_principal, "audiences": [EXCHANGE]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = exchange(&sim, &uami_client, &uami_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(700236)),
+        "{body}"
+    );
+
+    // A token changed after signing, and one past its lifetime on the simulated clock.
+    let mut parts: Vec<String> = uami_token.split('.').map(str::to_string).collect();
+    parts[2] = b64url(&[7u8; 256]);
+    let (status, body) = exchange(&sim, &app_id, &parts.join(".")).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (401, Some(700027)),
+        "{body}"
+    );
+    sim.sim
+        .aad
+        .advance_clock(2 * 24 * 3600)
+        .await
+        .expect("clock");
+    let (status, body) = exchange(&sim, &app_id, &uami_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (401, Some(700024)),
+        "{body}"
+    );
+    sim.stop().await;
 }

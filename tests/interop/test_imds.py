@@ -20,8 +20,9 @@ import jwt
 import msal
 import pytest
 import requests
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.identity import (
+    ClientAssertionCredential,
     ClientSecretCredential,
     CredentialUnavailableError,
     DefaultAzureCredential,
@@ -439,6 +440,51 @@ def test_vm_identity_with_azure_mgmt_resource_and_rbac(sim_demo, demo_vm, admin_
         client.close()
         credential.close()
     assert all(status < 500 for status, _, _ in seen), seen
+
+
+# --------------------------------------------------------------------------
+# 5b. A user-assigned identity as an application's federated credential (spec §6.3)
+# --------------------------------------------------------------------------
+EXCHANGE = "api://AzureADTokenExchange"
+
+
+def test_user_assigned_identity_as_an_applications_credential(sim_demo, demo_graph, demo_vm, uami_on_vm):
+    """Microsoft's documented pattern: the VM's identity gets a token for AAD Token Exchange
+    from IMDS (ManagedIdentityCredential), and ClientAssertionCredential presents it as the
+    application's assertion; the application's federated credential trusts the identity."""
+    uami = uami_on_vm
+    app = demo_graph.create_application(unique("interop-trusts-mi"))
+    sp = demo_graph.create_service_principal(app["appId"])
+    issuer = f"{sim_demo['aad']}/{sim_demo['tenant_id']}/v2.0"
+    credentials = f"/applications/{app['id']}/federatedIdentityCredentials"
+
+    def trust(name: str, subject: str) -> None:
+        r = demo_graph.call("POST", credentials, {"name": name, "issuer": issuer, "subject": subject,
+                                                  "audiences": [EXCHANGE]})
+        assert r.status_code == 201, r.text
+
+    def app_credential(identity: ManagedIdentityCredential) -> ClientAssertionCredential:
+        return ClientAssertionCredential(
+            sim_demo["tenant_id"], app["appId"], lambda: identity.get_token(f"{EXCHANGE}/.default").token,
+            authority=sim_demo["aad"], connection_timeout=HTTP_TIMEOUT_S, read_timeout=HTTP_TIMEOUT_S)
+
+    try:
+        trust("vm-identity", uami.principal_id)
+        with ManagedIdentityCredential(client_id=uami.client_id) as identity:
+            exchange = jwt.decode(identity.get_token(f"{EXCHANGE}/.default").token, options={"verify_signature": False})
+            assert (exchange["iss"], exchange["aud"], exchange["sub"]) == (issuer, EXCHANGE, uami.principal_id), exchange
+            token = app_credential(identity).get_token(ARM_SCOPE)
+        claims = jwt.decode(token.token, options={"verify_signature": False})
+        assert (claims["appid"], claims["oid"]) == (app["appId"], sp["id"]), claims
+
+        # Only a user-assigned identity's token stands in for an application.
+        trust("system-identity", demo_vm["identity"]["principalId"])
+        with ManagedIdentityCredential() as system:
+            with pytest.raises(ClientAuthenticationError) as excinfo:
+                app_credential(system).get_token(ARM_SCOPE)
+        assert "AADSTS700236" in str(excinfo.value), str(excinfo.value)
+    finally:
+        assert demo_graph.call("DELETE", f"/applications/{app['id']}").status_code == 204
 
 
 # --------------------------------------------------------------------------

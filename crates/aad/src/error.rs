@@ -39,6 +39,10 @@ pub enum AadError {
     #[error("no federated credential matches the assertion")]
     /// What the assertion presented: "Assertion Issuer: '…'. Assertion Subject: …".
     FederatedNoMatch(String),
+    #[error("a token of this AAD ('{0}') cannot stand in for this client")]
+    /// Entra's own tokens are a federated credential only of an application, and only a
+    /// user-assigned managed identity's (spec §6.3).
+    FederatedOwnIssuer(String),
     #[error("the federated assertion's issuer could not be reached")]
     FederatedIssuerUnreachable(String),
     #[error("invalid scope '{0}'")]

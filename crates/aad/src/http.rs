@@ -61,6 +61,16 @@ pub fn router(aad: Aad) -> Router {
             post(graph::remove_password),
         )
         .route(
+            "/v1.0/applications/{id}/federatedIdentityCredentials",
+            get(graph::list_federated_credentials).post(graph::create_federated_credential),
+        )
+        .route(
+            "/v1.0/applications/{id}/federatedIdentityCredentials/{credential}",
+            get(graph::get_federated_credential)
+                .patch(graph::update_federated_credential)
+                .delete(graph::delete_federated_credential),
+        )
+        .route(
             "/v1.0/servicePrincipals",
             get(graph::list_service_principals).post(graph::create_service_principal),
         )

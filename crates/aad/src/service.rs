@@ -15,11 +15,11 @@ use crate::config::AadConfig;
 use crate::domain::assertion::{self, AssertionContext, AssertionError, SignatureMemo};
 use crate::domain::claims::{self, ClaimsInput, ClientAuth, TokenVersion};
 use crate::domain::directory::{
-    Application, FederatedCredential, KeyCredential, PasswordCredential, PrincipalKind,
-    ServicePrincipal, Tenant, new_client_secret,
+    Application, FederatedCredential, FederatedCredentialDraft, KeyCredential, PasswordCredential,
+    PrincipalKind, ServicePrincipal, Tenant, new_client_secret,
 };
 use crate::domain::federation::{self, FederationError, IssuerKeys};
-use crate::domain::resource::{self, GRAPH_APP_ID, ScopeError};
+use crate::domain::resource::{self, GRAPH_APP_ID, ScopeError, TOKEN_EXCHANGE_APP_ID};
 use crate::error::AadError;
 use crate::keys::SigningKeys;
 use crate::store::Store;
@@ -162,6 +162,23 @@ pub struct ApplicationDraft {
 pub struct NewPassword {
     pub credential: PasswordCredential,
     pub secret_text: String,
+}
+
+/// Graph keeps an issuer and subject pair unique within an application.
+fn unique_issuer_and_subject(
+    held: &[FederatedCredential],
+    credential: &FederatedCredential,
+) -> Result<(), AadError> {
+    match held
+        .iter()
+        .find(|c| c.issuer == credential.issuer && c.subject == credential.subject)
+    {
+        Some(other) => Err(AadError::GraphConflict(format!(
+            "FederatedIdentityCredential {} already trusts issuer '{}' and subject '{}'.",
+            other.name, credential.issuer, credential.subject
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn new_id() -> String {
@@ -479,22 +496,26 @@ impl Aad {
                 };
                 // A managed identity's own certificate assertion is the common case (every
                 // uncached IMDS token), so it is tried first, without parsing twice. One that
-                // fails for want of a known thumbprint or for its issuer, and was not issued by
-                // the identity itself, is an external token (GitHub's carry `x5t` too) that its
-                // federated credentials may trust (spec §6.2).
+                // fails for want of a known thumbprint (or, for a managed identity, for its
+                // issuer), and was not issued by the client itself, is an external token
+                // (GitHub's carry `x5t` too) that its federated credentials may trust (spec
+                // §6.2, §6.3). An application's assertion signed with its own certificate and
+                // naming another issuer keeps its certificate error.
+                let foreign = match &checked {
+                    Err(AssertionError::NoThumbprint | AssertionError::KeyNotFound { .. }) => true,
+                    Err(AssertionError::IssuerOrSubject) => client.principal.is_managed_identity(),
+                    _ => false,
+                };
                 match checked {
                     Ok(_) => {}
-                    Err(
-                        AssertionError::NoThumbprint
-                        | AssertionError::KeyNotFound { .. }
-                        | AssertionError::IssuerOrSubject,
-                    ) if client.principal.is_managed_identity()
-                        && let Ok(jws) = split_compact(token)
-                        && !jws
-                            .claims
-                            .get("iss")
-                            .and_then(Value::as_str)
-                            .is_some_and(|iss| iss.eq_ignore_ascii_case(client_id)) =>
+                    Err(_)
+                        if foreign
+                            && let Ok(jws) = split_compact(token)
+                            && !jws
+                                .claims
+                                .get("iss")
+                                .and_then(Value::as_str)
+                                .is_some_and(|iss| iss.eq_ignore_ascii_case(client_id)) =>
                     {
                         self.validate_federated(&client.principal, &jws).await?;
                         return self
@@ -595,19 +616,29 @@ impl Aad {
         })
     }
 
-    /// Validates an external token against the managed identity's federated credentials:
-    /// issuer, subject and audience first (nothing is fetched for a token no credential
-    /// trusts), then time, then the signature with the issuer's published key.
+    /// Validates a token presented as a client's assertion against the client's federated
+    /// credentials (a managed identity's, or its application's): issuer, subject and audience
+    /// first (nothing is fetched for a token no credential trusts), then time, then the
+    /// signature with the issuer's published key, or with this AAD's own keys for a managed
+    /// identity's token (§6.3).
     async fn validate_federated(
         &self,
         principal: &ServicePrincipal,
         jws: &misim_core::jose::CompactJws<'_>,
     ) -> Result<(), AadError> {
-        let credentials = self
-            .inner
-            .store
-            .federated_credentials(&principal.object_id)
-            .await?;
+        let owner_id = match &principal.kind {
+            PrincipalKind::ManagedIdentity { .. } => Some(principal.object_id.clone()),
+            PrincipalKind::Application => self
+                .inner
+                .store
+                .application_by_app_id(&principal.app_id)
+                .await?
+                .map(|app| app.object_id),
+        };
+        let credentials = match owner_id {
+            Some(owner_id) => self.inner.store.federated_credentials(&owner_id).await?,
+            None => Vec::new(),
+        };
         let refused = |error: FederationError| match error {
             FederationError::NoMatch {
                 issuer,
@@ -622,13 +653,18 @@ impl Aad {
             FederationError::Assertion(reason) => AadError::InvalidAssertion(reason),
         };
         let credential = federation::matching(&credentials, jws).map_err(refused)?;
-        federation::check_time(jws, Clock::wall_now().unix_timestamp())
-            .map_err(AadError::InvalidAssertion)?;
-        self.inner
-            .issuer_keys
-            .verify(&credential.issuer, jws)
-            .await
-            .map_err(refused)?;
+        if self.is_own_issuer(&credential.issuer) {
+            self.validate_identity_assertion(principal, &credential.issuer, jws)
+                .await?;
+        } else {
+            federation::check_time(jws, Clock::wall_now().unix_timestamp())
+                .map_err(AadError::InvalidAssertion)?;
+            self.inner
+                .issuer_keys
+                .verify(&credential.issuer, jws)
+                .await
+                .map_err(refused)?;
+        }
         let mut draft = Draft::new(
             "aad.federated.validated",
             format!(
@@ -643,6 +679,46 @@ impl Aad {
         }
         self.inner.events.record(draft);
         Ok(())
+    }
+
+    /// Whether `issuer` is this AAD's (v1 or v2) issuer of its tenant.
+    fn is_own_issuer(&self, issuer: &str) -> bool {
+        let tenant = &self.inner.tenant.id;
+        let issuer = issuer.trim_end_matches('/');
+        [self.v1_issuer(tenant), self.v2_issuer(tenant)]
+            .iter()
+            .any(|own| own.trim_end_matches('/').eq_ignore_ascii_case(issuer))
+    }
+
+    /// A token of this AAD as an application's federated credential (spec §6.3): only a
+    /// user-assigned managed identity's, signed with this AAD's key and within its lifetime at
+    /// simulated time (the time it was issued at). Entra's own tokens stand in for nothing else.
+    async fn validate_identity_assertion(
+        &self,
+        owner: &ServicePrincipal,
+        issuer: &str,
+        jws: &misim_core::jose::CompactJws<'_>,
+    ) -> Result<(), AadError> {
+        let refused = || AadError::FederatedOwnIssuer(issuer.to_string());
+        if owner.is_managed_identity() {
+            return Err(refused());
+        }
+        self.verify_own_signature(jws)
+            .map_err(AadError::InvalidAssertion)?;
+        federation::check_time(jws, self.inner.clock.now_unix())
+            .map_err(AadError::InvalidAssertion)?;
+        let subject = jws.claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        match self.inner.store.service_principal(subject).await? {
+            Some(ServicePrincipal {
+                kind:
+                    PrincipalKind::ManagedIdentity {
+                        user_assigned: true,
+                        ..
+                    },
+                ..
+            }) => Ok(()),
+            _ => Err(refused()),
+        }
     }
 
     /// Sets a managed identity's federated credential (ARM's internal call); idempotent.
@@ -681,6 +757,161 @@ impl Aad {
             .principal(object_id),
         );
         Ok(())
+    }
+
+    /// An application's federated credentials (Graph), by the application's object id.
+    pub async fn application_federated_credentials(
+        &self,
+        id: &str,
+    ) -> Result<(ApplicationView, Vec<FederatedCredential>), AadError> {
+        let view = self.application(id, false).await?;
+        let held = self
+            .inner
+            .store
+            .federated_credentials(&view.app.object_id)
+            .await?;
+        Ok((view, held))
+    }
+
+    /// One of an application's federated credentials, by its id or its name (Graph takes both).
+    pub async fn application_federated_credential(
+        &self,
+        id: &str,
+        credential: &str,
+    ) -> Result<(ApplicationView, FederatedCredential), AadError> {
+        let (view, held) = self.application_federated_credentials(id).await?;
+        let found = held
+            .into_iter()
+            .find(|c| c.id.eq_ignore_ascii_case(credential) || c.name.eq_ignore_ascii_case(credential))
+            .ok_or_else(|| {
+                AadError::GraphNotFound(format!(
+                    "FederatedIdentityCredential '{credential}' does not exist on application '{id}'."
+                ))
+            })?;
+        Ok((view, found))
+    }
+
+    /// Adds a federated credential to an application (Graph's checks, a fresh id).
+    pub async fn add_application_federated_credential(
+        &self,
+        id: &str,
+        draft: FederatedCredentialDraft,
+    ) -> Result<FederatedCredential, AadError> {
+        let (view, held) = self.application_federated_credentials(id).await?;
+        let mut credential = FederatedCredential::default();
+        draft.apply(&mut credential);
+        credential.id = new_id();
+        federation::check_application_credential(&credential).map_err(AadError::GraphBadRequest)?;
+        let duplicate_name = || {
+            AadError::GraphConflict(format!(
+                "FederatedIdentityCredential with name {} already exists.",
+                credential.name
+            ))
+        };
+        if held
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(&credential.name))
+        {
+            return Err(duplicate_name());
+        }
+        if held.len() >= federation::MAX_APPLICATION_CREDENTIALS {
+            return Err(AadError::GraphBadRequest(format!(
+                "An application may have at most {} federated identity credentials.",
+                federation::MAX_APPLICATION_CREDENTIALS
+            )));
+        }
+        unique_issuer_and_subject(&held, &credential)?;
+        match self
+            .inner
+            .store
+            .insert_federated_credential(&view.app.object_id, &credential)
+            .await
+        {
+            Err(crate::store::StoreError::Conflict) => return Err(duplicate_name()),
+            other => other?,
+        }
+        self.record_federated_registered(&view.app.object_id, &view.app.display_name, &credential);
+        Ok(credential)
+    }
+
+    /// Changes an application's federated credential; its name is immutable.
+    pub async fn update_application_federated_credential(
+        &self,
+        id: &str,
+        credential: &str,
+        draft: FederatedCredentialDraft,
+    ) -> Result<(), AadError> {
+        let (view, current) = self
+            .application_federated_credential(id, credential)
+            .await?;
+        if draft
+            .name
+            .as_ref()
+            .is_some_and(|name| name != &current.name)
+        {
+            return Err(AadError::GraphBadRequest(
+                "Property 'name' of a federated identity credential cannot be changed.".into(),
+            ));
+        }
+        let mut updated = current.clone();
+        draft.apply(&mut updated);
+        federation::check_application_credential(&updated).map_err(AadError::GraphBadRequest)?;
+        let (_, held) = self.application_federated_credentials(id).await?;
+        let others: Vec<_> = held
+            .into_iter()
+            .filter(|c| c.name != current.name)
+            .collect();
+        unique_issuer_and_subject(&others, &updated)?;
+        self.inner
+            .store
+            .put_federated_credential(&view.app.object_id, &updated)
+            .await?;
+        self.record_federated_registered(&view.app.object_id, &view.app.display_name, &updated);
+        Ok(())
+    }
+
+    /// Removes an application's federated credential.
+    pub async fn delete_application_federated_credential(
+        &self,
+        id: &str,
+        credential: &str,
+    ) -> Result<(), AadError> {
+        let (view, current) = self
+            .application_federated_credential(id, credential)
+            .await?;
+        self.inner
+            .store
+            .delete_federated_credential(&view.app.object_id, &current.name)
+            .await?;
+        self.inner.events.record(
+            Draft::new(
+                "aad.federated.removed",
+                format!(
+                    "removed federated credential {} from application {}",
+                    current.name, view.app.display_name
+                ),
+            )
+            .details(json!({"applicationId": view.app.object_id, "credential": current.name})),
+        );
+        Ok(())
+    }
+
+    fn record_federated_registered(
+        &self,
+        application_id: &str,
+        display_name: &str,
+        credential: &FederatedCredential,
+    ) {
+        self.inner.events.record(
+            Draft::new(
+                "aad.federated.registered",
+                format!(
+                    "registered federated credential {} on application {display_name}: tokens of {} for {}",
+                    credential.name, credential.issuer, credential.subject
+                ),
+            )
+            .details(json!({"applicationId": application_id, "credential": credential.name, "issuer": credential.issuer, "subject": credential.subject})),
+        );
     }
 
     /// The names of a managed identity's federated credentials.
@@ -798,9 +1029,17 @@ impl Aad {
         requested: &str,
         tenant: &Tenant,
     ) -> Result<(String, TokenVersion), AadError> {
-        if resource::well_known(requested).is_some()
-            || resource::same_resource(requested, &self.inner.config.graph_url)
-        {
+        if let Some(known) = resource::well_known(requested) {
+            // Tokens for AAD Token Exchange stand in as federated credentials (spec §6.3):
+            // v2-issuer tokens whose audience is the URI a credential names.
+            let version = if known.app_id == Some(TOKEN_EXCHANGE_APP_ID) {
+                TokenVersion::V2
+            } else {
+                TokenVersion::V1
+            };
+            return Ok((requested.to_string(), version));
+        }
+        if resource::same_resource(requested, &self.inner.config.graph_url) {
             return Ok((requested.to_string(), TokenVersion::V1));
         }
         let app = if is_guid(requested.trim_end_matches('/')) {
@@ -836,25 +1075,12 @@ impl Aad {
     /// returns its claims.
     pub fn verify_own_token(&self, token: &str) -> Result<serde_json::Map<String, Value>, String> {
         let jws = split_compact(token).map_err(|e| e.to_string())?;
-        if jws.header.get("alg").and_then(Value::as_str) != Some("RS256") {
-            return Err("unsupported token algorithm".into());
-        }
-        let kid = jws
-            .header
-            .get("kid")
-            .and_then(Value::as_str)
-            .ok_or("token has no kid")?;
-        let key = self
-            .inner
-            .keys
-            .find(kid)
-            .ok_or("token signed by an unknown key")?;
-        if !key
-            .cert
-            .verify(JwsAlg::Rs256, jws.signing_input.as_bytes(), &jws.signature)
-        {
-            return Err("token signature is invalid".into());
-        }
+        self.verify_own_signature(&jws).map_err(|e| match e {
+            AssertionError::UnsupportedAlgorithm(_) => "unsupported token algorithm".to_string(),
+            AssertionError::BadSignature { .. } => "token signature is invalid".to_string(),
+            AssertionError::Malformed(detail) => detail,
+            other => format!("{other:?}"),
+        })?;
         let tenant = &self.inner.tenant.id;
         let iss = jws.claims.get("iss").and_then(Value::as_str).unwrap_or("");
         if iss != self.v1_issuer(tenant) && iss != self.v2_issuer(tenant) {
@@ -869,6 +1095,38 @@ impl Aad {
             return Err("token has expired".into());
         }
         Ok(jws.claims)
+    }
+
+    /// Whether a token's signature is this AAD's (RS256 with one of its signing keys).
+    fn verify_own_signature(
+        &self,
+        jws: &misim_core::jose::CompactJws<'_>,
+    ) -> Result<(), AssertionError> {
+        let header = |name: &str| jws.header.get(name).and_then(Value::as_str);
+        match header("alg") {
+            Some("RS256") => {}
+            other => {
+                return Err(AssertionError::UnsupportedAlgorithm(
+                    other.unwrap_or("none").to_string(),
+                ));
+            }
+        }
+        let kid = header("kid")
+            .ok_or_else(|| AssertionError::Malformed("the token has no 'kid' header".into()))?;
+        let key = self.inner.keys.find(kid).ok_or_else(|| {
+            AssertionError::Malformed(format!(
+                "the token names no signing key of this AAD ('{kid}')"
+            ))
+        })?;
+        if !key
+            .cert
+            .verify(JwsAlg::Rs256, jws.signing_input.as_bytes(), &jws.signature)
+        {
+            return Err(AssertionError::BadSignature {
+                thumbprint: header("x5t").unwrap_or(kid).to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Authenticates a Graph call: a valid token whose audience is Graph.

@@ -295,6 +295,10 @@ impl Store {
             .bind(object_id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM aad_federated_credentials WHERE owner_id = ?")
+            .bind(object_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(deleted > 0)
     }
@@ -396,20 +400,24 @@ impl Store {
         &self,
         owner_id: &str,
     ) -> StoreResult<Vec<FederatedCredential>> {
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT name, issuer, subject, audiences FROM aad_federated_credentials WHERE owner_id = ? ORDER BY name",
+        let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT name, issuer, subject, audiences, id, description FROM aad_federated_credentials WHERE owner_id = ? ORDER BY name",
         )
         .bind(owner_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(name, issuer, subject, audiences)| FederatedCredential {
-                name,
-                issuer,
-                subject,
-                audiences: serde_json::from_str(&audiences).unwrap_or_default(),
-            })
+            .map(
+                |(name, issuer, subject, audiences, id, description)| FederatedCredential {
+                    name,
+                    issuer,
+                    subject,
+                    audiences: serde_json::from_str(&audiences).unwrap_or_default(),
+                    id,
+                    description,
+                },
+            )
             .collect())
     }
 
@@ -419,14 +427,37 @@ impl Store {
         credential: &FederatedCredential,
     ) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (owner_id, name) DO UPDATE SET issuer = excluded.issuer, subject = excluded.subject, audiences = excluded.audiences",
+            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences, id, description) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (owner_id, name) DO UPDATE SET issuer = excluded.issuer, subject = excluded.subject, audiences = excluded.audiences, description = excluded.description",
         )
         .bind(owner_id)
         .bind(&credential.name)
         .bind(&credential.issuer)
         .bind(&credential.subject)
         .bind(serde_json::Value::from(credential.audiences.clone()).to_string())
+        .bind(&credential.id)
+        .bind(&credential.description)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a credential whose name the owner does not have yet (a unique violation if it has).
+    pub async fn insert_federated_credential(
+        &self,
+        owner_id: &str,
+        credential: &FederatedCredential,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences, id, description) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(owner_id)
+        .bind(&credential.name)
+        .bind(&credential.issuer)
+        .bind(&credential.subject)
+        .bind(serde_json::Value::from(credential.audiences.clone()).to_string())
+        .bind(&credential.id)
+        .bind(&credential.description)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,4 +1,5 @@
-//! Graph calls on applications and service principals, each meeting what earlier ones made.
+//! Graph calls on applications (their federated credentials too) and service principals, each
+//! meeting what earlier ones made.
 
 use super::{Rng, Statuses, escape_all, junk, odd_value, random_uuid, settings};
 use crate::support::{ClientCert, TestSim};
@@ -99,6 +100,45 @@ fn application_body(rng: &mut Rng, cert: &ClientCert, now: i64) -> Value {
     Value::Object(body)
 }
 
+/// Names of federated credentials a sequence uses: valid ones that later calls meet, and not.
+const CREDENTIAL_NAMES: [&str; 6] = ["c1", "c2", "x.y~z", "has space", "", "é"];
+
+fn federated_credential_body(rng: &mut Rng) -> Value {
+    let mut body = Map::new();
+    let name = json!(rng.pick(&CREDENTIAL_NAMES));
+    let issuer = json!(rng.pick(&[
+        "https://issuer.example",
+        "",
+        "https://token.actions.githubusercontent.com"
+    ]));
+    let subject = json!(format!("s{}", rng.below(3)));
+    let audiences = rng
+        .pick(&[
+            json!(["api://AzureADTokenExchange"]),
+            json!([]),
+            json!(["a", "b"]),
+            json!("api://AzureADTokenExchange"),
+            json!([5]),
+        ])
+        .clone();
+    let description = rng.pick(&[json!("d"), Value::Null, json!(5)]).clone();
+    for (field, value) in [
+        ("name", name),
+        ("issuer", issuer),
+        ("subject", subject),
+        ("audiences", audiences),
+        ("description", description),
+    ] {
+        if rng.chance(85) {
+            body.insert(field.into(), odd_value(rng, value));
+        }
+    }
+    if rng.chance(10) {
+        body.insert(junk(rng), json!(1));
+    }
+    odd_value(rng, Value::Object(body))
+}
+
 /// One Graph call of a random sequence: method, path (with query), JSON body.
 fn graph_call(
     rng: &mut Rng,
@@ -120,7 +160,7 @@ fn graph_call(
         true => random_uuid(rng),
         false => rng.pick(&directory.service_principals).clone(),
     };
-    match rng.below(13) {
+    match rng.below(15) {
         0..=2 => (
             Method::POST,
             "applications".into(),
@@ -227,6 +267,28 @@ fn graph_call(
                 _ => format!("applications(appId='{id}')"),
             };
             (Method::GET, key, None)
+        }
+        13 | 14 => {
+            let credentials = format!(
+                "applications/{}/federatedIdentityCredentials",
+                application(rng)
+            );
+            let name = *rng.pick(&CREDENTIAL_NAMES);
+            let named = format!("{credentials}/{}", escape_all(name));
+            match rng.below(5) {
+                0 | 1 => (
+                    Method::POST,
+                    credentials,
+                    Some(federated_credential_body(rng)),
+                ),
+                2 => (Method::PATCH, named, Some(federated_credential_body(rng))),
+                3 => (Method::GET, credentials, None),
+                _ => (
+                    rng.pick(&[Method::GET, Method::DELETE]).clone(),
+                    named,
+                    None,
+                ),
+            }
         }
         _ => {
             let mut ids = Vec::new();

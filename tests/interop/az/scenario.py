@@ -393,6 +393,34 @@ def scenario(workdir, misim):
                     label="role-definition-list-after-delete")
     check(gone == [], "az role definition delete: the custom role is gone", json.dumps(gone)[:500])
 
+    print("d3. an application's federated credentials", flush=True)
+    app = admin.ok("ad", "app", "create", "--display-name", "app-fic") or {}
+    require(bool(app.get("appId")), "az ad app create", json.dumps(app)[:800])
+    fic_params = {"name": "github-main", "issuer": "https://token.actions.githubusercontent.com",
+                  "subject": "repo:contoso/app:ref:refs/heads/main",
+                  "audiences": ["api://AzureADTokenExchange"], "description": "deploys from main"}
+    fic_cmd = ("ad", "app", "federated-credential")
+    fic = admin.ok(*fic_cmd, "create", "--id", app["appId"], "--parameters", json.dumps(fic_params)) or {}
+    check(bool(fic.get("id")) and all(fic.get(k) == v for k, v in fic_params.items()),
+          "az ad app federated-credential create (the app named by its appId)", json.dumps(fic)[:800])
+    listed = admin.ok(*fic_cmd, "list", "--id", app["appId"]) or []
+    check([f.get("name") for f in listed] == ["github-main"],
+          "az ad app federated-credential list", json.dumps(listed)[:800])
+    admin.ok(*fic_cmd, "update", "--id", app["appId"], "--federated-credential-id", "github-main",
+             "--parameters", json.dumps({**fic_params, "subject": "repo:contoso/app:environment:prod"}))
+    shown = admin.ok(*fic_cmd, "show", "--id", app["appId"], "--federated-credential-id", fic.get("id", "")) or {}
+    check(shown.get("subject") == "repo:contoso/app:environment:prod",
+          "az ad app federated-credential update, then show by id", json.dumps(shown)[:800])
+    again = admin(*fic_cmd, "create", "--id", app["appId"], "--parameters", json.dumps(fic_params),
+                  label="fic-create-same-name")
+    check(not again.ok and "already exists" in again.error(),
+          "az ad app federated-credential create with a taken name is refused",
+          again.describe() if not again.ok else again.stdout[:500])
+    admin.ok(*fic_cmd, "delete", "--id", app["appId"], "--federated-credential-id", "github-main")
+    gone = admin.ok(*fic_cmd, "list", "--id", app["appId"], label="fic-list-after-delete")
+    check(gone == [], "az ad app federated-credential delete", json.dumps(gone)[:500])
+    admin.ok("ad", "app", "delete", "--id", app["appId"])
+
     print("e. managed identity of the demo VM", flush=True)
     vm_env = misim.vm_env("demo-vm")
     require(vm_env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST") == conn["imds"],

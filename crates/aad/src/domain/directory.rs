@@ -64,15 +64,49 @@ impl KeyCredential {
     }
 }
 
-/// A federated identity credential of a managed identity (spec/tokens.md §6.1): an external
-/// token with this issuer and subject, addressed to one of the audiences, stands in for it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A federated identity credential of a managed identity (spec/tokens.md §6.1, from ARM) or of
+/// an application (§6.3, from Graph): a token with this issuer and subject, addressed to one of
+/// the audiences, stands in for its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FederatedCredential {
     #[serde(default)]
     pub name: String,
     pub issuer: String,
     pub subject: String,
     pub audiences: Vec<String>,
+    /// Graph's id of an application's credential; empty for a managed identity's.
+    #[serde(default)]
+    pub id: String,
+    /// Graph's free-text description; empty when none.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// What a Graph request sets on an application's federated credential (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FederatedCredentialDraft {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+impl FederatedCredentialDraft {
+    pub fn apply(self, to: &mut FederatedCredential) {
+        let set = |field: &mut String, value: Option<String>| {
+            if let Some(value) = value {
+                *field = value;
+            }
+        };
+        set(&mut to.name, self.name);
+        set(&mut to.issuer, self.issuer);
+        set(&mut to.subject, self.subject);
+        set(&mut to.description, self.description);
+        if let Some(audiences) = self.audiences {
+            to.audiences = audiences;
+        }
+    }
 }
 
 /// A client secret, stored as salted SHA-256.

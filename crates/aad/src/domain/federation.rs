@@ -54,6 +54,56 @@ pub fn matching<'a>(
         })
 }
 
+/// The most federated credentials an application may have (Graph's limit).
+pub const MAX_APPLICATION_CREDENTIALS: usize = 20;
+/// Graph's limits on a credential's name and on its other strings.
+const MAX_NAME_CHARS: usize = 120;
+const MAX_FIELD_CHARS: usize = 600;
+
+/// Checks an application's federated credential as Graph does: a URL-friendly name (letters,
+/// digits, `-`, `_`, `.`, `~`) of at most 120 characters; an issuer and a subject; exactly one
+/// audience; each string at most 600 characters. The message names what is wrong.
+pub fn check_application_credential(credential: &FederatedCredential) -> Result<(), String> {
+    let name = &credential.name;
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!(
+            "Property 'name' is required and may have at most {MAX_NAME_CHARS} characters."
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+    {
+        return Err(format!(
+            "Property 'name' ('{name}') may only contain letters, digits, '-', '_', '.' and '~'."
+        ));
+    }
+    for (field, value) in [
+        ("issuer", &credential.issuer),
+        ("subject", &credential.subject),
+    ] {
+        if value.trim().is_empty() || value.chars().count() > MAX_FIELD_CHARS {
+            return Err(format!(
+                "Property '{field}' is required and may have at most {MAX_FIELD_CHARS} characters."
+            ));
+        }
+    }
+    match credential.audiences.as_slice() {
+        [one] if !one.trim().is_empty() && one.chars().count() <= MAX_FIELD_CHARS => {}
+        _ => {
+            return Err(format!(
+                "Property 'audiences' must hold exactly one value of at most {MAX_FIELD_CHARS} characters."
+            ));
+        }
+    }
+    if credential.description.chars().count() > MAX_FIELD_CHARS {
+        return Err(format!(
+            "Property 'description' may have at most {MAX_FIELD_CHARS} characters."
+        ));
+    }
+    Ok(())
+}
+
 /// `exp` (required) and `nbf` against wall time, with the skew certificate assertions get.
 pub fn check_time(jws: &CompactJws<'_>, wall_now: i64) -> Result<(), AssertionError> {
     let time = |name: &str| match numeric_claim(&jws.claims, name) {
@@ -328,7 +378,41 @@ mod tests {
             issuer: issuer.into(),
             subject: subject.into(),
             audiences: vec![audience.into()],
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn application_credentials_are_checked_as_graph_does() {
+        let good = FederatedCredential {
+            name: "github-main_1.x~".into(),
+            ..fic(
+                "https://issuer.example",
+                "repo:o/r:ref:refs/heads/main",
+                "api://AzureADTokenExchange",
+            )
+        };
+        assert_eq!(check_application_credential(&good), Ok(()));
+        let bad = |change: fn(&mut FederatedCredential)| {
+            let mut credential = good.clone();
+            change(&mut credential);
+            check_application_credential(&credential).expect_err("refused")
+        };
+        assert!(bad(|c| c.name.clear()).contains("'name'"));
+        assert!(bad(|c| c.name = "a".repeat(121)).contains("120"));
+        assert!(bad(|c| c.name = "has space".into()).contains("may only contain"));
+        assert!(bad(|c| c.name = "slash/name".into()).contains("may only contain"));
+        assert!(bad(|c| c.issuer = " ".into()).contains("'issuer'"));
+        assert!(bad(|c| c.subject = "s".repeat(601)).contains("'subject'"));
+        assert!(bad(|c| c.audiences.clear()).contains("exactly one"));
+        assert!(bad(|c| c.audiences.push("second".into())).contains("exactly one"));
+        assert!(bad(|c| c.audiences = vec![String::new()]).contains("exactly one"));
+        assert!(bad(|c| c.description = "d".repeat(601)).contains("'description'"));
+        // 120 characters exactly, and non-ASCII descriptions counted in characters.
+        let mut edge = good.clone();
+        edge.name = "n".repeat(120);
+        edge.description = "é".repeat(600);
+        assert_eq!(check_application_credential(&edge), Ok(()));
     }
 
     #[test]

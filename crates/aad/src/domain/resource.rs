@@ -16,6 +16,8 @@ pub struct WellKnownResource {
 
 /// Microsoft Graph's application id.
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+/// "AAD Token Exchange": the audience of tokens that stand in as federated credentials.
+pub const TOKEN_EXCHANGE_APP_ID: &str = "fb60f99c-7a34-4190-8149-302f77469936";
 
 pub const WELL_KNOWN: &[WellKnownResource] = &[
     WellKnownResource {
@@ -79,7 +81,7 @@ pub const WELL_KNOWN: &[WellKnownResource] = &[
         account_hosts: &[],
     },
     WellKnownResource {
-        app_id: Some("fb60f99c-7a34-4190-8149-302f77469936"),
+        app_id: Some(TOKEN_EXCHANGE_APP_ID),
         display_name: "AAD Token Exchange",
         uris: &["api://AzureADTokenExchange"],
         account_hosts: &[],

@@ -42,6 +42,8 @@ pub fn sts_parts(error: &AadError) -> (StatusCode, &'static str, u32, String) {
         UnsupportedAssertionType(t) => (bad, "invalid_request", 7000220, format!("The client_assertion_type '{t}' is not supported; use 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.")),
         InvalidAssertion(reason) => assertion_parts(reason),
         FederatedNoMatch(presented) => (bad, "invalid_request", 70021, format!("No matching federated identity record found for presented assertion. {presented}")),
+        // The code and status are unconfirmed (docs/api.md, federated credentials).
+        FederatedOwnIssuer(issuer) => (bad, "invalid_request", 700236, format!("Entra ID tokens issued by issuer '{issuer}' may not be used for federated identity credential flows for applications or managed identities registered in this tenant.")),
         // The code Entra gives an unreachable issuer is unconfirmed (spec/tokens.md §6.2).
         FederatedIssuerUnreachable(detail) => (bad, "invalid_request", 50166, format!("Request to External OIDC endpoint failed. {detail}")),
         InvalidScope(s) => (bad, "invalid_scope", 70011, format!("The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid.")),

@@ -1,4 +1,5 @@
-//! The Microsoft Graph v1.0 subset: applications and service principals. Any token of the
+//! The Microsoft Graph v1.0 subset: applications (with their federated identity credentials)
+//! and service principals. Any token of the
 //! tenant for Graph may read; only the bootstrap admin may write (CONTRACT.md, Graph subset).
 
 use axum::body::Body;
@@ -12,7 +13,9 @@ use time::format_description::well_known::Rfc3339;
 
 use super::error::GraphFailure;
 use super::{RequestContext, read_body};
-use crate::domain::directory::{KeyCredential, PasswordCredential, PrincipalKind};
+use crate::domain::directory::{
+    FederatedCredential, FederatedCredentialDraft, KeyCredential, PasswordCredential, PrincipalKind,
+};
 use crate::error::AadError;
 use crate::service::{
     Aad, ApplicationDraft, ApplicationView, GraphCaller, KeyCredentialDraft, PrincipalView,
@@ -521,6 +524,148 @@ pub async fn remove_password(
     })?;
     call.aad
         .remove_password(&id, key_id)
+        .await
+        .map_err(|e| call.fail(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- federated identity credentials of applications ----
+
+fn federated_credential_json(credential: &FederatedCredential) -> Value {
+    json!({
+        "id": credential.id,
+        "name": credential.name,
+        "issuer": credential.issuer,
+        "subject": credential.subject,
+        "description": (!credential.description.is_empty()).then_some(&credential.description),
+        "audiences": credential.audiences,
+    })
+}
+
+/// The properties a request sets; read-only `id` and OData annotations are ignored, anything
+/// else unknown is refused as Graph does.
+fn federated_credential_draft(
+    call: &Call,
+    body: &Map<String, Value>,
+) -> Result<FederatedCredentialDraft, GraphFailure> {
+    let bad = |m: String| call.fail(AadError::GraphBadRequest(m));
+    let mut draft = FederatedCredentialDraft::default();
+    for (field, value) in body {
+        let text = || {
+            value
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("Property '{field}' must be a string.")))
+        };
+        match field.as_str() {
+            "name" => draft.name = Some(text()?),
+            "issuer" => draft.issuer = Some(text()?),
+            "subject" => draft.subject = Some(text()?),
+            "description" if value.is_null() => draft.description = Some(String::new()),
+            "description" => draft.description = Some(text()?),
+            "audiences" => draft.audiences = Some(string_list(call, value, "audiences")?),
+            "id" => {}
+            other if other.starts_with("@odata.") => {}
+            other => {
+                return Err(bad(format!(
+                    "Property '{other}' does not exist on type 'microsoft.graph.federatedIdentityCredential'."
+                )));
+            }
+        }
+    }
+    Ok(draft)
+}
+
+fn credential_entity(id: &str) -> String {
+    format!("applications('{id}')/federatedIdentityCredentials/$entity")
+}
+
+pub async fn list_federated_credentials(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> GraphResult {
+    let call = Call::new(aad, &headers)?;
+    let (_, held) = call
+        .aad
+        .application_federated_credentials(&id)
+        .await
+        .map_err(|e| call.fail(e))?;
+    let items = held.iter().map(federated_credential_json).collect();
+    collection(
+        &call,
+        &format!("applications/{id}/federatedIdentityCredentials"),
+        items,
+        &query,
+    )
+}
+
+pub async fn create_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> GraphResult {
+    let call = Call::writer(aad, &headers)?;
+    let body = call.json_body(body).await?;
+    let draft = federated_credential_draft(&call, &body)?;
+    let created = call
+        .aad
+        .add_application_federated_credential(&id, draft)
+        .await
+        .map_err(|e| call.fail(e))?;
+    Ok(entity(
+        &call,
+        &credential_entity(&id),
+        federated_credential_json(&created),
+        StatusCode::CREATED,
+    ))
+}
+
+pub async fn get_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((id, credential)): Path<(String, String)>,
+) -> GraphResult {
+    let call = Call::new(aad, &headers)?;
+    let (_, found) = call
+        .aad
+        .application_federated_credential(&id, &credential)
+        .await
+        .map_err(|e| call.fail(e))?;
+    Ok(entity(
+        &call,
+        &credential_entity(&id),
+        federated_credential_json(&found),
+        StatusCode::OK,
+    ))
+}
+
+pub async fn update_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((id, credential)): Path<(String, String)>,
+    body: Body,
+) -> GraphResult {
+    let call = Call::writer(aad, &headers)?;
+    let body = call.json_body(body).await?;
+    let draft = federated_credential_draft(&call, &body)?;
+    call.aad
+        .update_application_federated_credential(&id, &credential, draft)
+        .await
+        .map_err(|e| call.fail(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn delete_federated_credential(
+    State(aad): State<Aad>,
+    headers: HeaderMap,
+    Path((id, credential)): Path<(String, String)>,
+) -> GraphResult {
+    let call = Call::writer(aad, &headers)?;
+    call.aad
+        .delete_application_federated_credential(&id, &credential)
         .await
         .map_err(|e| call.fail(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
