@@ -444,26 +444,74 @@ async fn applications_keep_federated_credentials_through_graph() {
     let (status, list) = call(Method::GET, credentials.clone(), None).await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["value"].as_array().map(Vec::len), Some(1), "{list}");
-    let (_, filtered) = call(
-        Method::GET,
-        format!("{credentials}?$filter=subject eq 'repo:contoso/app:pull_request'"),
-        None,
-    )
-    .await;
-    assert_eq!(filtered["value"], json!([]), "{filtered}");
+    assert!(
+        list["@odata.context"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!(
+                "applications('{object_id}')/federatedIdentityCredentials"
+            ))),
+        "{list}"
+    );
 
-    // Changed in place (204); the name is immutable, the description may be cleared.
+    // Changed in place (204); the name is immutable (the same name in another case is no
+    // change), the description may be cleared.
     let (status, _) = call(
         Method::PATCH,
         format!("{credentials}/{id}"),
-        Some(json!({"subject": "repo:contoso/app:environment:prod", "description": null})),
+        Some(json!({"name": "GitHub-Main", "subject": "repo:contoso/app:environment:prod", "description": null})),
     )
     .await;
     assert_eq!(status, 204);
     let (_, read) = call(Method::GET, format!("{credentials}/github-main"), None).await;
     assert_eq!(read["subject"], "repo:contoso/app:environment:prod");
     assert_eq!(read["description"], Value::Null);
-    assert_eq!(read["id"], json!(id), "the id stays");
+    assert_eq!(
+        (&read["id"], &read["name"]),
+        (&json!(id), &json!("github-main"))
+    );
+    let subject_filter = |subject: &str| {
+        format!(
+            "{credentials}?$filter={}",
+            percent_encoding::utf8_percent_encode(
+                &format!("subject eq '{subject}'"),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        )
+    };
+    let (_, filtered) = call(
+        Method::GET,
+        subject_filter("repo:contoso/app:environment:prod"),
+        None,
+    )
+    .await;
+    assert_eq!(filtered["value"][0]["id"], json!(id), "{filtered}");
+    let (_, filtered) = call(
+        Method::GET,
+        subject_filter("repo:contoso/app:pull_request"),
+        None,
+    )
+    .await;
+    assert_eq!(filtered["value"], json!([]), "{filtered}");
+
+    // A second credential, named like the first one's id: the id still finds the first. A
+    // PATCH that keeps a credential's own issuer and subject is no clash; taking the other's is.
+    let (status, second) = call(
+        Method::POST,
+        credentials.clone(),
+        Some(json!({"name": id, "issuer": "https://token.actions.githubusercontent.com", "subject": "repo:contoso/app:pull_request", "audiences": [EXCHANGE]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{second}");
+    let (_, read) = call(Method::GET, format!("{credentials}/{id}"), None).await;
+    assert_eq!(read["name"], "github-main", "{read}");
+    let second_id = second["id"].as_str().expect("id").to_string();
+    let (status, _) = call(
+        Method::PATCH,
+        format!("{credentials}/{second_id}"),
+        Some(json!({"subject": "repo:contoso/app:pull_request", "description": "pull requests"})),
+    )
+    .await;
+    assert_eq!(status, 204);
 
     // What Graph refuses, with its codes; nothing refused is stored.
     let long = "x".repeat(601);
@@ -471,7 +519,7 @@ async fn applications_keep_federated_credentials_through_graph() {
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": "github-main", "issuer": "https://other", "subject": "s", "audiences": [EXCHANGE]}),
+            json!({"name": "github-main", "issuer": "https://other.example", "subject": "s", "audiences": [EXCHANGE]}),
             409,
             "Request_MultipleObjectsWithSameKeyValue",
         ),
@@ -483,16 +531,23 @@ async fn applications_keep_federated_credentials_through_graph() {
             "Request_MultipleObjectsWithSameKeyValue",
         ),
         (
+            Method::PATCH,
+            format!("{credentials}/{second_id}"),
+            json!({"subject": "repo:contoso/app:environment:prod"}),
+            409,
+            "Request_MultipleObjectsWithSameKeyValue",
+        ),
+        (
             Method::POST,
             credentials.clone(),
-            json!({"name": "two", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE, "api://other"]}),
+            json!({"name": "two", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE, "api://other"]}),
             400,
             "Request_BadRequest",
         ),
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": "none", "issuer": "https://i", "subject": "s", "audiences": []}),
+            json!({"name": "none", "issuer": "https://i.example", "subject": "s", "audiences": []}),
             400,
             "Request_BadRequest",
         ),
@@ -506,28 +561,63 @@ async fn applications_keep_federated_credentials_through_graph() {
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": "has space", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE]}),
+            json!({"name": "plain-http", "issuer": "http://issuer.example.com", "subject": "s", "audiences": [EXCHANGE]}),
             400,
             "Request_BadRequest",
         ),
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": "long", "issuer": "https://i", "subject": long, "audiences": [EXCHANGE]}),
+            json!({"name": "spaced", "issuer": "https://i.example ", "subject": "s", "audiences": [EXCHANGE]}),
             400,
             "Request_BadRequest",
         ),
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": 7, "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE]}),
+            json!({"name": "wildcard", "issuer": "https://i.example", "subject": "repo:contoso/*", "audiences": [EXCHANGE]}),
             400,
             "Request_BadRequest",
         ),
         (
             Method::POST,
             credentials.clone(),
-            json!({"name": "extra", "issuer": "https://i", "subject": "s", "audiences": [EXCHANGE], "claimsMatchingExpression": "x"}),
+            json!({"name": "has space", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "..", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "ab", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "long", "issuer": "https://i.example", "subject": long, "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": 7, "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE]}),
+            400,
+            "Request_BadRequest",
+        ),
+        (
+            Method::POST,
+            credentials.clone(),
+            json!({"name": "extra", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE], "claimsMatchingExpression": "x"}),
             400,
             "Request_BadRequest",
         ),
@@ -568,26 +658,107 @@ async fn applications_keep_federated_credentials_through_graph() {
             "{method} {path} {body}: {answer}"
         );
     }
+    for method in [Method::GET, Method::DELETE] {
+        let (status, answer) = call(method.clone(), format!("{credentials}/nope"), None).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (404, Some("Request_ResourceNotFound")),
+            "{method}: {answer}"
+        );
+    }
     let (_, list) = call(Method::GET, credentials.clone(), None).await;
-    assert_eq!(list["value"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(2), "{list}");
+    let (_, read) = call(Method::GET, format!("{credentials}/{second_id}"), None).await;
+    assert_eq!(read["subject"], "repo:contoso/app:pull_request", "{read}");
 
-    // At most 20 per application.
-    for n in 1..20 {
-        let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": format!("c{n}"), "issuer": "https://i", "subject": format!("s{n}"), "audiences": [EXCHANGE]}))).await;
+    // Only the bootstrap admin writes: another application's Graph token reads, and is refused
+    // a write in Graph's dialect.
+    let (reader_object, reader_app) =
+        crate::support::register_app(&sim, &graph, "fic-reader", None).await;
+    let (_, secret) = call(
+        Method::POST,
+        format!("applications/{reader_object}/addPassword"),
+        Some(json!({})),
+    )
+    .await;
+    let (_, reader) = sim
+        .secret_token(
+            &reader_app,
+            secret["secretText"].as_str().expect("secret"),
+            "https://graph.microsoft.com/.default",
+        )
+        .await;
+    let reader = reader["access_token"].as_str().expect("token");
+    let (status, _) = sim.graph(Method::GET, &credentials, reader, None).await;
+    assert_eq!(status, 200);
+    let (status, answer) = sim
+        .graph(Method::POST, &credentials, reader, Some(json!({"name": "sneaky", "issuer": "https://i.example", "subject": "s", "audiences": [EXCHANGE]})))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("Authorization_RequestDenied")),
+        "{answer}"
+    );
+
+    // At most 20 per application; the 21st is refused and not stored.
+    for n in 3..=20 {
+        let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": format!("c{n:02}"), "issuer": "https://i.example", "subject": format!("s{n}"), "audiences": [EXCHANGE]}))).await;
         assert_eq!(status, 201, "{n}: {body}");
     }
-    let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": "c20", "issuer": "https://i", "subject": "s20", "audiences": [EXCHANGE]}))).await;
-    assert_eq!(status, 400, "the 21st: {body}");
+    let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": "c21", "issuer": "https://i.example", "subject": "s21", "audiences": [EXCHANGE]}))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("Request_BadRequest")),
+        "the 21st: {body}"
+    );
+    let (_, list) = call(Method::GET, credentials.clone(), None).await;
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(20), "{list}");
 
-    // Deleted by name (204), then gone; deleting the application takes the rest with it.
+    // An identity's route of the internal API cannot remove an application's credential.
+    let internal = format!(
+        "{}/_internal/directory/managed-identities/{object_id}/federated-credentials/c03",
+        sim.aad()
+    );
+    let (status, _) = crate::support::send_json(
+        sim.http.delete(internal).header(
+            misim_core::internal::INTERNAL_SECRET_HEADER,
+            sim.internal_secret(),
+        ),
+        None,
+    )
+    .await;
+    assert_ne!(status, 204);
+    let (status, _) = call(Method::GET, format!("{credentials}/c03"), None).await;
+    assert_eq!(status, 200, "still there");
+
+    // Deleted by name (204), then gone; deleting the application deletes the rest.
     let (status, _) = call(Method::DELETE, format!("{credentials}/github-main"), None).await;
     assert_eq!(status, 204);
-    let (status, _) = call(Method::GET, format!("{credentials}/{id}"), None).await;
+    let (status, _) = call(Method::GET, format!("{credentials}/github-main"), None).await;
     assert_eq!(status, 404);
+    // Its id now finds only the credential named like it.
+    let (_, read) = call(Method::GET, format!("{credentials}/{id}"), None).await;
+    assert_eq!(read["id"], json!(second_id), "{read}");
+    assert_eq!(
+        sim.sim
+            .aad
+            .federated_credential_names(&object_id)
+            .await
+            .expect("names")
+            .len(),
+        19
+    );
     let (status, _) = call(Method::DELETE, format!("applications/{object_id}"), None).await;
     assert_eq!(status, 204);
-    let (status, body) = call(Method::GET, credentials.clone(), None).await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        sim.sim
+            .aad
+            .federated_credential_names(&object_id)
+            .await
+            .expect("names"),
+        Vec::<String>::new(),
+        "no credential outlives its application"
+    );
     sim.stop().await;
 }
 
@@ -756,13 +927,72 @@ async fn an_application_trusts_a_user_assigned_identity_and_external_issuers() {
         "{body}"
     );
 
-    // A token changed after signing, and one past its lifetime on the simulated clock.
+    // Only its token for AAD Token Exchange: the identity's token for ARM, which ARM sees
+    // every day, is no credential even where one names AAD's v1 issuer and ARM as audience.
+    let arm_token = {
+        let url = format!(
+            "{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id={uami_client}"
+        );
+        let body: Value = sim
+            .http
+            .get(url)
+            .header("Metadata", "true")
+            .send()
+            .await
+            .expect("imds")
+            .json()
+            .await
+            .expect("json");
+        body["access_token"].as_str().expect("token").to_string()
+    };
+    let body = json!({"name": "arm-token", "issuer": format!("{}/{}/", sim.aad(), sim.tenant()), "subject": uami_principal, "audiences": ["https://management.azure.com/"]});
+    let (status, answer) = sim
+        .graph(Method::POST, &credentials, &graph, Some(body))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, body) = exchange(&sim, &app_id, &arm_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(700236)),
+        "{body}"
+    );
+
+    // A token changed after signing, one naming a key AAD does not have, and one past its
+    // lifetime on the simulated clock.
     let mut parts: Vec<String> = uami_token.split('.').map(str::to_string).collect();
     parts[2] = b64url(&[7u8; 256]);
     let (status, body) = exchange(&sim, &app_id, &parts.join(".")).await;
     assert_eq!(
         (status, body["error_codes"][0].as_i64()),
         (401, Some(700027)),
+        "{body}"
+    );
+    let mut header: Value =
+        serde_json::from_slice(&misim_core::jose::b64_lenient(&parts[0]).expect("header"))
+            .expect("json");
+    header["kid"] = json!("not-a-key-of-aad");
+    parts[0] = b64url(header.to_string().as_bytes());
+    let (status, body) = exchange(&sim, &app_id, &parts.join(".")).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (401, Some(700027)),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("key was not found") && d.contains("not-a-key-of-aad")),
+        "{body}"
+    );
+    // A deleted identity's token, still within its lifetime, no longer stands in.
+    let (status, _) = arm_call(&sim, &admin, Method::DELETE, &vm_path, "2024-11-01", None).await;
+    assert!(status < 300, "{status}");
+    let (status, _) = arm_call(&sim, &admin, Method::DELETE, &identity_id, MSI_API, None).await;
+    assert_eq!(status, 200);
+    let (status, body) = exchange(&sim, &app_id, &uami_token).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_i64()),
+        (400, Some(700236)),
         "{body}"
     );
     sim.sim

@@ -72,6 +72,9 @@ struct Inner {
     faults: misim_core::faults::FaultPlans,
     /// Signing keys of the issuers that federated credentials trust.
     issuer_keys: IssuerKeys,
+    /// Serialises Graph's writes of applications' federated credentials with each other and
+    /// with application deletes: each checks what is held, then writes.
+    credential_writes: tokio::sync::Mutex<()>,
 }
 
 /// The bootstrap admin of CONTRACT.md (Seeded state).
@@ -234,6 +237,7 @@ impl Aad {
                 events,
                 faults: Default::default(),
                 issuer_keys,
+                credential_writes: tokio::sync::Mutex::new(()),
             }),
         };
         // Time may have passed while AAD was down (split mode).
@@ -681,18 +685,18 @@ impl Aad {
         Ok(())
     }
 
-    /// Whether `issuer` is this AAD's (v1 or v2) issuer of its tenant.
+    /// Whether `issuer` is this AAD's (v1 or v2) issuer of its tenant, exactly as its tokens
+    /// carry it (credentials match issuers exactly).
     fn is_own_issuer(&self, issuer: &str) -> bool {
         let tenant = &self.inner.tenant.id;
-        let issuer = issuer.trim_end_matches('/');
-        [self.v1_issuer(tenant), self.v2_issuer(tenant)]
-            .iter()
-            .any(|own| own.trim_end_matches('/').eq_ignore_ascii_case(issuer))
+        issuer == self.v1_issuer(tenant) || issuer == self.v2_issuer(tenant)
     }
 
     /// A token of this AAD as an application's federated credential (spec §6.3): only a
-    /// user-assigned managed identity's, signed with this AAD's key and within its lifetime at
-    /// simulated time (the time it was issued at). Entra's own tokens stand in for nothing else.
+    /// user-assigned managed identity's token for AAD Token Exchange (v2 issuer), signed with
+    /// this AAD's key and within its lifetime at simulated time (the time it was issued at).
+    /// Entra's own tokens stand in for nothing else: an identity's token for ARM, handed to ARM
+    /// every day, must not also be an application's credential.
     async fn validate_identity_assertion(
         &self,
         owner: &ServicePrincipal,
@@ -700,7 +704,15 @@ impl Aad {
         jws: &misim_core::jose::CompactJws<'_>,
     ) -> Result<(), AadError> {
         let refused = || AadError::FederatedOwnIssuer(issuer.to_string());
-        if owner.is_managed_identity() {
+        let for_exchange = match jws.claims.get("aud") {
+            Some(Value::String(aud)) => resource::well_known(aud)
+                .is_some_and(|known| known.app_id == Some(TOKEN_EXCHANGE_APP_ID)),
+            _ => false,
+        };
+        if owner.is_managed_identity()
+            || issuer != self.v2_issuer(&self.inner.tenant.id)
+            || !for_exchange
+        {
             return Err(refused());
         }
         self.verify_own_signature(jws)
@@ -759,36 +771,41 @@ impl Aad {
         Ok(())
     }
 
-    /// An application's federated credentials (Graph), by the application's object id.
+    /// An application (by object id) and its federated credentials (Graph).
     pub async fn application_federated_credentials(
         &self,
         id: &str,
-    ) -> Result<(ApplicationView, Vec<FederatedCredential>), AadError> {
-        let view = self.application(id, false).await?;
+    ) -> Result<(Application, Vec<FederatedCredential>), AadError> {
+        let app = self.inner.store.application(id).await?.ok_or_else(|| {
+            AadError::GraphNotFound(format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."))
+        })?;
         let held = self
             .inner
             .store
-            .federated_credentials(&view.app.object_id)
+            .federated_credentials(&app.object_id)
             .await?;
-        Ok((view, held))
+        Ok((app, held))
     }
 
-    /// One of an application's federated credentials, by its id or its name (Graph takes both).
+    /// One of an application's federated credentials, by its id or else by its name (Graph
+    /// takes both; an id wins over another credential's name equal to it).
     pub async fn application_federated_credential(
         &self,
         id: &str,
         credential: &str,
-    ) -> Result<(ApplicationView, FederatedCredential), AadError> {
-        let (view, held) = self.application_federated_credentials(id).await?;
+    ) -> Result<(Application, FederatedCredential), AadError> {
+        let (app, held) = self.application_federated_credentials(id).await?;
         let found = held
-            .into_iter()
-            .find(|c| c.id.eq_ignore_ascii_case(credential) || c.name.eq_ignore_ascii_case(credential))
+            .iter()
+            .find(|c| !c.id.is_empty() && c.id.eq_ignore_ascii_case(credential))
+            .or_else(|| held.iter().find(|c| c.name.eq_ignore_ascii_case(credential)))
+            .cloned()
             .ok_or_else(|| {
                 AadError::GraphNotFound(format!(
                     "FederatedIdentityCredential '{credential}' does not exist on application '{id}'."
                 ))
             })?;
-        Ok((view, found))
+        Ok((app, found))
     }
 
     /// Adds a federated credential to an application (Graph's checks, a fresh id).
@@ -797,7 +814,8 @@ impl Aad {
         id: &str,
         draft: FederatedCredentialDraft,
     ) -> Result<FederatedCredential, AadError> {
-        let (view, held) = self.application_federated_credentials(id).await?;
+        let _write = self.inner.credential_writes.lock().await;
+        let (app, held) = self.application_federated_credentials(id).await?;
         let mut credential = FederatedCredential::default();
         draft.apply(&mut credential);
         credential.id = new_id();
@@ -814,23 +832,23 @@ impl Aad {
         {
             return Err(duplicate_name());
         }
-        if held.len() >= federation::MAX_APPLICATION_CREDENTIALS {
+        if held.len() >= misim_core::federation::MAX_CREDENTIALS {
             return Err(AadError::GraphBadRequest(format!(
                 "An application may have at most {} federated identity credentials.",
-                federation::MAX_APPLICATION_CREDENTIALS
+                misim_core::federation::MAX_CREDENTIALS
             )));
         }
         unique_issuer_and_subject(&held, &credential)?;
         match self
             .inner
             .store
-            .insert_federated_credential(&view.app.object_id, &credential)
+            .insert_federated_credential(&app.object_id, &credential)
             .await
         {
             Err(crate::store::StoreError::Conflict) => return Err(duplicate_name()),
             other => other?,
         }
-        self.record_federated_registered(&view.app.object_id, &view.app.display_name, &credential);
+        self.record_federated_registered(&app, &credential);
         Ok(credential)
     }
 
@@ -841,13 +859,14 @@ impl Aad {
         credential: &str,
         draft: FederatedCredentialDraft,
     ) -> Result<(), AadError> {
-        let (view, current) = self
+        let _write = self.inner.credential_writes.lock().await;
+        let (app, current) = self
             .application_federated_credential(id, credential)
             .await?;
         if draft
             .name
             .as_ref()
-            .is_some_and(|name| name != &current.name)
+            .is_some_and(|name| !name.eq_ignore_ascii_case(&current.name))
         {
             return Err(AadError::GraphBadRequest(
                 "Property 'name' of a federated identity credential cannot be changed.".into(),
@@ -855,18 +874,25 @@ impl Aad {
         }
         let mut updated = current.clone();
         draft.apply(&mut updated);
+        updated.name = current.name.clone();
         federation::check_application_credential(&updated).map_err(AadError::GraphBadRequest)?;
-        let (_, held) = self.application_federated_credentials(id).await?;
-        let others: Vec<_> = held
+        if updated == current {
+            return Ok(());
+        }
+        let others: Vec<_> = self
+            .inner
+            .store
+            .federated_credentials(&app.object_id)
+            .await?
             .into_iter()
             .filter(|c| c.name != current.name)
             .collect();
         unique_issuer_and_subject(&others, &updated)?;
         self.inner
             .store
-            .put_federated_credential(&view.app.object_id, &updated)
+            .put_federated_credential(&app.object_id, &updated)
             .await?;
-        self.record_federated_registered(&view.app.object_id, &view.app.display_name, &updated);
+        self.record_federated_registered(&app, &updated);
         Ok(())
     }
 
@@ -876,41 +902,37 @@ impl Aad {
         id: &str,
         credential: &str,
     ) -> Result<(), AadError> {
-        let (view, current) = self
+        let _write = self.inner.credential_writes.lock().await;
+        let (app, current) = self
             .application_federated_credential(id, credential)
             .await?;
         self.inner
             .store
-            .delete_federated_credential(&view.app.object_id, &current.name)
+            .delete_federated_credential(&app.object_id, &current.name)
             .await?;
         self.inner.events.record(
             Draft::new(
                 "aad.federated.removed",
                 format!(
                     "removed federated credential {} from application {}",
-                    current.name, view.app.display_name
+                    current.name, app.display_name
                 ),
             )
-            .details(json!({"applicationId": view.app.object_id, "credential": current.name})),
+            .details(json!({"applicationId": app.object_id, "credential": current.name})),
         );
         Ok(())
     }
 
-    fn record_federated_registered(
-        &self,
-        application_id: &str,
-        display_name: &str,
-        credential: &FederatedCredential,
-    ) {
+    fn record_federated_registered(&self, app: &Application, credential: &FederatedCredential) {
         self.inner.events.record(
             Draft::new(
                 "aad.federated.registered",
                 format!(
-                    "registered federated credential {} on application {display_name}: tokens of {} for {}",
-                    credential.name, credential.issuer, credential.subject
+                    "registered federated credential {} on application {}: tokens of {} for {}",
+                    credential.name, app.display_name, credential.issuer, credential.subject
                 ),
             )
-            .details(json!({"applicationId": application_id, "credential": credential.name, "issuer": credential.issuer, "subject": credential.subject})),
+            .details(json!({"applicationId": app.object_id, "credential": credential.name, "issuer": credential.issuer, "subject": credential.subject})),
         );
     }
 
@@ -935,6 +957,18 @@ impl Aad {
         object_id: &str,
         name: &str,
     ) -> Result<bool, AadError> {
+        // The table also holds applications' credentials, which only Graph removes. (A
+        // managed identity already gone is no error: its credentials went with it.)
+        let principal = self.inner.store.service_principal(object_id).await?;
+        let not_an_identity = match principal {
+            Some(sp) => !sp.is_managed_identity(),
+            None => self.inner.store.application(object_id).await?.is_some(),
+        };
+        if not_an_identity {
+            return Err(AadError::GraphBadRequest(format!(
+                "'{object_id}' is not a managed identity."
+            )));
+        }
         Ok(self
             .inner
             .store
@@ -1113,11 +1147,13 @@ impl Aad {
         }
         let kid = header("kid")
             .ok_or_else(|| AssertionError::Malformed("the token has no 'kid' header".into()))?;
-        let key = self.inner.keys.find(kid).ok_or_else(|| {
-            AssertionError::Malformed(format!(
-                "the token names no signing key of this AAD ('{kid}')"
-            ))
-        })?;
+        let key = self
+            .inner
+            .keys
+            .find(kid)
+            .ok_or_else(|| AssertionError::KeyNotFound {
+                thumbprint: kid.to_string(),
+            })?;
         if !key
             .cert
             .verify(JwsAlg::Rs256, jws.signing_input.as_bytes(), &jws.signature)
@@ -1287,6 +1323,8 @@ impl Aad {
     }
 
     pub async fn delete_application(&self, id: &str) -> Result<(), AadError> {
+        // Its federated credentials go with it: no credential write may slip in between.
+        let _write = self.inner.credential_writes.lock().await;
         let view = self.application(id, false).await?;
         self.inner
             .store

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod db;
 pub mod events;
 pub mod faults;
+pub mod federation;
 pub mod internal;
 pub mod jose;
 pub mod serve;

@@ -101,7 +101,7 @@ fn application_body(rng: &mut Rng, cert: &ClientCert, now: i64) -> Value {
 }
 
 /// Names of federated credentials a sequence uses: valid ones that later calls meet, and not.
-const CREDENTIAL_NAMES: [&str; 6] = ["c1", "c2", "x.y~z", "has space", "", "é"];
+const CREDENTIAL_NAMES: [&str; 7] = ["cred-1", "cred-2", "x.y~z", "has space", "", "é", ".."];
 
 fn federated_credential_body(rng: &mut Rng) -> Value {
     let mut body = Map::new();
@@ -359,6 +359,37 @@ async fn random_graph_calls_get_objects_or_graph_errors() {
             directory
                 .password_key_ids
                 .push(answer["keyId"].as_str().expect("keyId").to_string());
+        }
+    }
+    // Whatever was sent, what Graph holds keeps its rules: at most 20 credentials per
+    // application, names and issuer + subject pairs unique, every one valid.
+    for (object_id, _) in &directory.applications {
+        let path = format!("applications/{object_id}/federatedIdentityCredentials?$top=999");
+        let (status, list) = sim.graph(reqwest::Method::GET, &path, &token, None).await;
+        if status == 404 {
+            continue;
+        }
+        let held = list["value"].as_array().expect("a list");
+        assert!(held.len() <= 20, "{object_id}: {list}");
+        let names: std::collections::HashSet<_> = held
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_ascii_lowercase())
+            .collect();
+        let pairs: std::collections::HashSet<_> = held
+            .iter()
+            .map(|c| (c["issuer"].to_string(), c["subject"].to_string()))
+            .collect();
+        assert_eq!(
+            (names.len(), pairs.len()),
+            (held.len(), held.len()),
+            "{list}"
+        );
+        for credential in held {
+            assert!(
+                misim_core::federation::valid_name(credential["name"].as_str().expect("name"))
+                    && credential["audiences"].as_array().map(Vec::len) == Some(1),
+                "{credential}"
+            );
         }
     }
     statuses.print("Graph's answers", cases);

@@ -54,51 +54,23 @@ pub fn matching<'a>(
         })
 }
 
-/// The most federated credentials an application may have (Graph's limit).
-pub const MAX_APPLICATION_CREDENTIALS: usize = 20;
-/// Graph's limits on a credential's name and on its other strings.
-const MAX_NAME_CHARS: usize = 120;
-const MAX_FIELD_CHARS: usize = 600;
-
-/// Checks an application's federated credential as Graph does: a URL-friendly name (letters,
-/// digits, `-`, `_`, `.`, `~`) of at most 120 characters; an issuer and a subject; exactly one
-/// audience; each string at most 600 characters. The message names what is wrong.
+/// Checks an application's federated credential: the rules ARM applies to an identity's
+/// (`misim_core::federation`), and Graph's limit on the description. The message names what is
+/// wrong.
 pub fn check_application_credential(credential: &FederatedCredential) -> Result<(), String> {
-    let name = &credential.name;
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!(
-            "Property 'name' is required and may have at most {MAX_NAME_CHARS} characters."
-        ));
+    use misim_core::federation::{MAX_FIELD_CHARS, NAME_RULE, check_fields, valid_name};
+    if !valid_name(&credential.name) {
+        return Err(format!("Invalid name '{}'. {NAME_RULE}", credential.name));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
-    {
-        return Err(format!(
-            "Property 'name' ('{name}') may only contain letters, digits, '-', '_', '.' and '~'."
-        ));
-    }
-    for (field, value) in [
-        ("issuer", &credential.issuer),
-        ("subject", &credential.subject),
-    ] {
-        if value.trim().is_empty() || value.chars().count() > MAX_FIELD_CHARS {
-            return Err(format!(
-                "Property '{field}' is required and may have at most {MAX_FIELD_CHARS} characters."
-            ));
-        }
-    }
-    match credential.audiences.as_slice() {
-        [one] if !one.trim().is_empty() && one.chars().count() <= MAX_FIELD_CHARS => {}
-        _ => {
-            return Err(format!(
-                "Property 'audiences' must hold exactly one value of at most {MAX_FIELD_CHARS} characters."
-            ));
-        }
-    }
+    check_fields(
+        &credential.issuer,
+        &credential.subject,
+        &credential.audiences,
+    )
+    .map_err(str::to_string)?;
     if credential.description.chars().count() > MAX_FIELD_CHARS {
         return Err(format!(
-            "Property 'description' may have at most {MAX_FIELD_CHARS} characters."
+            "The description may have at most {MAX_FIELD_CHARS} characters."
         ));
     }
     Ok(())
@@ -383,9 +355,9 @@ mod tests {
     }
 
     #[test]
-    fn application_credentials_are_checked_as_graph_does() {
+    fn application_credentials_follow_the_identitys_rules_and_graphs_description_limit() {
         let good = FederatedCredential {
-            name: "github-main_1.x~".into(),
+            name: "github-main_1".into(),
             ..fic(
                 "https://issuer.example",
                 "repo:o/r:ref:refs/heads/main",
@@ -398,19 +370,14 @@ mod tests {
             change(&mut credential);
             check_application_credential(&credential).expect_err("refused")
         };
-        assert!(bad(|c| c.name.clear()).contains("'name'"));
-        assert!(bad(|c| c.name = "a".repeat(121)).contains("120"));
-        assert!(bad(|c| c.name = "has space".into()).contains("may only contain"));
-        assert!(bad(|c| c.name = "slash/name".into()).contains("may only contain"));
-        assert!(bad(|c| c.issuer = " ".into()).contains("'issuer'"));
-        assert!(bad(|c| c.subject = "s".repeat(601)).contains("'subject'"));
-        assert!(bad(|c| c.audiences.clear()).contains("exactly one"));
+        assert!(bad(|c| c.name = "..".into()).contains("Invalid name"));
+        assert!(bad(|c| c.name = "x.y".into()).contains("Invalid name"));
+        assert!(bad(|c| c.issuer = "http://issuer.example.com".into()).contains("issuer"));
+        assert!(bad(|c| c.subject = "repo:*".into()).contains("wildcards"));
         assert!(bad(|c| c.audiences.push("second".into())).contains("exactly one"));
-        assert!(bad(|c| c.audiences = vec![String::new()]).contains("exactly one"));
-        assert!(bad(|c| c.description = "d".repeat(601)).contains("'description'"));
-        // 120 characters exactly, and non-ASCII descriptions counted in characters.
+        assert!(bad(|c| c.description = "d".repeat(601)).contains("description"));
+        // Non-ASCII descriptions are counted in characters.
         let mut edge = good.clone();
-        edge.name = "n".repeat(120);
         edge.description = "é".repeat(600);
         assert_eq!(check_application_credential(&edge), Ok(()));
     }

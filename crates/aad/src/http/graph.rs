@@ -238,10 +238,12 @@ fn matches(object: &Value, filter: &GraphFilter) -> bool {
     }
 }
 
-/// Applies `$filter`, `$top` and `$skiptoken` and renders a Graph collection.
+/// Applies `$filter`, `$top` and `$skiptoken` and renders a Graph collection: `entity` is its
+/// path under `/v1.0` (for `@odata.nextLink`), `context` its `@odata.context` fragment.
 fn collection(
     call: &Call,
     entity: &str,
+    context: &str,
     items: Vec<Value>,
     query: &HashMap<String, String>,
 ) -> GraphResult {
@@ -274,7 +276,7 @@ fn collection(
     };
     let total = items.len();
     let page: Vec<Value> = items.into_iter().skip(skip).take(top).collect();
-    let mut body = json!({"@odata.context": call.context_url(entity), "value": page});
+    let mut body = json!({"@odata.context": call.context_url(context), "value": page});
     // Saturating: the skip token is the caller's number, up to usize::MAX.
     let next_skip = skip.saturating_add(top);
     if next_skip < total {
@@ -398,7 +400,7 @@ pub async fn list_applications(
         .iter()
         .map(|v| application_json(&call.aad, v))
         .collect();
-    collection(&call, "applications", items, &query)
+    collection(&call, "applications", "applications", items, &query)
 }
 
 pub async fn create_application(
@@ -596,6 +598,7 @@ pub async fn list_federated_credentials(
     collection(
         &call,
         &format!("applications/{id}/federatedIdentityCredentials"),
+        &format!("applications('{id}')/federatedIdentityCredentials"),
         items,
         &query,
     )
@@ -685,7 +688,13 @@ pub async fn list_service_principals(
         .await
         .map_err(|e| call.fail(e))?;
     let items = views.iter().map(|v| principal_json(&call.aad, v)).collect();
-    collection(&call, "servicePrincipals", items, &query)
+    collection(
+        &call,
+        "servicePrincipals",
+        "servicePrincipals",
+        items,
+        &query,
+    )
 }
 
 pub async fn create_service_principal(

@@ -405,18 +405,6 @@ pub fn valid_vm_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Federated identity credential names: 3–120 characters, `^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$`.
-pub fn valid_fic_name(name: &str) -> bool {
-    (3..=120).contains(&name.len())
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// Resource-group names: 1–90 characters of letters, digits, `_ - . ( )`, not ending in `.`.
 pub fn valid_resource_group_name(name: &str) -> bool {
     (1..=90).contains(&name.chars().count())

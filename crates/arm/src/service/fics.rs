@@ -5,15 +5,13 @@ use serde_json::{Value, json};
 
 use super::{Arm, KIND_IDENTITY};
 use crate::auth::Caller;
-use crate::domain::path::valid_fic_name;
 use crate::domain::rbac::scope_key;
 use crate::error::ArmError;
 use crate::store::{ResourceRow, Store};
 
 pub const KIND_FIC: &str = "federatedIdentityCredential";
 /// Azure's limit per identity.
-pub const MAX_FICS_PER_IDENTITY: usize = 20;
-const MAX_FIELD_CHARS: usize = 600;
+pub const MAX_FICS_PER_IDENTITY: usize = misim_core::federation::MAX_CREDENTIALS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FicInput {
@@ -24,28 +22,8 @@ pub struct FicInput {
 
 impl FicInput {
     fn validate(&self) -> Result<(), ArmError> {
-        let bad = |m: &str| Err(ArmError::InvalidParameter(m.to_string()));
-        let issuer_ok = (self.issuer.starts_with("https://")
-            && self.issuer.len() > "https://".len())
-            || misim_core::urls::is_local_http(&self.issuer);
-        if !issuer_ok || self.issuer.trim() != self.issuer {
-            return bad(
-                "The issuer must be an https URL without leading or trailing whitespace (or, in misim, an http URL of a local issuer: loopback, a private address or a single-label host).",
-            );
-        }
-        if self.subject.trim().is_empty() || self.subject.contains('*') {
-            return bad("The subject must be a non-empty value without wildcards.");
-        }
-        if self.audiences.len() != 1 || self.audiences[0].trim().is_empty() {
-            return bad("The federated identity credential must have exactly one audience.");
-        }
-        if [&self.issuer, &self.subject, &self.audiences[0]]
-            .iter()
-            .any(|f| f.chars().count() > MAX_FIELD_CHARS)
-        {
-            return bad("Issuer, subject and audience must be at most 600 characters.");
-        }
-        Ok(())
+        misim_core::federation::check_fields(&self.issuer, &self.subject, &self.audiences)
+            .map_err(|m| ArmError::InvalidParameter(m.to_string()))
     }
 }
 
@@ -85,10 +63,10 @@ impl Arm {
     ) -> Result<(ResourceRow, bool), ArmError> {
         let _write = self.inner.writes.lock().await;
         self.check_subscription(sub)?;
-        if !valid_fic_name(name) {
+        if !misim_core::federation::valid_name(name) {
             return Err(ArmError::InvalidResourceName {
                 name: name.into(),
-                rule: "Federated identity credential names are 3-120 characters of letters, digits, '-' and '_', starting with a letter or digit.",
+                rule: misim_core::federation::NAME_RULE,
             });
         }
         let id = self.fic_id(rg, identity, name);
