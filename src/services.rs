@@ -30,7 +30,7 @@ pub async fn open_imds(
     db: Option<&Path>,
     clock: Arc<Clock>,
     config: misim_imds::ImdsConfig,
-    to_aad: reqwest::Client,
+    to_aad: misim_core::tls::FormClient,
     factory: Option<Arc<dyn misim_imds::ListenerFactory>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<misim_imds::Imds> {

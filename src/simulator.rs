@@ -224,7 +224,7 @@ impl Simulator {
             db_path("imds.db").as_deref(),
             clock.clone(),
             imds_config,
-            to_peers.clone(),
+            misim_core::tls::FormClient::new(&ca.cert_pem, std::time::Duration::from_secs(10))?,
             Some(factory),
             supervisor.token(),
         )

@@ -246,7 +246,10 @@ pub async fn run_arm(data_dir: PathBuf, args: ArmArgs) -> anyhow::Result<()> {
 
 pub async fn run_imds(data_dir: PathBuf, args: ImdsArgs) -> anyhow::Result<()> {
     let secret = read_secret(&args.secret)?;
-    let http = peer_client(&args.ca_cert)?;
+    let to_aad = misim_core::tls::FormClient::new(
+        &read_file(&args.ca_cert, "the CA certificate")?,
+        Duration::from_secs(10),
+    )?;
     let host_api_tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_tls_files(cert, key, &args.ca_cert)?),
         _ => None,
@@ -282,7 +285,7 @@ pub async fn run_imds(data_dir: PathBuf, args: ImdsArgs) -> anyhow::Result<()> {
         db(&data_dir, args.in_memory, "imds.db").as_deref(),
         Arc::new(Clock::default()),
         config,
-        http,
+        to_aad,
         factory,
         supervisor.token(),
     )

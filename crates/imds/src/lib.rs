@@ -63,7 +63,8 @@ struct Inner {
     store: Store,
     clock: Arc<Clock>,
     config: ImdsConfig,
-    http: reqwest::Client,
+    /// Posts token requests to AAD.
+    http: misim_core::tls::FormClient,
     cache: relay::TokenCache,
     /// Source addresses of VMs (their `misim-ip` tag), for source-address mode.
     addresses: std::sync::RwLock<FastMap<std::net::IpAddr, String>>,
@@ -97,7 +98,7 @@ impl Imds {
         store: Store,
         clock: Arc<Clock>,
         config: ImdsConfig,
-        http: reqwest::Client,
+        http: misim_core::tls::FormClient,
         factory: Option<Arc<dyn ListenerFactory>>,
         shutdown: CancellationToken,
     ) -> Result<Self, ImdsError> {

@@ -106,17 +106,18 @@ struct IdentityKey {
 #[derive(Clone)]
 struct Endpoint {
     text: Arc<str>,
-    url: reqwest::Url,
+    uri: http::Uri,
 }
 
 impl Endpoint {
     fn of(aad_url: &str, tenant_id: &str) -> Result<Self, ImdsError> {
         let text = format!("{}/{tenant_id}/oauth2/token", aad_url.trim_end_matches('/'));
-        let url = reqwest::Url::parse(&text)
+        let uri = text
+            .parse::<http::Uri>()
             .map_err(|e| ImdsError::Internal(format!("AAD's token endpoint {text}: {e}")))?;
         Ok(Self {
             text: text.into(),
-            url,
+            uri,
         })
     }
 }
@@ -221,7 +222,7 @@ fn epoch(value: Option<&Value>) -> Option<i64> {
 
 /// Requests a token for `resource` from AAD's v1 endpoint with a certificate assertion.
 pub async fn fetch(
-    http: &reqwest::Client,
+    http: &misim_core::tls::FormClient,
     keys: &KeyCache,
     aad_url: &str,
     identity: &IdentityRow,
@@ -265,17 +266,20 @@ pub async fn fetch(
     if parsed_here {
         keys.put(identity, key);
     }
-    let response = misim_core::events::propagate(http.post(endpoint.url))
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
+    let correlation = misim_core::events::current_correlation();
+    let headers: &[(&'static str, &str)] = match &correlation {
+        Some(id) => &[(misim_core::events::CORRELATION_HEADER, id.as_str())],
+        None => &[],
+    };
+    let (status, answer) = http
+        .post_form(
+            &endpoint.uri,
+            headers,
+            token_form(&identity.client_id, resource, &assertion),
         )
-        .body(token_form(&identity.client_id, resource, &assertion))
-        .send()
         .await
         .map_err(|e| ImdsError::AadUnavailable(format!("AAD is unreachable: {e}")))?;
-    let status = response.status().as_u16();
-    let body: AadAnswer = response.json().await.map_err(|e| {
+    let body: AadAnswer = serde_json::from_slice(&answer).map_err(|e| {
         ImdsError::AadUnavailable(format!("AAD answered {status} without JSON: {e}"))
     })?;
     if status == 200 {
