@@ -421,36 +421,40 @@ impl Store {
             .collect())
     }
 
+    /// Writes an owner's credential over the one of the same name (whose `id` stays), or adds it.
     pub async fn put_federated_credential(
         &self,
         owner_id: &str,
         credential: &FederatedCredential,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences, id, description) VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (owner_id, name) DO UPDATE SET issuer = excluded.issuer, subject = excluded.subject, audiences = excluded.audiences, description = excluded.description",
-        )
-        .bind(owner_id)
-        .bind(&credential.name)
-        .bind(&credential.issuer)
-        .bind(&credential.subject)
-        .bind(serde_json::Value::from(credential.audiences.clone()).to_string())
-        .bind(&credential.id)
-        .bind(&credential.description)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write_federated_credential(owner_id, credential, true)
+            .await
     }
 
-    /// Adds a credential whose name the owner does not have yet (a unique violation if it has).
+    /// Adds a credential whose name the owner does not have yet (`Conflict` if it has).
     pub async fn insert_federated_credential(
         &self,
         owner_id: &str,
         credential: &FederatedCredential,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences, id, description) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
+        self.write_federated_credential(owner_id, credential, false)
+            .await
+    }
+
+    async fn write_federated_credential(
+        &self,
+        owner_id: &str,
+        credential: &FederatedCredential,
+        replace: bool,
+    ) -> StoreResult<()> {
+        let on_conflict = if replace {
+            " ON CONFLICT (owner_id, name) DO UPDATE SET issuer = excluded.issuer, subject = excluded.subject, audiences = excluded.audiences, description = excluded.description"
+        } else {
+            ""
+        };
+        sqlx::query(&format!(
+            "INSERT INTO aad_federated_credentials (owner_id, name, issuer, subject, audiences, id, description) VALUES (?, ?, ?, ?, ?, ?, ?){on_conflict}"
+        ))
         .bind(owner_id)
         .bind(&credential.name)
         .bind(&credential.issuer)

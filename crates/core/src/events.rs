@@ -533,18 +533,17 @@ async fn write_events(
     }
 }
 
-async fn insert(pool: &SqlitePool, mut batch: Vec<Event>) -> Result<(), sqlx::Error> {
+async fn insert(pool: &SqlitePool, batch: Vec<Event>) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     // Multi-row statements: one round through SQLite per 100 events, not per event. The
     // events' strings are moved into the statement's arguments: bound by reference, sqlx
     // copied each of them once more to hand them to its SQLite thread.
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(100));
-        let chunk = std::mem::replace(&mut batch, rest);
+    let mut events = batch.into_iter();
+    while events.len() > 0 {
         let mut query = sqlx::QueryBuilder::new(
             "INSERT OR REPLACE INTO events (seq, time, kind, correlation_id, vm_id, resource_id, principal_id, summary, details) ",
         );
-        query.push_values(chunk, |mut row, event| {
+        query.push_values(events.by_ref().take(100), |mut row, event| {
             // serde_json's writer; `Value`'s Display goes through a formatter adapter and cost
             // more than the rest of the row.
             let details = serde_json::to_string(&event.details).unwrap_or_else(|_| "null".into());

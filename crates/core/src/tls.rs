@@ -203,8 +203,8 @@ fn restrict_permissions(_path: &Path) {}
 
 /// An HTTP client for service-to-service and CLI calls: trusts exactly `ca_pem`, never uses a
 /// proxy (misim traffic stays on the addresses it was given) and never follows a redirect (no
-/// misim endpoint redirects, and one would carry a credential elsewhere; not following also
-/// spares each call the redirect policy's URL parsing).
+/// misim endpoint redirects, and one would carry a credential elsewhere). reqwest still parses
+/// each request's URL in its redirect layer; the one hot call uses [`FormClient`].
 pub fn http_client(
     ca_pem: &str,
     timeout: std::time::Duration,
@@ -242,28 +242,78 @@ fn client_with(
 /// uncached token): hyper's pooled HTTP/1.1 client over rustls, trusting exactly the
 /// deployment's CA, no proxy, no redirects. reqwest, for the same call, parsed the URL into a
 /// `url::Url` twice per request (its redirect layer and its response, even with redirects off):
-/// a few percent of the token path.
+/// a few percent of the token path. The connection settings are reqwest's.
 #[derive(Clone)]
 pub struct FormClient {
-    client: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        http_body_util::Full<bytes::Bytes>,
-    >,
+    client: hyper_util::client::legacy::Client<TimedConnector, http_body_util::Full<bytes::Bytes>>,
     timeout: std::time::Duration,
 }
 
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The most a connection may take, name resolution, TCP and TLS together (reqwest's limit).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most of an answer a [`FormClient`] reads.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// The HTTPS connector with one limit on the whole connection: the pool may finish a connect
+/// in the background after its caller is served, and such a connect must end too.
+#[derive(Clone)]
+pub struct TimedConnector(HttpsConnector);
+
+impl tower::Service<http::Uri> for TimedConnector {
+    type Response = <HttpsConnector as tower::Service<http::Uri>>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .unwrap_or_else(|_| Err(format!("no connection within {CONNECT_TIMEOUT:?}").into()))
+        })
+    }
+}
+
+/// Why a [`FormClient`] call got no answer; each reads after the peer's name ("AAD is
+/// unreachable: …").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormPostError {
+    #[error("is unreachable: {0}")]
+    Unreachable(String),
+    #[error("gave no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
+    #[error("answered {status} unreadably: {detail}")]
+    Unreadable { status: u16, detail: String },
+}
+
 impl FormClient {
-    /// A client trusting exactly `ca_pem`; every call, connection and answer included, ends
-    /// within `timeout`.
+    /// A client trusting exactly `ca_pem`; every call ends within `timeout`, and every
+    /// connection within 5 s.
     pub fn new(ca_pem: &str, timeout: std::time::Duration) -> Result<Self, TlsError> {
+        use std::time::Duration;
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.enforce_http(false);
-        // As reqwest does: the request goes out in one segment, never held back by Nagle.
+        // reqwest's settings: the request goes out in one segment, never held back by Nagle,
+        // and a pooled connection to a peer that vanished without a FIN is found out.
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(client_config(ca_pem)?)
             .https_or_http()
@@ -272,8 +322,8 @@ impl FormClient {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_timer(hyper_util::rt::TokioTimer::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .build(connector);
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(TimedConnector(connector));
         Ok(Self { client, timeout })
     }
 
@@ -284,7 +334,7 @@ impl FormClient {
         uri: &http::Uri,
         headers: &[(&'static str, &str)],
         form: String,
-    ) -> Result<(u16, bytes::Bytes), String> {
+    ) -> Result<(u16, bytes::Bytes), FormPostError> {
         use http_body_util::BodyExt;
         let mut request = http::Request::post(uri.clone()).header(
             http::header::CONTENT_TYPE,
@@ -295,24 +345,27 @@ impl FormClient {
         }
         let request = request
             .body(http_body_util::Full::new(bytes::Bytes::from(form)))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+            .map_err(|e| FormPostError::Unreachable(format!("the request is malformed: {e}")))?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| with_causes(&e))?;
+                .map_err(|e| FormPostError::Unreachable(with_causes(&e)))?;
             let status = response.status().as_u16();
             let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer: {e}"))?
+                .map_err(|e| FormPostError::Unreadable {
+                    status,
+                    detail: with_causes(&*e),
+                })?
                 .to_bytes();
             Ok((status, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| FormPostError::NoAnswer(self.timeout))?
     }
 }
 
@@ -339,42 +392,100 @@ mod tests {
         FormClient::new(&ca.cert_pem, std::time::Duration::from_millis(timeout_ms)).expect("client")
     }
 
+    /// A loopback server that answers every connection with `answer` (nothing: it holds the
+    /// connection and says nothing).
+    async fn server(answer: Option<Vec<u8>>) -> (u16, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if let Some(answer) = &answer {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(answer).await;
+                }
+                held.push(socket);
+            }
+        });
+        (port, task)
+    }
+
+    /// The call's result, or a test failure if it outlives its own timeout by far.
+    async fn post(client: &FormClient, url: String) -> Result<(u16, bytes::Bytes), FormPostError> {
+        let uri: http::Uri = url.parse().expect("uri");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.post_form(&uri, &[("x-test", "1")], "a=b".into()),
+        )
+        .await
+        .expect("the client's own timeout ends the call")
+    }
+
     #[tokio::test]
-    async fn a_form_post_fails_fast_and_readably_when_nobody_listens_or_answers() {
+    async fn a_form_post_answers_or_says_why_not_and_never_hangs() {
         let client = form_client(500);
-        // Nobody listens: the connection is refused, said in words (not a debug dump).
+        // An answer: its status and body.
+        let (port, task) = server(Some(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+        ))
+        .await;
+        let (status, body) = post(&client, format!("http://127.0.0.1:{port}/t"))
+            .await
+            .expect("an answer");
+        assert_eq!((status, &body[..]), (400, &b"{}"[..]));
+        task.abort();
+        // Nobody listens: the connection is refused, said in words down to the cause.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = closed.local_addr().expect("addr").port();
         drop(closed);
-        let uri: http::Uri = format!("http://127.0.0.1:{port}/t/oauth2/token")
-            .parse()
-            .expect("uri");
-        let refused = client
-            .post_form(&uri, &[], "a=b".into())
-            .await
-            .expect_err("refused");
-        assert!(refused.contains("onnect"), "{refused}");
-        assert!(!refused.contains("Error {"), "{refused}");
-        // Someone listens and never answers: the call ends at the timeout, not later.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = silent.local_addr().expect("addr").port();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((socket, _)) = silent.accept().await {
-                open.push(socket);
+        match post(&client, format!("http://127.0.0.1:{port}/t")).await {
+            Err(FormPostError::Unreachable(why)) => {
+                assert!(why.contains("refused"), "{why}");
+                assert!(!why.contains("Error {"), "{why}");
             }
-        });
-        let uri: http::Uri = format!("https://127.0.0.1:{port}/t/oauth2/token")
-            .parse()
-            .expect("uri");
-        let quiet = client
-            .post_form(&uri, &[], "a=b".into())
-            .await
-            .expect_err("no answer");
-        assert!(quiet.contains("no answer within"), "{quiet}");
-        held.abort();
+            other => panic!("{other:?}"),
+        }
+        // Someone listens and never answers: the call ends at its timeout.
+        let (port, task) = server(None).await;
+        assert_eq!(
+            post(&client, format!("https://127.0.0.1:{port}/t")).await,
+            Err(FormPostError::NoAnswer(std::time::Duration::from_millis(
+                500
+            )))
+        );
+        task.abort();
+        // A peer that takes the TCP connection and never does TLS: the connection, not only the
+        // call, ends (at 5 s), as the pool may finish a connect after its caller is gone.
+        let (port, task) = server(None).await;
+        match post(&form_client(60_000), format!("https://127.0.0.1:{port}/t")).await {
+            Err(FormPostError::Unreachable(why)) => {
+                assert!(why.contains("no connection within 5s"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        task.abort();
+        // An answer over 1 MiB is not read into memory.
+        let mut big = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            2 * MAX_ANSWER_BYTES
+        )
+        .into_bytes();
+        big.extend(std::iter::repeat_n(b'x', 2 * MAX_ANSWER_BYTES));
+        let (port, task) = server(Some(big)).await;
+        match post(&form_client(5_000), format!("http://127.0.0.1:{port}/t")).await {
+            Err(FormPostError::Unreadable {
+                status: 200,
+                detail,
+            }) => {
+                assert!(detail.contains("length limit"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        task.abort();
     }
 
     #[test]

@@ -278,7 +278,7 @@ pub async fn fetch(
             token_form(&identity.client_id, resource, &assertion),
         )
         .await
-        .map_err(|e| ImdsError::AadUnavailable(format!("AAD is unreachable: {e}")))?;
+        .map_err(|e| ImdsError::AadUnavailable(format!("AAD {e}")))?;
     let body: AadAnswer = serde_json::from_slice(&answer).map_err(|e| {
         ImdsError::AadUnavailable(format!("AAD answered {status} without JSON: {e}"))
     })?;
