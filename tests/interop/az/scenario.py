@@ -280,6 +280,98 @@ def login_admin(az, conn):
             json.dumps(acct))
 
 
+class OidcIssuer:
+    """A toy OIDC issuer on loopback (a CI system's): discovery document, keys, tokens."""
+
+    def __init__(self):
+        import base64
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        numbers = self.key.public_key().public_numbers()
+        b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+        documents = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                body = documents.get(self.path)
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body or b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        documents["/.well-known/openid-configuration"] = json.dumps(
+            {"issuer": self.url, "jwks_uri": f"{self.url}/keys"}).encode()
+        documents["/keys"] = json.dumps({"keys": [
+            {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1", "n": b64(numbers.n), "e": b64(numbers.e)}
+        ]}).encode()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, subject):
+        import uuid
+
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": self.url, "sub": subject, "aud": "api://AzureADTokenExchange",
+                  "iat": now, "nbf": now, "exp": now + 600, "jti": str(uuid.uuid4())}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def federated_login(admin, ci, conn):
+    """d4. A pipeline's OIDC token, trusted by an application's federated credential, logs az
+    in as the application (`az login --service-principal --federated-token`)."""
+    sub, tenant = conn["subscription_id"], conn["tenant_id"]
+    issuer = OidcIssuer()
+    try:
+        app = admin.ok("ad", "app", "create", "--display-name", "app-ci", label="app-create-ci") or {}
+        sp = admin.ok("ad", "sp", "create", "--id", app.get("appId", "")) or {}
+        require(bool(app.get("appId")) and bool(sp.get("id")), "az ad app create / az ad sp create for CI",
+                json.dumps({"app": app, "sp": sp})[:800])
+        subject = "repo:contoso/app:ref:refs/heads/main"
+        admin.ok("ad", "app", "federated-credential", "create", "--id", app["appId"], "--parameters",
+                 json.dumps({"name": "main", "issuer": issuer.url, "subject": subject,
+                             "audiences": ["api://AzureADTokenExchange"]}), label="fic-create-ci")
+        admin.ok("role", "assignment", "create", "--assignee-object-id", sp["id"],
+                 "--assignee-principal-type", "ServicePrincipal", "--role", "Reader",
+                 "--scope", f"/subscriptions/{sub}", label="role-assignment-ci")
+        use_sim_cloud(ci, conn)
+        accounts = ci("login", "--service-principal", "-u", app["appId"], "--tenant", tenant,
+                      "--federated-token", issuer.token(subject), label="login-federated")
+        listed = accounts.json() or [] if accounts.ok else []
+        check(accounts.ok and sub in [a.get("id") for a in listed]
+              and all(a.get("user", {}).get("name") == app["appId"] for a in listed),
+              "az login --service-principal --federated-token (an OIDC token the app trusts)",
+              accounts.describe() if not accounts.ok else json.dumps(listed)[:800])
+        groups = ci("group", "list", label="group-list-ci")
+        check(groups.ok and "rg-az" in [g["name"] for g in groups.json() or []],
+              "az group list as the federated application (Reader)",
+              groups.describe() if not groups.ok else groups.stdout[:500])
+        # Cleared first: MSAL would answer a second login from the first one's cached token.
+        ci.ok("account", "clear", label="account-clear-ci")
+        other = ci("login", "--service-principal", "-u", app["appId"], "--tenant", tenant,
+                   "--federated-token", issuer.token("repo:contoso/app:pull_request"),
+                   label="login-federated-other-subject")
+        check(not other.ok and "AADSTS70021" in other.error(),
+              "az login --federated-token for another subject: AADSTS70021",
+              other.describe() if not other.ok else other.stdout[:500])
+        admin.ok("ad", "app", "delete", "--id", app["appId"], label="app-delete-ci")
+    finally:
+        issuer.close()
+
+
 def scenario(workdir, misim):
     conn = misim.start()
     sub, tenant = conn["subscription_id"], conn["tenant_id"]
@@ -420,6 +512,9 @@ def scenario(workdir, misim):
     gone = admin.ok(*fic_cmd, "list", "--id", app["appId"], label="fic-list-after-delete")
     check(gone == [], "az ad app federated-credential delete", json.dumps(gone)[:500])
     admin.ok("ad", "app", "delete", "--id", app["appId"])
+
+    print("d4. az login --federated-token, as GitHub Actions' azure/login does", flush=True)
+    federated_login(admin, Az("ci", workdir, env), conn)
 
     print("e. managed identity of the demo VM", flush=True)
     vm_env = misim.vm_env("demo-vm")
