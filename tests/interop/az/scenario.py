@@ -485,6 +485,33 @@ def scenario(workdir, misim):
                     label="role-definition-list-after-delete")
     check(gone == [], "az role definition delete: the custom role is gone", json.dumps(gone)[:500])
 
+    print("d2b. a role assignment with an ABAC condition", flush=True)
+    condition = ("((!(ActionMatches{'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'}))"
+                 " OR (@Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name]"
+                 " StringEquals 'logs'))")
+    conditional = admin.ok("role", "assignment", "create", "--assignee-object-id", ident["principalId"],
+                           "--assignee-principal-type", "ServicePrincipal",
+                           "--role", "Storage Blob Data Reader", "--scope", rg_scope,
+                           "--condition", condition, "--condition-version", "2.0",
+                           "--description", "logs only", label="role-assignment-create-condition") or {}
+    check(conditional.get("condition") == condition and conditional.get("conditionVersion") == "2.0"
+          and conditional.get("description") == "logs only",
+          "az role assignment create --condition --condition-version 2.0 (kept as given)",
+          json.dumps(conditional)[:800])
+    listed = admin.ok("role", "assignment", "list", "--scope", rg_scope, "--role", "Storage Blob Data Reader",
+                      label="role-assignment-list-condition") or []
+    check([r.get("condition") for r in listed] == [condition],
+          "az role assignment list shows the condition", json.dumps(listed)[:800])
+    owner_with_condition = admin("role", "assignment", "create", "--assignee-object-id", ident["principalId"],
+                                 "--assignee-principal-type", "ServicePrincipal", "--role", "Owner",
+                                 "--scope", rg_scope, "--condition", condition, "--condition-version", "2.0",
+                                 label="role-assignment-create-owner-condition")
+    check(not owner_with_condition.ok and "InvalidParameter" in owner_with_condition.error(),
+          "az role assignment create --condition on Owner is refused (misim does not evaluate conditions)",
+          owner_with_condition.describe() if not owner_with_condition.ok else owner_with_condition.stdout[:500])
+    if conditional.get("id"):
+        admin.ok("role", "assignment", "delete", "--ids", conditional["id"], label="role-assignment-delete-condition")
+
     print("d3. an application's federated credentials", flush=True)
     app = admin.ok("ad", "app", "create", "--display-name", "app-fic") or {}
     require(bool(app.get("appId")), "az ad app create", json.dumps(app)[:800])
