@@ -10,7 +10,13 @@ pub const MAX_FIELD_CHARS: usize = 600;
 /// Names: 3–120 characters, `^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$` (never `.` or `..`, which
 /// clients would resolve away in a URL path).
 pub fn valid_name(name: &str) -> bool {
-    (3..=120).contains(&name.len())
+    letters_digits_name(name, 120)
+}
+
+/// Azure's rule for managed identities' names and their credentials': 3 to `max_len`
+/// characters of letters, digits, `-` and `_`, starting with a letter or digit.
+pub fn letters_digits_name(name: &str, max_len: usize) -> bool {
+    (3..=max_len).contains(&name.len())
         && name
             .chars()
             .next()

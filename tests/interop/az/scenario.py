@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The pytest suite's toy OIDC issuer (tests/interop/oidc_issuer.py).
+sys.path.insert(0, str(HERE.parent))
+from oidc_issuer import OidcIssuer  # noqa: E402
 REPO = HERE.parent.parent.parent
 MISIM_BIN = os.environ.get("MISIM_BIN") or str(REPO / "target" / "debug" / "misim")
 AZ = os.environ.get("AZ") or str(Path(sys.executable).parent / "az")
@@ -280,56 +283,6 @@ def login_admin(az, conn):
             json.dumps(acct))
 
 
-class OidcIssuer:
-    """A toy OIDC issuer on loopback (a CI system's): discovery document, keys, tokens."""
-
-    def __init__(self):
-        import base64
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        numbers = self.key.public_key().public_numbers()
-        b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
-        documents = {}
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                body = documents.get(self.path)
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body or b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        documents["/.well-known/openid-configuration"] = json.dumps(
-            {"issuer": self.url, "jwks_uri": f"{self.url}/keys"}).encode()
-        documents["/keys"] = json.dumps({"keys": [
-            {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1", "n": b64(numbers.n), "e": b64(numbers.e)}
-        ]}).encode()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, subject):
-        import uuid
-
-        import jwt
-
-        now = int(time.time())
-        claims = {"iss": self.url, "sub": subject, "aud": "api://AzureADTokenExchange",
-                  "iat": now, "nbf": now, "exp": now + 600, "jti": str(uuid.uuid4())}
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def federated_login(admin, ci, conn):
     """d4. A pipeline's OIDC token, trusted by an application's federated credential, logs az
     in as the application (`az login --service-principal --federated-token`)."""
@@ -349,7 +302,7 @@ def federated_login(admin, ci, conn):
                  "--scope", f"/subscriptions/{sub}", label="role-assignment-ci")
         use_sim_cloud(ci, conn)
         accounts = ci("login", "--service-principal", "-u", app["appId"], "--tenant", tenant,
-                      "--federated-token", issuer.token(subject), label="login-federated")
+                      "--federated-token", issuer.token(subject, lifetime_s=600), label="login-federated")
         listed = accounts.json() or [] if accounts.ok else []
         check(accounts.ok and sub in [a.get("id") for a in listed]
               and all(a.get("user", {}).get("name") == app["appId"] for a in listed),
@@ -362,7 +315,7 @@ def federated_login(admin, ci, conn):
         # Cleared first: MSAL would answer a second login from the first one's cached token.
         ci.ok("account", "clear", label="account-clear-ci")
         other = ci("login", "--service-principal", "-u", app["appId"], "--tenant", tenant,
-                   "--federated-token", issuer.token("repo:contoso/app:pull_request"),
+                   "--federated-token", issuer.token("repo:contoso/app:pull_request", lifetime_s=600),
                    label="login-federated-other-subject")
         check(not other.ok and "AADSTS70021" in other.error(),
               "az login --federated-token for another subject: AADSTS70021",

@@ -417,14 +417,7 @@ pub fn valid_resource_group_name(name: &str) -> bool {
 /// User-assigned identity names: 3–128 characters of letters, digits, `-` and `_`, starting
 /// with a letter or digit.
 pub fn valid_identity_name(name: &str) -> bool {
-    (3..=128).contains(&name.len())
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    misim_core::federation::letters_digits_name(name, 128)
 }
 
 #[cfg(test)]
