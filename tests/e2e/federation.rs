@@ -700,6 +700,28 @@ async fn applications_keep_federated_credentials_through_graph() {
         "{answer}"
     );
 
+    // A Graph token naming a key AAD does not have: refused in Graph's dialect, in words.
+    let mut parts: Vec<String> = graph.split('.').map(str::to_string).collect();
+    let mut header: Value =
+        serde_json::from_slice(&misim_core::jose::b64_lenient(&parts[0]).expect("header"))
+            .expect("json");
+    header["kid"] = json!("not-a-key-of-aad");
+    parts[0] = b64url(header.to_string().as_bytes());
+    let (status, answer) = sim
+        .graph(Method::GET, &credentials, &parts.join("."), None)
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("InvalidAuthenticationToken")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown key")),
+        "{answer}"
+    );
+
     // At most 20 per application; the 21st is refused and not stored.
     for n in 3..=20 {
         let (status, body) = call(Method::POST, credentials.clone(), Some(json!({"name": format!("c{n:02}"), "issuer": "https://i.example", "subject": format!("s{n}"), "audiences": [EXCHANGE]}))).await;
@@ -800,9 +822,10 @@ async fn an_application_trusts_a_user_assigned_identity_and_external_issuers() {
         .imds
         .vm_endpoint(vm["properties"]["vmId"].as_str().expect("vmId"))
         .expect("endpoint");
-    let imds_token = |selector: String| {
+    // The VM's token for `resource` (escaped), of the identity `selector` picks.
+    let imds_token = |resource: &str, selector: String| {
         let url = format!(
-            "{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=api%3A%2F%2FAzureADTokenExchange{selector}"
+            "{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}{selector}"
         );
         let http = sim.http.clone();
         async move {
@@ -817,8 +840,9 @@ async fn an_application_trusts_a_user_assigned_identity_and_external_issuers() {
             body["access_token"].as_str().expect("token").to_string()
         }
     };
-    let uami_token = imds_token(format!("&client_id={uami_client}")).await;
-    let system_token = imds_token(String::new()).await;
+    let exchange_resource = "api%3A%2F%2FAzureADTokenExchange";
+    let uami_token = imds_token(exchange_resource, format!("&client_id={uami_client}")).await;
+    let system_token = imds_token(exchange_resource, String::new()).await;
 
     // The identity's token for AAD Token Exchange: v2 issuer, the exchange URI as audience.
     let v2_issuer = format!("{}/{}/v2.0", sim.aad(), sim.tenant());
@@ -929,22 +953,11 @@ async fn an_application_trusts_a_user_assigned_identity_and_external_issuers() {
 
     // Only its token for AAD Token Exchange: the identity's token for ARM, which ARM sees
     // every day, is no credential even where one names AAD's v1 issuer and ARM as audience.
-    let arm_token = {
-        let url = format!(
-            "{endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id={uami_client}"
-        );
-        let body: Value = sim
-            .http
-            .get(url)
-            .header("Metadata", "true")
-            .send()
-            .await
-            .expect("imds")
-            .json()
-            .await
-            .expect("json");
-        body["access_token"].as_str().expect("token").to_string()
-    };
+    let arm_token = imds_token(
+        "https%3A%2F%2Fmanagement.azure.com%2F",
+        format!("&client_id={uami_client}"),
+    )
+    .await;
     let body = json!({"name": "arm-token", "issuer": format!("{}/{}/", sim.aad(), sim.tenant()), "subject": uami_principal, "audiences": ["https://management.azure.com/"]});
     let (status, answer) = sim
         .graph(Method::POST, &credentials, &graph, Some(body))

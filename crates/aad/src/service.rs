@@ -167,6 +167,24 @@ pub struct NewPassword {
     pub secret_text: String,
 }
 
+/// One of an application's credentials by its id, or else by its name (an id wins over another
+/// credential's name equal to it).
+fn find_credential(
+    held: &[FederatedCredential],
+    application: &str,
+    credential: &str,
+) -> Result<FederatedCredential, AadError> {
+    held.iter()
+        .find(|c| !c.id.is_empty() && c.id.eq_ignore_ascii_case(credential))
+        .or_else(|| held.iter().find(|c| c.name.eq_ignore_ascii_case(credential)))
+        .cloned()
+        .ok_or_else(|| {
+            AadError::GraphNotFound(format!(
+                "FederatedIdentityCredential '{credential}' does not exist on application '{application}'."
+            ))
+        })
+}
+
 /// Graph keeps an issuer and subject pair unique within an application.
 fn unique_issuer_and_subject(
     held: &[FederatedCredential],
@@ -795,16 +813,7 @@ impl Aad {
         credential: &str,
     ) -> Result<(Application, FederatedCredential), AadError> {
         let (app, held) = self.application_federated_credentials(id).await?;
-        let found = held
-            .iter()
-            .find(|c| !c.id.is_empty() && c.id.eq_ignore_ascii_case(credential))
-            .or_else(|| held.iter().find(|c| c.name.eq_ignore_ascii_case(credential)))
-            .cloned()
-            .ok_or_else(|| {
-                AadError::GraphNotFound(format!(
-                    "FederatedIdentityCredential '{credential}' does not exist on application '{id}'."
-                ))
-            })?;
+        let found = find_credential(&held, id, credential)?;
         Ok((app, found))
     }
 
@@ -860,9 +869,8 @@ impl Aad {
         draft: FederatedCredentialDraft,
     ) -> Result<(), AadError> {
         let _write = self.inner.credential_writes.lock().await;
-        let (app, current) = self
-            .application_federated_credential(id, credential)
-            .await?;
+        let (app, held) = self.application_federated_credentials(id).await?;
+        let current = find_credential(&held, id, credential)?;
         if draft
             .name
             .as_ref()
@@ -879,11 +887,7 @@ impl Aad {
         if updated == current {
             return Ok(());
         }
-        let others: Vec<_> = self
-            .inner
-            .store
-            .federated_credentials(&app.object_id)
-            .await?
+        let others: Vec<_> = held
             .into_iter()
             .filter(|c| c.name != current.name)
             .collect();
@@ -1111,9 +1115,10 @@ impl Aad {
         let jws = split_compact(token).map_err(|e| e.to_string())?;
         self.verify_own_signature(&jws).map_err(|e| match e {
             AssertionError::UnsupportedAlgorithm(_) => "unsupported token algorithm".to_string(),
-            AssertionError::BadSignature { .. } => "token signature is invalid".to_string(),
+            AssertionError::KeyNotFound { .. } => "token signed by an unknown key".to_string(),
             AssertionError::Malformed(detail) => detail,
-            other => format!("{other:?}"),
+            // verify_own_signature refuses only in the ways above.
+            _ => "token signature is invalid".to_string(),
         })?;
         let tenant = &self.inner.tenant.id;
         let iss = jws.claims.get("iss").and_then(Value::as_str).unwrap_or("");
