@@ -33,14 +33,19 @@ token="$imds/metadata/identity/oauth2/token?api-version=2018-02-01&resource=http
 
 # CPU-seconds the simulator's process used (utime + stime, in clock ticks).
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-# CPU nanoseconds of each live thread of the simulator, as "name ns" lines (schedstat).
+# Each live thread of the simulator as "name ns user system voluntary involuntary": CPU
+# nanoseconds (schedstat), user and kernel clock ticks (stat) and context switches (status).
 threads_cpu() {
-    local task name ns
+    local task name ns stat switches
     for task in /proc/"$pid"/task/*; do
         # A thread that ends meanwhile is skipped.
         name="$(tr ' ' _ <"$task/comm" 2>/dev/null)" || continue
         ns="$(cut -d' ' -f1 "$task/schedstat" 2>/dev/null)" || continue
-        [[ -n "$name" && -n "$ns" ]] && printf '%s %s\n' "$name" "$ns"
+        # utime and stime: fields 14 and 15, the 12th and 13th after the ") " ending comm.
+        stat="$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk '{print $12, $13}')" || continue
+        switches="$(awk '/^(non)?voluntary_ctxt_switches/{printf "%s ", $2}' "$task/status" 2>/dev/null)" || continue
+        [[ -n "$name" && -n "$ns" && -n "$stat" && -n "$switches" ]] &&
+            printf '%s %s %s %s\n' "$name" "$ns" "$stat" "$switches"
     done
     return 0
 }
@@ -145,16 +150,24 @@ print(f"  throughput ratio {median(3):.2f}; server capacity ratio {median(4):.2f
       f"(tokens per simulator CPU-second x {cores} cores; target >= 0.8)")
 # Where each token's CPU went, by thread name (threads alive at both ends of the rounds).
 def by_name(path):
-    totals = collections.Counter()
+    totals = collections.defaultdict(lambda: [0] * 5)
     for line in open(path):
-        name, ns = line.split()
-        totals[name] += int(ns)
+        name, *counts = line.split()
+        for i, count in enumerate(counts):
+            totals[name][i] += int(count)
     return totals
 before, after = by_name(f"{folder}/threads.before"), by_name(f"{folder}/threads.after")
 tokens = sum(r[1] for r in rounds) * seconds
-parts = {name: (after[name] - before.get(name, 0)) / tokens / 1000 for name in after}
+used = {name: [a - b for a, b in zip(after[name], before.get(name, [0] * 5))] for name in after}
+shown = sorted((u for u in used.items() if u[1][0] / tokens >= 1000), key=lambda u: -u[1][0])
 print("  CPU per token by thread: " + ", ".join(
-    f"{name} {us:.0f} us" for name, us in sorted(parts.items(), key=lambda p: -p[1]) if us >= 1))
+    f"{name} {u[0] / tokens / 1000:.0f} us" for name, u in shown))
+# The kernel's share of each thread's ticks and its sleeps (voluntary) and preemptions
+# (involuntary) per token: on a virtual machine each wake-up across cores costs an interrupt,
+# which the signing threads pay as kernel time while they sign (docs/performance.md).
+print("  kernel share and switches per token: " + ", ".join(
+    f"{name} {100 * u[2] / max(u[1] + u[2], 1):.0f} % ({u[3] / tokens:.2f} sleeps, {u[4] / tokens:.2f} preempted)"
+    for name, u in shown))
 # The reference loop's time per signature and thread (its CPU, if it was not preempted), to set
 # beside the signing threads' CPU per signature.
 print(f"  reference loop: {cores / median(2) * 1e6:.0f} us per signature and thread")
