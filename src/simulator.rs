@@ -409,6 +409,7 @@ async fn seed_demo(
         tags: Some(tags),
         properties: existing.is_none().then(|| serde_json::json!({"hardwareProfile": {"vmSize": "Standard_B1s"}, "osProfile": {"computerName": DEMO_VM, "adminUsername": "azureuser"}}).as_object().cloned().unwrap_or_default()),
         identity: existing.is_none().then(|| serde_json::json!({"type": "SystemAssigned"})),
+        conditions: Default::default(),
     };
     // A PATCH on restart re-sends the host its state and the current port tag.
     let (view, _) = arm

@@ -698,3 +698,203 @@ async fn a_large_vm_body_does_not_stall_provisioning() {
     assert!(unchanged["properties"].get("userData").is_none());
     sim.stop().await;
 }
+
+/// A VM write with conditional headers, as azure-mgmt-compute sends `if_match` /
+/// `if_none_match`.
+async fn conditional(
+    sim: &TestSim,
+    token: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
+    let mut request = sim
+        .http
+        .request(
+            method,
+            format!("{}{path}?api-version={VM_API}", sim.sim.connection.arm),
+        )
+        .bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    crate::support::send_json(request, Some(body)).await
+}
+
+#[tokio::test]
+async fn vm_etags_move_with_changes_and_guard_writes() {
+    let sim = TestSim::start().await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
+    call(
+        &sim,
+        &admin,
+        Method::PUT,
+        &format!("{sub}/resourcegroups/etags"),
+        "2024-11-01",
+        Some(json!({"location": "eastus"})),
+    )
+    .await;
+    let vm = format!("{sub}/resourceGroups/etags/providers/Microsoft.Compute/virtualMachines/e1");
+    let body = |size: &str| json!({"location": "eastus", "properties": {"hardwareProfile": {"vmSize": size}}});
+    let code = |answer: &Value| answer["error"]["code"].as_str().map(str::to_string);
+    let precondition_failed = Some("PreconditionFailed".to_string());
+
+    // If-None-Match: * creates, and the VM starts at "1"; it never replaces.
+    let create_only = [("If-None-Match", "*")];
+    let (status, created) = conditional(
+        &sim,
+        &admin,
+        Method::PUT,
+        &vm,
+        &create_only,
+        body("Standard_B1s"),
+    )
+    .await;
+    assert_eq!(
+        (status, &created["etag"]),
+        (201, &json!("\"1\"")),
+        "{created}"
+    );
+    let (status, refused) = conditional(
+        &sim,
+        &admin,
+        Method::PUT,
+        &vm,
+        &create_only,
+        body("Standard_B2s"),
+    )
+    .await;
+    assert_eq!((status, code(&refused)), (412, precondition_failed.clone()));
+
+    // The etag held matches: the write goes ahead and the etag moves.
+    let (status, replaced) = conditional(
+        &sim,
+        &admin,
+        Method::PUT,
+        &vm,
+        &[("If-Match", "\"1\"")],
+        body("Standard_B2s"),
+    )
+    .await;
+    assert_eq!(
+        (status, &replaced["etag"]),
+        (200, &json!("\"2\"")),
+        "{replaced}"
+    );
+
+    // A stale etag: 412 in Compute's words, and nothing changes.
+    let (status, stale) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[("If-Match", "\"1\"")],
+        json!({"properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}),
+    )
+    .await;
+    assert_eq!((status, code(&stale)), (412, precondition_failed.clone()));
+    assert_eq!(
+        stale["error"]["message"],
+        "Etag provided in if-match header \"1\" does not match etag \"2\" of resource."
+    );
+    let (_, current) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert_eq!(current["etag"], "\"2\"");
+    assert_eq!(
+        current["properties"]["hardwareProfile"]["vmSize"],
+        "Standard_B2s"
+    );
+
+    // One of a list matches, and so does a weak tag; a change of tags moves the etag too.
+    for (sent, after) in [("\"7\", \"2\"", "\"3\""), ("W/\"3\"", "\"4\"")] {
+        let (status, patched) = conditional(
+            &sim,
+            &admin,
+            Method::PATCH,
+            &vm,
+            &[("If-Match", sent)],
+            json!({"tags": {"after": after}}),
+        )
+        .await;
+        assert_eq!(
+            (status, &patched["etag"]),
+            (200, &json!(after)),
+            "{sent}: {patched}"
+        );
+    }
+    // `*` matches any existing VM; a write that changes nothing keeps the etag.
+    let (status, same) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[("If-Match", "*")],
+        json!({"tags": {"after": "\"4\""}}),
+    )
+    .await;
+    assert_eq!((status, &same["etag"]), (200, &json!("\"4\"")), "{same}");
+
+    // If-Match on a VM that does not exist creates nothing.
+    let ghost = vm.replace("/e1", "/e2");
+    let (status, absent) = conditional(
+        &sim,
+        &admin,
+        Method::PUT,
+        &ghost,
+        &[("If-Match", "*")],
+        body("Standard_B1s"),
+    )
+    .await;
+    assert_eq!((status, code(&absent)), (412, precondition_failed));
+    let (status, _) = call(&sim, &admin, Method::GET, &ghost, VM_API, None).await;
+    assert_eq!(status, 404);
+
+    // Bad headers: the documented values only, in ARM's envelope.
+    for header in [
+        ("If-None-Match", "\"4\""),
+        ("If-Match", " "),
+        ("If-Match", "ä"),
+    ] {
+        let mut request = sim
+            .http
+            .request(
+                Method::PATCH,
+                format!("{}{vm}?api-version={VM_API}", sim.sim.connection.arm),
+            )
+            .bearer_auth(&admin)
+            .json(&json!({"tags": {}}));
+        request = request.header(
+            header.0,
+            reqwest::header::HeaderValue::from_bytes(header.1.as_bytes()).expect("header value"),
+        );
+        let (status, bad) = crate::support::send_json(request, None).await;
+        assert_eq!(
+            (status, code(&bad)),
+            (400, Some("InvalidParameter".to_string())),
+            "{header:?}: {bad}"
+        );
+    }
+
+    // The etag is stored with the VM: it survives a restart, and the next write moves it on.
+    let dir = sim.stop().await;
+    let sim = TestSim::start_in(dir, |_| {}).await;
+    let admin = sim
+        .admin_token("https://management.azure.com/.default")
+        .await;
+    let (_, restarted) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert_eq!(restarted["etag"], "\"4\"");
+    let (status, next) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[("If-Match", "\"4\"")],
+        json!({"tags": {}}),
+    )
+    .await;
+    assert_eq!((status, &next["etag"]), (200, &json!("\"5\"")), "{next}");
+    sim.stop().await;
+}

@@ -23,6 +23,7 @@ import json
 import uuid
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.identity import ClientSecretCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
@@ -286,6 +287,55 @@ def test_vm_identity_lifecycle(sim, admin, graph, resource_group):
     assert graph_sp_status(graph, uami2.principal_id) == 200
     assert [v.name for v in vms.list(rg)] == []
     assert expected_id.lower() not in {v.id.lower() for v in vms.list_all()}
+
+
+def test_vm_etags_guard_writes_through_match_conditions(admin, resource_group):
+    """azure-core's MatchConditions become If-Match / If-None-Match on the VM's etag."""
+    rg = resource_group.name
+    vms = admin.compute.virtual_machines
+    body = {"location": LOCATION, "hardwareProfile": {"vmSize": VM_SIZE}}
+
+    def refused(call) -> tuple[int, str | None]:
+        with pytest.raises(HttpResponseError) as failure:
+            call().result()
+        error = failure.value.error
+        return failure.value.status_code, error.code if error else None
+
+    vm = vms.begin_create_or_update(
+        rg, "etag-vm", body, match_condition=MatchConditions.IfMissing
+    ).result()
+    assert vm.etag == '"1"', vm.etag
+    assert refused(
+        lambda: vms.begin_create_or_update(
+            rg, "etag-vm", body, match_condition=MatchConditions.IfMissing
+        )
+    ) == (412, "PreconditionFailed")
+
+    vm = vms.begin_update(
+        rg, "etag-vm", {"tags": {"v": "2"}}, etag=vm.etag,
+        match_condition=MatchConditions.IfNotModified,
+    ).result()
+    assert vm.etag == '"2"', vm.etag
+    # A writer holding the first etag loses, and the VM keeps the winner's write.
+    assert refused(
+        lambda: vms.begin_update(
+            rg, "etag-vm", {"tags": {"v": "lost"}}, etag='"1"',
+            match_condition=MatchConditions.IfNotModified,
+        )
+    ) == (412, "PreconditionFailed")
+    assert vms.get(rg, "etag-vm").tags == {"v": "2"}
+
+    vm = vms.begin_update(
+        rg, "etag-vm", {"tags": {"v": "3"}}, match_condition=MatchConditions.IfPresent
+    ).result()
+    assert vm.etag == '"3"', vm.etag
+    assert refused(
+        lambda: vms.begin_create_or_update(
+            rg, "no-such-vm", body, match_condition=MatchConditions.IfPresent
+        )
+    ) == (412, "PreconditionFailed")
+    with pytest.raises(ResourceNotFoundError):
+        vms.get(rg, "no-such-vm")
 
 
 def test_vm_patch_drop_system_identity_without_dictionary(sim, admin, graph, resource_group):

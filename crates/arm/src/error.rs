@@ -72,6 +72,8 @@ pub enum ArmError {
     InvalidResourceLocation { requested: String, existing: String },
     #[error("{0}")]
     InvalidParameter(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("The role assignment already exists.")]
     RoleAssignmentExists,
     #[error("Tenant ID, application ID, principal ID, and scope are not allowed to be updated.")]
@@ -159,6 +161,7 @@ impl ArmError {
             InvalidResourceGroupLocation { .. } => (409, "InvalidResourceGroupLocation"),
             InvalidResourceLocation { .. } => (409, "InvalidResourceLocation"),
             InvalidParameter(_) => (400, "InvalidParameter"),
+            PreconditionFailed(_) => (412, "PreconditionFailed"),
             RoleAssignmentExists => (409, "RoleAssignmentExists"),
             RoleAssignmentUpdateNotPermitted => (409, "RoleAssignmentUpdateNotPermitted"),
             PrincipalNotFound { .. } => (400, "PrincipalNotFound"),

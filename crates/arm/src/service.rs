@@ -31,7 +31,7 @@ pub use fics::{FicInput, KIND_FIC, MAX_FICS_PER_IDENTITY};
 pub use roles::{RoleDefinitionInput, RoleListFilter, RoleView};
 pub use sim::{CREDENTIAL_ROLL_DAYS, Cursor, parse_duration};
 
-pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView};
+pub use vms::{IMDS_PORT_TAG, KIND_VM, VmInput, VmView, WriteConditions};
 
 pub const KIND_GROUP: &str = "resourceGroup";
 pub const KIND_IDENTITY: &str = "userAssignedIdentity";

@@ -10,13 +10,13 @@ use super::filter::ResourceFilter;
 use super::{Call, ok_json, put_status};
 use crate::domain::path::{ApiFamily, Target};
 use crate::error::ArmError;
-use crate::service::{Arm, FicInput, IdentityView, TrackedInput, VmInput, VmView};
+use crate::service::{Arm, FicInput, IdentityView, TrackedInput, VmInput, VmView, WriteConditions};
 use crate::store::ResourceRow;
 
 pub async fn handle(
     call: &Call,
     target: Target,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
 ) -> Result<Response, ArmError> {
     let m = &call.method;
     match target {
@@ -93,7 +93,7 @@ pub async fn handle(
             let vms = call.arm.vms(&call.caller, &sub, rg.as_deref()).await?;
             call.page(vms, |v| vm_json(call, v))
         }
-        Target::VirtualMachine { sub, rg, name } => vm(call, &sub, &rg, &name).await,
+        Target::VirtualMachine { sub, rg, name } => vm(call, headers, &sub, &rg, &name).await,
         Target::SimVm { key } if *m == Method::GET => {
             let (view, status) = call.arm.sim_vm(&call.caller, &key).await?;
             Ok(ok_json(
@@ -537,6 +537,7 @@ fn vm_json(call: &Call, view: &VmView) -> Value {
         "type": "Microsoft.Compute/virtualMachines",
         "location": row.location,
         "tags": tags_json(row),
+        "etag": format!("\"{}\"", state.version),
         "properties": properties,
         "resources": [],
     });
@@ -565,6 +566,42 @@ fn vm_json(call: &Call, view: &VmView) -> Value {
     body
 }
 
+/// `If-Match` (entity tags or `*`, in one or more headers) and `If-None-Match` (only `*`, as
+/// Compute documents) of a VM write.
+fn write_conditions(headers: &HeaderMap) -> Result<WriteConditions, ArmError> {
+    let values = |name: header::HeaderName| -> Result<Vec<String>, ArmError> {
+        let mut tags = Vec::new();
+        for value in headers.get_all(&name) {
+            let text = value.to_str().map_err(|_| {
+                ArmError::InvalidParameter(format!("The {name} header is not ASCII text."))
+            })?;
+            tags.extend(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        Ok(tags)
+    };
+    let if_match = values(header::IF_MATCH)?;
+    let if_none_match = values(header::IF_NONE_MATCH)?;
+    if headers.contains_key(header::IF_MATCH) && if_match.is_empty() {
+        return Err(ArmError::InvalidParameter(
+            "The If-Match header is empty: send an etag of the resource or '*'.".into(),
+        ));
+    }
+    if headers.contains_key(header::IF_NONE_MATCH) && if_none_match != ["*"] {
+        return Err(ArmError::InvalidParameter(
+            "The If-None-Match header supports only '*' (create, never replace).".into(),
+        ));
+    }
+    Ok(WriteConditions {
+        if_match: (!if_match.is_empty()).then_some(if_match),
+        if_none_match: !if_none_match.is_empty(),
+    })
+}
+
 fn vm_input(body: &Map<String, Value>) -> Result<VmInput, ArmError> {
     let location = match body.get("location") {
         None | Some(Value::Null) => None,
@@ -590,10 +627,17 @@ fn vm_input(body: &Map<String, Value>) -> Result<VmInput, ArmError> {
         tags: tags_of(body)?,
         properties,
         identity: body.get("identity").cloned(),
+        conditions: WriteConditions::default(),
     })
 }
 
-async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, ArmError> {
+async fn vm(
+    call: &Call,
+    headers: &HeaderMap,
+    sub: &str,
+    rg: &str,
+    name: &str,
+) -> Result<Response, ArmError> {
     let arm = &call.arm;
     match call.method {
         Method::GET => Ok(ok_json(
@@ -603,7 +647,8 @@ async fn vm(call: &Call, sub: &str, rg: &str, name: &str) -> Result<Response, Ar
         Method::HEAD => existence(arm.vm(&call.caller, sub, rg, name).await),
         Method::PUT | Method::PATCH => {
             let patch = call.method == Method::PATCH;
-            let input = vm_input(&call.json_object()?)?;
+            let mut input = vm_input(&call.json_object()?)?;
+            input.conditions = write_conditions(headers)?;
             if !patch && input.location.is_none() {
                 return Err(ArmError::LocationRequired);
             }

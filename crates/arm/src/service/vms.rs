@@ -22,6 +22,52 @@ pub struct VmInput {
     pub tags: Option<Map<String, Value>>,
     pub properties: Option<Map<String, Value>>,
     pub identity: Option<Value>,
+    /// `If-Match` / `If-None-Match` (Compute's optimistic concurrency, api-version 2023-09-01).
+    pub conditions: WriteConditions,
+}
+
+/// The conditional headers of a VM write, checked against the VM's etag under ARM's write lock.
+#[derive(Debug, Clone, Default)]
+pub struct WriteConditions {
+    /// `If-Match`: the write goes ahead only if the VM exists and, unless `*`, its etag is one
+    /// of these (as sent; compared without quotes or a weak `W/` prefix).
+    pub if_match: Option<Vec<String>>,
+    /// `If-None-Match: *`: the write goes ahead only if the VM does not exist yet.
+    pub if_none_match: bool,
+}
+
+impl WriteConditions {
+    /// Checks the conditions against the VM's current version (`None`: no such VM).
+    fn check(&self, current: Option<u64>) -> Result<(), ArmError> {
+        if self.if_none_match && current.is_some() {
+            return Err(ArmError::PreconditionFailed(
+                "The resource already exists, and the If-None-Match header '*' allows only its creation.".into(),
+            ));
+        }
+        let Some(tags) = &self.if_match else {
+            return Ok(());
+        };
+        let sent = tags.join(", ");
+        match current {
+            None => Err(ArmError::PreconditionFailed(format!(
+                "Etag provided in if-match header {sent} does not match: the resource does not exist."
+            ))),
+            Some(version) => {
+                let current = version.to_string();
+                let matches = |tag: &String| {
+                    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                    tag == "*" || tag.trim_matches('"') == current
+                };
+                if tags.iter().any(matches) {
+                    Ok(())
+                } else {
+                    Err(ArmError::PreconditionFailed(format!(
+                        "Etag provided in if-match header {sent} does not match etag \"{current}\" of resource."
+                    )))
+                }
+            }
+        }
+    }
 }
 
 /// A user-assigned identity attached to a VM, as last resolved.
@@ -35,7 +81,7 @@ pub struct Attached {
 }
 
 /// What ARM stores for a VM beyond the common columns.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     #[serde(rename = "vmId")]
     pub vm_id: String,
@@ -45,6 +91,14 @@ pub struct VmState {
     #[serde(rename = "systemPrincipalId")]
     pub system_principal_id: Option<String>,
     pub attached: Vec<Attached>,
+    /// The VM's etag (`"1"` at creation), moved by each write that changes what the VM shows.
+    /// VMs stored before etags start at 1.
+    #[serde(default = "first_version")]
+    pub version: u64,
+}
+
+fn first_version() -> u64 {
+    1
 }
 
 impl VmState {
@@ -349,6 +403,9 @@ impl Arm {
         if patch && existing.is_none() {
             return Err(Self::vm_not_found(rg, name));
         }
+        input
+            .conditions
+            .check(existing.as_ref().map(|e| e.state.version))?;
         let location = match (&input.location, &existing) {
             (Some(l), Some(e)) if normalize_location(l) != e.resource.location => {
                 return Err(ArmError::InvalidResourceLocation {
@@ -508,6 +565,26 @@ impl Arm {
         if let Some(minted) = &minted {
             state.system_principal_id = Some(minted.identity.principal_id.clone());
         }
+        let tags = match (input.tags, &existing) {
+            (Some(tags), _) => Value::Object(tags).to_string(),
+            (None, Some(e)) if patch => e.resource.tags.clone(),
+            _ => "{}".into(),
+        };
+        // The etag moves only when what the VM shows changes: a PATCH that changes nothing (as
+        // `misim up` sends the demo VM at every start) keeps the etag clients hold.
+        state.version = match &existing {
+            None => first_version(),
+            Some(e) => {
+                state.version = e.state.version;
+                let same_tags = serde_json::from_str::<Value>(&e.resource.tags).ok()
+                    == serde_json::from_str::<Value>(&tags).ok();
+                if e.state == state && same_tags {
+                    e.state.version
+                } else {
+                    e.state.version + 1
+                }
+            }
+        };
         let now = self.inner.clock.now_unix();
         let row = ResourceRow {
             id_key: key.clone(),
@@ -516,11 +593,7 @@ impl Arm {
             resource_group: group.resource_group.clone(),
             name: name.to_string(),
             location,
-            tags: match (input.tags, &existing) {
-                (Some(tags), _) => Value::Object(tags).to_string(),
-                (None, Some(e)) if patch => e.resource.tags.clone(),
-                _ => "{}".into(),
-            },
+            tags,
             properties: serde_json::to_string(&state)
                 .map_err(|e| ArmError::Internal(e.to_string()))?,
             state: "Succeeded".into(),
