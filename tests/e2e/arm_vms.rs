@@ -623,22 +623,29 @@ async fn the_reconcile_pass_removes_what_arm_does_not_hold() {
     sim.stop().await;
 }
 
-#[tokio::test]
-async fn a_large_vm_body_does_not_stall_provisioning() {
+/// A simulator, the admin's ARM token, the subscription's path and a resource group in it.
+async fn sim_with_group(group: &str) -> (TestSim, String, String) {
     let sim = TestSim::start().await;
     let admin = sim
         .admin_token("https://management.azure.com/.default")
         .await;
     let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
-    call(
+    let (status, _) = call(
         &sim,
         &admin,
         Method::PUT,
-        &format!("{sub}/resourcegroups/big"),
+        &format!("{sub}/resourcegroups/{group}"),
         "2024-11-01",
         Some(json!({"location": "eastus"})),
     )
     .await;
+    assert_eq!(status, 201);
+    (sim, admin, sub)
+}
+
+#[tokio::test]
+async fn a_large_vm_body_does_not_stall_provisioning() {
+    let (sim, admin, sub) = sim_with_group("big").await;
     // 600 KiB of properties IMDS does not show (ARM takes bodies up to 1 MiB): the host is
     // sent what the instance document shows, so delivery succeeds and nothing queues behind it.
     let vm = format!("{sub}/resourceGroups/big/providers/Microsoft.Compute/virtualMachines/big-vm");
@@ -724,20 +731,7 @@ async fn conditional(
 
 #[tokio::test]
 async fn vm_etags_move_with_changes_and_guard_writes() {
-    let sim = TestSim::start().await;
-    let admin = sim
-        .admin_token("https://management.azure.com/.default")
-        .await;
-    let sub = format!("/subscriptions/{}", sim.sim.connection.subscription_id);
-    call(
-        &sim,
-        &admin,
-        Method::PUT,
-        &format!("{sub}/resourcegroups/etags"),
-        "2024-11-01",
-        Some(json!({"location": "eastus"})),
-    )
-    .await;
+    let (sim, admin, sub) = sim_with_group("etags").await;
     let vm = format!("{sub}/resourceGroups/etags/providers/Microsoft.Compute/virtualMachines/e1");
     let body = |size: &str| json!({"location": "eastus", "properties": {"hardwareProfile": {"vmSize": size}}});
     let code = |answer: &Value| answer["error"]["code"].as_str().map(str::to_string);

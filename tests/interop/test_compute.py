@@ -301,15 +301,14 @@ def test_vm_etags_guard_writes_through_match_conditions(admin, resource_group):
         error = failure.value.error
         return failure.value.status_code, error.code if error else None
 
-    vm = vms.begin_create_or_update(
-        rg, "etag-vm", body, match_condition=MatchConditions.IfMissing
-    ).result()
+    def create(name: str, condition: MatchConditions):
+        return vms.begin_create_or_update(rg, name, body, match_condition=condition)
+
+    vm = create("etag-vm", MatchConditions.IfMissing).result()
     assert vm.etag == '"1"', vm.etag
-    assert refused(
-        lambda: vms.begin_create_or_update(
-            rg, "etag-vm", body, match_condition=MatchConditions.IfMissing
-        )
-    ) == (412, "PreconditionFailed")
+    assert refused(lambda: create("etag-vm", MatchConditions.IfMissing)) == (
+        412, "PreconditionFailed"
+    )
 
     vm = vms.begin_update(
         rg, "etag-vm", {"tags": {"v": "2"}}, etag=vm.etag,
@@ -329,11 +328,9 @@ def test_vm_etags_guard_writes_through_match_conditions(admin, resource_group):
         rg, "etag-vm", {"tags": {"v": "3"}}, match_condition=MatchConditions.IfPresent
     ).result()
     assert vm.etag == '"3"', vm.etag
-    assert refused(
-        lambda: vms.begin_create_or_update(
-            rg, "no-such-vm", body, match_condition=MatchConditions.IfPresent
-        )
-    ) == (412, "PreconditionFailed")
+    assert refused(lambda: create("no-such-vm", MatchConditions.IfPresent)) == (
+        412, "PreconditionFailed"
+    )
     with pytest.raises(ResourceNotFoundError):
         vms.get(rg, "no-such-vm")
 
