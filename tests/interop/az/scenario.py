@@ -361,6 +361,29 @@ def scenario(workdir, misim):
     check(len(listed) == 1 and listed[0]["principalId"] == ident["principalId"],
           "az identity list -g rg-az has exactly id-az", json.dumps(listed))
 
+    # The VM commands a managed-identity user types: az reads the VM, then writes it back.
+    vm_identity = ("vm", "identity")
+    vm_at = ("-g", "demo-rg", "-n", "demo-vm")
+    before = admin.ok("vm", "show", *vm_at, label="vm-show-before-assign") or {}
+    assigned = admin.ok(*vm_identity, "assign", *vm_at, "--identities", ident["id"],
+                        label="vm-identity-assign") or {}
+    attached = {k.lower(): v for k, v in (assigned.get("userAssignedIdentities") or {}).items()}
+    # az prints {"systemAssignedIdentity": principal id, "userAssignedIdentities": {id: {...}}}.
+    check(assigned.get("systemAssignedIdentity") == before.get("identity", {}).get("principalId")
+          and attached.get(ident["id"].lower(), {}).get("principalId") == ident["principalId"],
+          "az vm identity assign --identities id-az attaches it beside the system identity",
+          json.dumps(assigned)[:800])
+    after = admin.ok("vm", "show", *vm_at, label="vm-show-after-assign") or {}
+    check(after.get("etag") not in (None, before.get("etag"))
+          and after.get("identity", {}).get("principalId") == before.get("identity", {}).get("principalId"),
+          "the VM's etag moved with the assignment; its system identity stayed",
+          json.dumps({"before": before.get("etag"), "after": after.get("etag")}))
+    admin.ok(*vm_identity, "remove", *vm_at, "--identities", ident["id"], label="vm-identity-remove")
+    shown_vm = admin.ok(*vm_identity, "show", *vm_at, label="vm-identity-show") or {}
+    check(shown_vm.get("type") == "SystemAssigned" and not shown_vm.get("userAssignedIdentities"),
+          "az vm identity remove --identities id-az leaves the system identity only",
+          json.dumps(shown_vm)[:800])
+
     # Generic resource commands: az asks the provider for an api-version, and sends $filter.
     by_id = admin.ok("resource", "show", "--ids", ident["id"], label="resource-show-by-id")
     check(by_id.get("name") == "id-az" and by_id.get("type") == "Microsoft.ManagedIdentity/userAssignedIdentities",
