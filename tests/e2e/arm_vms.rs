@@ -802,8 +802,20 @@ async fn vm_etags_move_with_changes_and_guard_writes() {
         "Standard_B2s"
     );
 
-    // One of a list matches, and so does a weak tag; a change of tags moves the etag too.
-    for (sent, after) in [("\"7\", \"2\"", "\"3\""), ("W/\"3\"", "\"4\"")] {
+    // If-Match compares strongly: a weak tag never matches.
+    let (status, weak) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[("If-Match", "W/\"2\"")],
+        json!({"tags": {"weak": "1"}}),
+    )
+    .await;
+    assert_eq!((status, code(&weak)), (412, precondition_failed.clone()));
+    // One of a list matches (empty elements skipped); a change of tags, or of the name's
+    // casing, moves the etag.
+    for (sent, after) in [("\"7\", ,\"2\"", "\"3\""), ("\"3\"", "\"4\"")] {
         let (status, patched) = conditional(
             &sim,
             &admin,
@@ -819,7 +831,8 @@ async fn vm_etags_move_with_changes_and_guard_writes() {
             "{sent}: {patched}"
         );
     }
-    // `*` matches any existing VM; a write that changes nothing keeps the etag.
+    // `*` matches any existing VM; a write that changes nothing keeps the etag, but the same
+    // write through a differently cased name shows the new casing, so it moves it.
     let (status, same) = conditional(
         &sim,
         &admin,
@@ -830,6 +843,82 @@ async fn vm_etags_move_with_changes_and_guard_writes() {
     )
     .await;
     assert_eq!((status, &same["etag"]), (200, &json!("\"4\"")), "{same}");
+    let (status, recased) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm.replace("/e1", "/E1"),
+        &[("If-Match", "\"4\"")],
+        json!({"tags": {"after": "\"4\""}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &recased["etag"]),
+        (200, &json!("\"5\"")),
+        "{recased}"
+    );
+    assert_eq!(recased["name"], "E1");
+    let (status, back) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[],
+        json!({"tags": {"after": "\"4\""}}),
+    )
+    .await;
+    assert_eq!((status, &back["etag"]), (200, &json!("\"6\"")), "{back}");
+
+    // A refused write with an identity to enable mints nothing: no principal, no work queued.
+    let (status, _) = conditional(
+        &sim,
+        &admin,
+        Method::PATCH,
+        &vm,
+        &[("If-Match", "\"5\"")],
+        json!({"identity": {"type": "SystemAssigned"}}),
+    )
+    .await;
+    assert_eq!(status, 412);
+    assert_eq!(sim.sim.arm.pending_work().await.expect("outbox"), 0);
+    let (_, unchanged) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
+    assert!(unchanged.get("identity").is_none(), "{unchanged}");
+    assert_eq!(unchanged["etag"], "\"6\"");
+
+    // Two writers holding the same etag: exactly one wins.
+    let race = |who: &'static str| {
+        conditional(
+            &sim,
+            &admin,
+            Method::PATCH,
+            &vm,
+            &[("If-Match", "\"6\"")],
+            json!({"tags": {"winner": who}}),
+        )
+    };
+    let (first, second) = tokio::join!(race("a"), race("b"));
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "{first:?} {second:?}");
+
+    // A caller without write rights learns nothing from the headers: 403, malformed or not.
+    let (_, reader) = crate::support::roleless_app(&sim, "etag-reader").await;
+    for value in ["\"7\"", "not-an-etag"] {
+        let (status, denied) = conditional(
+            &sim,
+            &reader,
+            Method::PATCH,
+            &vm,
+            &[("If-Match", value)],
+            json!({"tags": {}}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&denied)),
+            (403, Some("AuthorizationFailed".to_string())),
+            "{value}: {denied}"
+        );
+    }
 
     // If-Match on a VM that does not exist creates nothing.
     let ghost = vm.replace("/e1", "/e2");
@@ -851,6 +940,10 @@ async fn vm_etags_move_with_changes_and_guard_writes() {
         ("If-None-Match", "\"4\""),
         ("If-Match", " "),
         ("If-Match", "ä"),
+        ("If-Match", "7"),
+        ("If-Match", "*, \"7\""),
+        ("If-Match", "\"7\" junk"),
+        ("If-Match", "\"7"),
     ] {
         let mut request = sim
             .http
@@ -879,16 +972,16 @@ async fn vm_etags_move_with_changes_and_guard_writes() {
         .admin_token("https://management.azure.com/.default")
         .await;
     let (_, restarted) = call(&sim, &admin, Method::GET, &vm, VM_API, None).await;
-    assert_eq!(restarted["etag"], "\"4\"");
+    assert_eq!(restarted["etag"], "\"7\"");
     let (status, next) = conditional(
         &sim,
         &admin,
         Method::PATCH,
         &vm,
-        &[("If-Match", "\"4\"")],
+        &[("If-Match", "\"7\"")],
         json!({"tags": {}}),
     )
     .await;
-    assert_eq!((status, &next["etag"]), (200, &json!("\"5\"")), "{next}");
+    assert_eq!((status, &next["etag"]), (200, &json!("\"8\"")), "{next}");
     sim.stop().await;
 }

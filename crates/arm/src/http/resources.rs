@@ -566,40 +566,20 @@ fn vm_json(call: &Call, view: &VmView) -> Value {
     body
 }
 
-/// `If-Match` (entity tags or `*`, in one or more headers) and `If-None-Match` (only `*`, as
-/// Compute documents) of a VM write.
-fn write_conditions(headers: &HeaderMap) -> Result<WriteConditions, ArmError> {
-    let values = |name: header::HeaderName| -> Result<Vec<String>, ArmError> {
-        let mut tags = Vec::new();
-        for value in headers.get_all(&name) {
-            let text = value.to_str().map_err(|_| {
-                ArmError::InvalidParameter(format!("The {name} header is not ASCII text."))
-            })?;
-            tags.extend(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string),
-            );
-        }
-        Ok(tags)
+/// The conditional headers of a VM write as sent; ARM parses them after authorizing the write.
+fn write_conditions(headers: &HeaderMap) -> WriteConditions {
+    let joined = |name: header::HeaderName| -> Option<String> {
+        let lines: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(", "))
     };
-    let if_match = values(header::IF_MATCH)?;
-    let if_none_match = values(header::IF_NONE_MATCH)?;
-    if headers.contains_key(header::IF_MATCH) && if_match.is_empty() {
-        return Err(ArmError::InvalidParameter(
-            "The If-Match header is empty: send an etag of the resource or '*'.".into(),
-        ));
+    WriteConditions {
+        if_match: joined(header::IF_MATCH),
+        if_none_match: joined(header::IF_NONE_MATCH),
     }
-    if headers.contains_key(header::IF_NONE_MATCH) && if_none_match != ["*"] {
-        return Err(ArmError::InvalidParameter(
-            "The If-None-Match header supports only '*' (create, never replace).".into(),
-        ));
-    }
-    Ok(WriteConditions {
-        if_match: (!if_match.is_empty()).then_some(if_match),
-        if_none_match: !if_none_match.is_empty(),
-    })
 }
 
 fn vm_input(body: &Map<String, Value>) -> Result<VmInput, ArmError> {
@@ -648,7 +628,7 @@ async fn vm(
         Method::PUT | Method::PATCH => {
             let patch = call.method == Method::PATCH;
             let mut input = vm_input(&call.json_object()?)?;
-            input.conditions = write_conditions(headers)?;
+            input.conditions = write_conditions(headers);
             if !patch && input.location.is_none() {
                 return Err(ArmError::LocationRequired);
             }

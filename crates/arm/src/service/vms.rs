@@ -26,46 +26,111 @@ pub struct VmInput {
     pub conditions: WriteConditions,
 }
 
-/// The conditional headers of a VM write, checked against the VM's etag under ARM's write lock.
+/// The conditional headers of a VM write as sent (several lines of one header joined with
+/// ", "), parsed and checked against the VM's etag after authorization, under ARM's write lock.
 #[derive(Debug, Clone, Default)]
 pub struct WriteConditions {
     /// `If-Match`: the write goes ahead only if the VM exists and, unless `*`, its etag is one
-    /// of these (as sent; compared without quotes or a weak `W/` prefix).
-    pub if_match: Option<Vec<String>>,
-    /// `If-None-Match: *`: the write goes ahead only if the VM does not exist yet.
-    pub if_none_match: bool,
+    /// of the listed ones.
+    pub if_match: Option<String>,
+    /// `If-None-Match`: only `*` (Compute documents no other value): the write goes ahead only
+    /// if the VM does not exist yet.
+    pub if_none_match: Option<String>,
+}
+
+/// An `If-Match` / `If-None-Match` value (RFC 9110 §13.1.1): `*`, or entity tags.
+#[derive(Debug, PartialEq)]
+enum EntityTags {
+    Any,
+    /// (weak, the opaque tag without its quotes)
+    Listed(Vec<(bool, String)>),
+}
+
+/// Parses `*` or a comma-separated list of `"tag"` / `W/"tag"` (empty list elements are
+/// skipped, as the RFC asks of recipients); anything else is a 400, not a guess.
+fn entity_tags(header: &str, text: &str) -> Result<EntityTags, ArmError> {
+    let malformed = || {
+        ArmError::InvalidParameter(format!(
+            "The {header} header must be '*' or a list of quoted etags such as \"1\"."
+        ))
+    };
+    let text = text.trim_matches([' ', '\t']);
+    if text == "*" {
+        return Ok(EntityTags::Any);
+    }
+    let mut tags = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, quoted) = match rest.strip_prefix("W/") {
+            Some(after) => (true, after),
+            None => (false, rest),
+        };
+        let inner = quoted.strip_prefix('"').ok_or_else(malformed)?;
+        let end = inner.find('"').ok_or_else(malformed)?;
+        let opaque = &inner[..end];
+        // etagc: visible ASCII but the double quote.
+        if !opaque
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        {
+            return Err(malformed());
+        }
+        tags.push((weak, opaque.to_string()));
+        rest = inner[end + 1..].trim_start_matches([' ', '\t']);
+        if !rest.is_empty() && !rest.starts_with(',') {
+            return Err(malformed());
+        }
+    }
+    if tags.is_empty() {
+        return Err(malformed());
+    }
+    Ok(EntityTags::Listed(tags))
 }
 
 impl WriteConditions {
     /// Checks the conditions against the VM's current version (`None`: no such VM).
     fn check(&self, current: Option<u64>) -> Result<(), ArmError> {
-        if self.if_none_match && current.is_some() {
-            return Err(ArmError::PreconditionFailed(
-                "The resource already exists, and the If-None-Match header '*' allows only its creation.".into(),
-            ));
+        let if_match = self
+            .if_match
+            .as_deref()
+            .map(|text| entity_tags("If-Match", text).map(|tags| (text.trim(), tags)))
+            .transpose()?;
+        if let Some(text) = &self.if_none_match {
+            if entity_tags("If-None-Match", text)? != EntityTags::Any {
+                return Err(ArmError::InvalidParameter(
+                    "The If-None-Match header supports only '*' (create, never replace).".into(),
+                ));
+            }
+            if current.is_some() {
+                return Err(ArmError::PreconditionFailed(
+                    "The resource already exists, and the If-None-Match header '*' allows only its creation.".into(),
+                ));
+            }
         }
-        let Some(tags) = &self.if_match else {
+        let Some((sent, tags)) = if_match else {
             return Ok(());
         };
-        let sent = tags.join(", ");
-        match current {
-            None => Err(ArmError::PreconditionFailed(format!(
+        let Some(version) = current else {
+            return Err(ArmError::PreconditionFailed(format!(
                 "Etag provided in if-match header {sent} does not match: the resource does not exist."
-            ))),
-            Some(version) => {
-                let current = version.to_string();
-                let matches = |tag: &String| {
-                    let tag = tag.strip_prefix("W/").unwrap_or(tag);
-                    tag == "*" || tag.trim_matches('"') == current
-                };
-                if tags.iter().any(matches) {
-                    Ok(())
-                } else {
-                    Err(ArmError::PreconditionFailed(format!(
-                        "Etag provided in if-match header {sent} does not match etag \"{current}\" of resource."
-                    )))
-                }
-            }
+            )));
+        };
+        let current = version.to_string();
+        // If-Match compares strongly: a weak tag never matches.
+        let matches = match tags {
+            EntityTags::Any => true,
+            EntityTags::Listed(tags) => tags.iter().any(|(weak, tag)| !weak && *tag == current),
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(ArmError::PreconditionFailed(format!(
+                "Etag provided in if-match header {sent} does not match etag \"{current}\" of resource."
+            )))
         }
     }
 }
@@ -578,7 +643,8 @@ impl Arm {
                 state.version = e.state.version;
                 let same_tags = serde_json::from_str::<Value>(&e.resource.tags).ok()
                     == serde_json::from_str::<Value>(&tags).ok();
-                if e.state == state && same_tags {
+                // The id and name keep the casing of the last write, so a new casing shows.
+                if e.state == state && same_tags && e.resource.id == id && e.resource.name == name {
                     e.state.version
                 } else {
                     e.state.version + 1
@@ -778,6 +844,81 @@ impl Arm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entity_tags_follow_the_rfc_grammar() {
+        let listed = |tags: &[(bool, &str)]| {
+            EntityTags::Listed(tags.iter().map(|(w, t)| (*w, t.to_string())).collect())
+        };
+        assert_eq!(entity_tags("If-Match", " * ").ok(), Some(EntityTags::Any));
+        assert_eq!(
+            entity_tags("If-Match", "\"1\"").ok(),
+            Some(listed(&[(false, "1")]))
+        );
+        assert_eq!(
+            entity_tags("If-Match", " \"1\" ,, W/\"x-2\",\"\" ").ok(),
+            Some(listed(&[(false, "1"), (true, "x-2"), (false, "")]))
+        );
+        for bad in [
+            "",
+            " ",
+            ",",
+            "1",
+            "*, \"1\"",
+            "\"1\" \"2\"",
+            "\"1",
+            "W/1",
+            "w/\"1\"",
+            "\"ä\"",
+            "\"a b\"",
+            "\"1\"x",
+        ] {
+            assert!(
+                matches!(
+                    entity_tags("If-Match", bad),
+                    Err(ArmError::InvalidParameter(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_hold_only_as_compute_documents() {
+        let when = |if_match: Option<&str>, if_none_match: Option<&str>, current| {
+            WriteConditions {
+                if_match: if_match.map(str::to_string),
+                if_none_match: if_none_match.map(str::to_string),
+            }
+            .check(current)
+        };
+        let failed = |r: Result<(), ArmError>| matches!(r, Err(ArmError::PreconditionFailed(_)));
+        assert!(when(None, None, None).is_ok() && when(None, None, Some(3)).is_ok());
+        assert!(when(Some("*"), None, Some(3)).is_ok());
+        assert!(failed(when(Some("*"), None, None)));
+        assert!(when(Some("\"2\", \"3\""), None, Some(3)).is_ok());
+        assert!(failed(when(Some("\"2\""), None, Some(3))));
+        assert!(failed(when(Some("W/\"3\""), None, Some(3))));
+        assert!(when(None, Some("*"), None).is_ok());
+        assert!(failed(when(None, Some("*"), Some(1))));
+        // Malformed headers are refused before any precondition is judged.
+        assert!(matches!(
+            when(Some("3"), Some("*"), Some(3)),
+            Err(ArmError::InvalidParameter(_))
+        ));
+        assert!(matches!(
+            when(None, Some("\"3\""), None),
+            Err(ArmError::InvalidParameter(_))
+        ));
+        let Err(ArmError::PreconditionFailed(message)) = when(Some(" \"2\" "), None, Some(3))
+        else {
+            panic!("a stale etag holds");
+        };
+        assert_eq!(
+            message,
+            "Etag provided in if-match header \"2\" does not match etag \"3\" of resource."
+        );
+    }
 
     #[test]
     fn the_host_is_sent_only_what_the_instance_document_shows() {
