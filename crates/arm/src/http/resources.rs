@@ -607,7 +607,7 @@ fn vm_input(body: &Map<String, Value>) -> Result<VmInput, ArmError> {
         tags: tags_of(body)?,
         properties,
         identity: body.get("identity").cloned(),
-        conditions: WriteConditions::default(),
+        ..VmInput::default()
     })
 }
 
@@ -627,8 +627,10 @@ async fn vm(
         Method::HEAD => existence(arm.vm(&call.caller, sub, rg, name).await),
         Method::PUT | Method::PATCH => {
             let patch = call.method == Method::PATCH;
-            let mut input = vm_input(&call.json_object()?)?;
-            input.conditions = write_conditions(headers);
+            let input = VmInput {
+                conditions: write_conditions(headers),
+                ..vm_input(&call.json_object()?)?
+            };
             if !patch && input.location.is_none() {
                 return Err(ArmError::LocationRequired);
             }
